@@ -1,0 +1,44 @@
+"""ResNet backbone (torchvision) whose last feature map feeds the transformer."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.ops import FrozenBatchNorm2d
+
+from .config import DetrConfig
+
+
+def _norm_layer(kind: str):
+    if kind == "frozen_bn":
+        return FrozenBatchNorm2d
+    if kind == "batch_norm":
+        return nn.BatchNorm2d
+    return lambda channels: nn.GroupNorm(32, channels)
+
+
+class Backbone(nn.Module):
+    """torchvision ResNet up to layer4; conv1 and layer1 are frozen as in the reference."""
+
+    def __init__(self, config: DetrConfig, weights: str | None = None):
+        super().__init__()
+        resnet = getattr(torchvision.models, config.backbone)(
+            weights=None,
+            replace_stride_with_dilation=[False, False, config.dilation],
+            norm_layer=_norm_layer(config.backbone_norm),
+        )
+        if weights is not None:  # an ImageNet state_dict file of torchvision's ResNet
+            resnet.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        for name, parameter in resnet.named_parameters():
+            if not name.startswith(("layer2", "layer3", "layer4")):
+                parameter.requires_grad_(False)
+        self.body = IntermediateLayerGetter(resnet, return_layers={"layer4": "0"})
+        self.num_channels = config.backbone_channels
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images [B,3,H,W], mask [B,H,W] (True = padding) -> features [B,C,h,w], mask [B,h,w]."""
+        features = self.body(images)["0"]
+        mask = F.interpolate(mask[None].float(), size=features.shape[-2:]).to(torch.bool)[0]
+        return features, mask

@@ -1,0 +1,272 @@
+"""Checkpoint export and import: our own files, the reference DETR release, Hugging Face folders.
+
+Nothing is ever fully unpickled: .pt/.pth/.bin files load with torch.load(weights_only=True)
+and .safetensors with safetensors, so a checkpoint from elsewhere cannot run code.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import pickle
+import re
+from typing import Any
+
+import pyarrow.fs as pafs
+import torch
+from torch import nn
+
+from . import uri as uris
+from .config import DetrConfig, get_config
+from .detr import DETR
+
+log = logging.getLogger(__name__)
+
+FORMAT = "detr-ray-checkpoint"
+CHECKPOINT_FILE = "checkpoint.pt"
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_BOTTLENECK_DEPTHS = {6: "resnet50", 23: "resnet101"}  # blocks in layer3
+_BASIC_DEPTHS = {2: "resnet18", 6: "resnet34"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded: unsafe, unrecognised or not matching the model."""
+
+
+def save_checkpoint(
+    target: str,
+    model: nn.Module,
+    config: DetrConfig | None = None,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    epoch: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """Write weights + config (+ optimizer state, epoch, plain-data extras) and return the file URI.
+
+    target: a file ending in .pt/.pth, or a directory (local or s3://) that receives
+    checkpoint.pt. The file loads with torch.load(weights_only=True).
+    """
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    config = config or model.config
+    payload: dict[str, Any] = {"format": FORMAT, "version": 1, "config": config.to_dict(), "model": model.state_dict()}
+    if optimizer is not None:
+        payload["optimizer"] = optimizer.state_dict()
+    if epoch is not None:
+        payload["epoch"] = int(epoch)
+    if extra:
+        payload["extra"] = extra
+    path = target if target.endswith((".pt", ".pth")) else uris.join(target, CHECKPOINT_FILE)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    uris.write_bytes(path, buffer.getvalue())
+    return path
+
+
+def load_checkpoint(
+    source: str,
+    *,
+    num_classes: int | None = None,
+    dilation: bool | None = None,
+    device: str | torch.device = "cpu",
+    **config_overrides: Any,
+) -> tuple[DETR, DetrConfig]:
+    """Build a DETR from a checkpoint and return it (eval mode) with its config.
+
+    source: a local path or URI of our checkpoint (file or directory), a reference release
+    file (detr-r50-e632da11.pth and siblings), or a Hugging Face DETR folder (config.json
+    + model.safetensors or pytorch_model.bin).
+    num_classes: fine-tune to another label set; the class head is then re-initialised.
+    dilation: DC5 for reference files (their shapes cannot tell; default: "dc5" in the name).
+    config_overrides: other DetrConfig fields (e.g. nheads, dropout, aux_loss).
+    """
+    config, state_dict = read_checkpoint(source, dilation=dilation)
+    if config_overrides:
+        config = config.replace(**config_overrides)
+    drop_head = num_classes is not None and num_classes != config.num_classes
+    if drop_head:
+        log.warning(
+            "%s has %d classes, building %d: the class head is re-initialised",
+            source, config.num_classes, num_classes,
+        )
+        config = config.replace(num_classes=num_classes)
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("class_embed.")}
+    model = DETR(config)
+    result = model.load_state_dict(state_dict, strict=False)
+    missing = [k for k in result.missing_keys if not (drop_head and k.startswith("class_embed."))]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(
+            f"{source} does not match {config}: missing keys {missing}, unexpected keys {result.unexpected_keys}"
+        )
+    return model.to(device).eval(), config
+
+
+def read_checkpoint(source: str, dilation: bool | None = None) -> tuple[DetrConfig, dict[str, torch.Tensor]]:
+    """The config and reference-named state_dict of any supported checkpoint."""
+    kind = uris.file_type(source)
+    if kind == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"no checkpoint at {source}")
+    if kind == pafs.FileType.Directory:
+        return _read_directory(source, dilation)
+    payload = safe_torch_load(uris.read_bytes(source), source)
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        return DetrConfig.from_dict(payload["config"]), payload["model"]
+    if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
+        return _reference_config(payload["model"], payload.get("args"), source, dilation), payload["model"]
+    if isinstance(payload, dict) and any(k.startswith("backbone.0.body.") for k in payload):
+        return _reference_config(payload, None, source, dilation), payload
+    raise CheckpointError(f"{source} is not a DETR checkpoint (top-level keys: {_keys(payload)})")
+
+
+def safe_torch_load(data: bytes, name: str) -> Any:
+    """torch.load restricted to tensors and plain data (plus argparse.Namespace, which the
+    reference training script stores and which cannot run code)."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"refusing to load {name}: it holds objects other than tensors and plain data, and "
+            f"unpickling them could run code ({reason}). Re-save just its state_dict, or use safetensors."
+        ) from e
+
+
+def _keys(payload: Any) -> list[str]:
+    return sorted(map(str, payload))[:10] if isinstance(payload, dict) else [type(payload).__name__]
+
+
+def _read_directory(source: str, dilation: bool | None) -> tuple[DetrConfig, dict[str, torch.Tensor]]:
+    ours = uris.join(source, CHECKPOINT_FILE)
+    if uris.file_type(ours) == pafs.FileType.File:
+        return read_checkpoint(ours, dilation)
+    if uris.file_type(uris.join(source, "config.json")) == pafs.FileType.File:
+        return _read_huggingface(source)
+    raise CheckpointError(
+        f"{source} is a directory with neither {CHECKPOINT_FILE} (ours) nor config.json (Hugging Face)"
+    )
+
+
+def _reference_config(
+    state_dict: dict[str, torch.Tensor], args: Any, source: str, dilation: bool | None
+) -> DetrConfig:
+    """Infer the construction arguments from a reference state_dict's key names and shapes."""
+    try:
+        layer3 = {int(m.group(1)) for k in state_dict if (m := re.match(r"backbone\.0\.body\.layer3\.(\d+)\.", k))}
+        bottleneck = "backbone.0.body.layer1.0.conv3.weight" in state_dict
+        backbone = (_BOTTLENECK_DEPTHS if bottleneck else _BASIC_DEPTHS).get(len(layer3))
+        if backbone is None:
+            raise CheckpointError(f"{source}: no ResNet has {len(layer3)} blocks in layer3")
+
+        def count(prefix: str) -> int:
+            return len({k.split(".")[3] for k in state_dict if k.startswith(prefix)})
+
+        if dilation is None:
+            dilation = bool(getattr(args, "dilation", False)) or "dc5" in source.lower()
+        return DetrConfig(
+            backbone=backbone,
+            dilation=dilation,
+            hidden_dim=state_dict["input_proj.weight"].shape[0],
+            nheads=getattr(args, "nheads", 8),
+            enc_layers=count("transformer.encoder.layers."),
+            dec_layers=count("transformer.decoder.layers."),
+            dim_feedforward=state_dict["transformer.encoder.layers.0.linear1.weight"].shape[0],
+            dropout=getattr(args, "dropout", 0.1),
+            num_queries=state_dict["query_embed.weight"].shape[0],
+            num_classes=state_dict["class_embed.weight"].shape[0] - 1,
+            aux_loss=getattr(args, "aux_loss", True),
+        )
+    except KeyError as e:
+        raise CheckpointError(f"{source} lacks the reference DETR key {e}") from e
+
+
+# Hugging Face DetrForObjectDetection -> reference names. Checkpoints on the hub use the
+# legacy names (backbone.conv_encoder, out_proj, fc1); transformers 5 renames them in memory.
+_HF_NORMALISE = [
+    (r"^model\.backbone\.model\.", "model.backbone.conv_encoder.model."),
+    (r"\.o_proj\.", ".out_proj."),
+    (r"\.mlp\.fc(\d)\.", r".fc\1."),
+]
+_HF_RENAMES = [
+    (r"^model\.backbone\.conv_encoder\.model\.", "backbone.0.body."),
+    (r"^model\.input_projection\.", "input_proj."),
+    (r"^model\.query_position_embeddings\.", "query_embed."),
+    (r"^model\.decoder\.layernorm\.", "transformer.decoder.norm."),
+    (r"^model\.(encoder|decoder)\.layers\.", r"transformer.\1.layers."),
+    (r"\.encoder_attn\.", ".multihead_attn."),
+    (r"\.self_attn_layer_norm\.", ".norm1."),
+    (r"(decoder\.layers\.\d+)\.encoder_attn_layer_norm\.", r"\1.norm2."),
+    (r"(encoder\.layers\.\d+)\.final_layer_norm\.", r"\1.norm2."),
+    (r"(decoder\.layers\.\d+)\.final_layer_norm\.", r"\1.norm3."),
+    (r"\.fc1\.", ".linear1."),
+    (r"\.fc2\.", ".linear2."),
+    (r"^class_labels_classifier\.", "class_embed."),
+    (r"^bbox_predictor\.", "bbox_embed."),
+]
+
+
+def _read_huggingface(source: str) -> tuple[DetrConfig, dict[str, torch.Tensor]]:
+    hf = json.loads(uris.read_bytes(uris.join(source, "config.json")))
+    if hf.get("model_type") != "detr":
+        raise CheckpointError(f"{source}/config.json is model_type {hf.get('model_type')!r}, not 'detr'")
+    config = _huggingface_config(hf, source)
+    for name in HF_WEIGHT_FILES:
+        weights_uri = uris.join(source, name)
+        if uris.file_type(weights_uri) == pafs.FileType.File:
+            data = uris.read_bytes(weights_uri)
+            if name.endswith(".safetensors"):
+                from safetensors.torch import load as load_safetensors
+
+                hf_state = load_safetensors(data)
+            else:
+                hf_state = safe_torch_load(data, weights_uri)
+            return config, huggingface_to_reference(hf_state)
+    raise CheckpointError(f"{source} has config.json but none of {HF_WEIGHT_FILES}")
+
+
+def _huggingface_config(hf: dict[str, Any], source: str) -> DetrConfig:
+    if hf.get("position_embedding_type", "sine") != "sine":
+        raise CheckpointError(f"{source}: only sine position embeddings are supported")
+    if hf.get("activation_function", "relu") != "relu":
+        raise CheckpointError(f"{source}: only relu activations are supported")
+    for a, b in (("encoder_ffn_dim", "decoder_ffn_dim"), ("encoder_attention_heads", "decoder_attention_heads")):
+        if hf.get(a) != hf.get(b):
+            raise CheckpointError(f"{source}: {a} {hf.get(a)} != {b} {hf.get(b)}; DETR shares one value")
+    backbone = hf.get("backbone") or (hf.get("backbone_config") or {}).get("backbone") or "resnet50"
+    backbone = backbone.split("/")[-1].split(".")[0]  # e.g. "timm/resnet50.a1_in1k" -> "resnet50"
+    num_labels = len(hf["id2label"]) if "id2label" in hf else hf.get("num_labels", 91)
+    return DetrConfig(
+        backbone=backbone,
+        dilation=bool(hf.get("dilation", False)),
+        hidden_dim=hf.get("d_model", 256),
+        nheads=hf.get("encoder_attention_heads", 8),
+        enc_layers=hf.get("encoder_layers", 6),
+        dec_layers=hf.get("decoder_layers", 6),
+        dim_feedforward=hf.get("encoder_ffn_dim", 2048),
+        dropout=hf.get("dropout", 0.1),
+        num_queries=hf.get("num_queries", 100),
+        num_classes=num_labels,
+        aux_loss=True,
+    )
+
+
+def huggingface_to_reference(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a DetrForObjectDetection state_dict to reference keys, packing q/k/v projections."""
+    renamed: dict[str, torch.Tensor] = {}
+    for key, value in hf_state.items():
+        for pattern, replacement in _HF_NORMALISE + _HF_RENAMES:
+            key = re.sub(pattern, replacement, key)
+        renamed[key] = value
+    packed: dict[str, torch.Tensor] = {}
+    for key, value in renamed.items():
+        m = re.match(r"(.*\.(?:self_attn|multihead_attn))\.([qkv])_proj\.(weight|bias)$", key)
+        if m is None:
+            packed[key] = value
+        elif m.group(2) == "q":
+            prefix, kind = m.group(1), m.group(3)
+            parts = [renamed.get(f"{prefix}.{p}_proj.{kind}") for p in "qkv"]
+            if any(p is None for p in parts):
+                raise CheckpointError(f"{prefix} lacks one of its q/k/v projections")
+            packed[f"{prefix}.in_proj_{kind}"] = torch.cat(parts)
+    return packed

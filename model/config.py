@@ -1,0 +1,99 @@
+"""DetrConfig: every construction argument of the network, and the named presets."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+BACKBONE_NORMS = ("frozen_bn", "batch_norm", "group_norm")
+
+
+@dataclass(frozen=True)
+class DetrConfig:
+    """Construction arguments of DETR. Defaults are the paper's R50 model on COCO."""
+
+    backbone: str = "resnet50"
+    dilation: bool = False  # DC5: dilate the last ResNet stage (stride 16 instead of 32)
+    # "frozen_bn" is the reference (ImageNet statistics frozen). Presets trained from
+    # scratch may normalise with batch or group statistics instead; see README.
+    backbone_norm: str = "frozen_bn"
+    hidden_dim: int = 256
+    nheads: int = 8
+    enc_layers: int = 6
+    dec_layers: int = 6
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    num_queries: int = 100
+    num_classes: int = 91  # max category id + 1; the head has num_classes + 1 logits
+    aux_loss: bool = True
+    # ImageNet normalisation the images are expected in (used by the data pipeline).
+    image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone {self.backbone!r} is not one of {BACKBONES}")
+        if self.backbone_norm not in BACKBONE_NORMS:
+            raise ValueError(f"backbone_norm {self.backbone_norm!r} is not one of {BACKBONE_NORMS}")
+        if self.dilation and self.backbone in ("resnet18", "resnet34"):
+            raise ValueError(f"dilation (DC5) needs a bottleneck ResNet, not {self.backbone}")
+        if self.hidden_dim % self.nheads or self.hidden_dim % 2:
+            raise ValueError(f"hidden_dim {self.hidden_dim} must be even and divisible by nheads {self.nheads}")
+        for name in ("num_classes", "num_queries", "enc_layers", "dec_layers", "dim_feedforward"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def backbone_channels(self) -> int:
+        return 512 if self.backbone in ("resnet18", "resnet34") else 2048
+
+    def replace(self, **changes: Any) -> "DetrConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["image_mean"], d["image_std"] = list(self.image_mean), list(self.image_std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DetrConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown DetrConfig fields: {unknown}")
+        d = dict(d)
+        for key in ("image_mean", "image_std"):
+            if key in d:
+                d[key] = tuple(float(v) for v in d[key])
+        return cls(**d)
+
+
+PRESETS: dict[str, DetrConfig] = {
+    "detr-r50": DetrConfig(),
+    "detr-r101": DetrConfig(backbone="resnet101"),
+    "detr-r50-dc5": DetrConfig(dilation=True),
+    "detr-r101-dc5": DetrConfig(backbone="resnet101", dilation=True),
+    # Small CPU preset for tests, demos and CI.
+    "detr-tiny": DetrConfig(
+        backbone="resnet18",
+        hidden_dim=128,
+        nheads=8,
+        enc_layers=2,
+        dec_layers=2,
+        dim_feedforward=512,
+        dropout=0.0,
+        num_queries=20,
+    ),
+}
+
+
+def get_config(preset: str | DetrConfig, **overrides: Any) -> DetrConfig:
+    """A preset by name (or a config as is), with fields overridden."""
+    if isinstance(preset, DetrConfig):
+        config = preset
+    elif preset in PRESETS:
+        config = PRESETS[preset]
+    else:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    return config.replace(**overrides) if overrides else config

@@ -1,0 +1,118 @@
+"""DETR's set-prediction loss: Hungarian matching, then class, L1 and GIoU losses."""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import box_convert, generalized_box_iou
+
+from .matcher import HungarianMatcher
+
+
+def default_weight_dict(num_decoder_layers: int, ce: float = 1.0, bbox: float = 5.0, giou: float = 2.0) -> dict[str, float]:
+    """Loss weights for the final layer and every auxiliary decoder layer (suffix _i)."""
+    weights = {"loss_ce": ce, "loss_bbox": bbox, "loss_giou": giou}
+    for i in range(num_decoder_layers - 1):
+        weights.update({f"{k}_{i}": v for k, v in list(weights.items())[:3]})
+    return weights
+
+
+class SetCriterion(nn.Module):
+    """Losses of matched predictions; unmatched queries learn the "no object" class.
+
+    Returns a dict: loss_ce, loss_bbox, loss_giou (weighted by weight_dict in the total),
+    class_error and cardinality_error (logged only), and the same losses with suffix _i
+    for every auxiliary decoder output i.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: HungarianMatcher,
+        weight_dict: dict[str, float],
+        eos_coef: float = 0.1,
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.weight_dict = weight_dict
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = eos_coef
+        self.register_buffer("empty_weight", empty_weight)
+
+    def total_loss(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(losses[k] * w for k, w in self.weight_dict.items() if k in losses)
+
+    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, torch.Tensor]:
+        num_boxes = self._num_boxes(targets, outputs["pred_logits"].device)
+        losses = self._losses(outputs, targets, num_boxes, log=True)
+        for i, aux in enumerate(outputs.get("aux_outputs", [])):
+            aux_losses = self._losses(aux, targets, num_boxes, log=False)
+            losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
+        return losses
+
+    @staticmethod
+    def _num_boxes(targets: list[dict], device: torch.device) -> float:
+        """Average number of target boxes per process, so every rank's loss has the same scale."""
+        num_boxes = torch.tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
+        world_size = 1
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(num_boxes)
+            world_size = dist.get_world_size()
+        return max(num_boxes.item() / world_size, 1.0)
+
+    def _losses(self, outputs: dict, targets: list[dict], num_boxes: float, log: bool) -> dict[str, torch.Tensor]:
+        indices = self.matcher(outputs, targets)
+        batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
+        query_idx = torch.cat([src for src, _ in indices])
+        logits = outputs["pred_logits"]
+        device = logits.device
+
+        matched_labels = torch.cat([t["labels"][tgt] for t, (_, tgt) in zip(targets, indices)]).to(device)
+        target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=device)
+        target_classes[batch_idx, query_idx] = matched_labels
+        losses = {"loss_ce": F.cross_entropy(logits.transpose(1, 2).float(), target_classes, self.empty_weight)}
+        if log:
+            losses["class_error"] = self._class_error(logits[batch_idx, query_idx], matched_labels)
+
+        pred_boxes = outputs["pred_boxes"][batch_idx, query_idx].float()
+        target_boxes = torch.cat([t["boxes"][tgt] for t, (_, tgt) in zip(targets, indices)]).to(device).float()
+        losses["loss_bbox"] = F.l1_loss(pred_boxes, target_boxes, reduction="none").sum() / num_boxes
+        giou = torch.diag(
+            generalized_box_iou(box_convert(pred_boxes, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy"))
+        )
+        losses["loss_giou"] = (1 - giou).sum() / num_boxes
+        losses["cardinality_error"] = self._cardinality_error(logits, targets)
+        return losses
+
+    @staticmethod
+    @torch.no_grad()
+    def _class_error(matched_logits: torch.Tensor, matched_labels: torch.Tensor) -> torch.Tensor:
+        """Percentage of matched queries whose best logit is not their target class."""
+        if matched_labels.numel() == 0:
+            return torch.zeros((), device=matched_logits.device)
+        accuracy = (matched_logits.argmax(-1) == matched_labels).float().mean() * 100
+        return 100 - accuracy
+
+    @staticmethod
+    @torch.no_grad()
+    def _cardinality_error(logits: torch.Tensor, targets: list[dict]) -> torch.Tensor:
+        """L1 error between the number of non-"no object" predictions and of targets."""
+        predicted = (logits.argmax(-1) != logits.shape[-1] - 1).sum(1).float()
+        expected = torch.tensor([float(len(t["labels"])) for t in targets], device=logits.device)
+        return F.l1_loss(predicted, expected)
+
+
+def build_criterion(
+    num_classes: int,
+    num_decoder_layers: int,
+    cost_class: float = 1.0,
+    cost_bbox: float = 5.0,
+    cost_giou: float = 2.0,
+    eos_coef: float = 0.1,
+    aux_loss: bool = True,
+) -> SetCriterion:
+    """The paper's loss: matcher costs 1/5/2, loss weights 1/5/2, no-object weight 0.1."""
+    weight_dict = default_weight_dict(num_decoder_layers if aux_loss else 1, cost_class, cost_bbox, cost_giou)
+    return SetCriterion(num_classes, HungarianMatcher(cost_class, cost_bbox, cost_giou), weight_dict, eos_coef)

@@ -1,0 +1,108 @@
+"""DETR: backbone + transformer + set-prediction heads (Carion et al., 2020)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import Backbone
+from .config import DetrConfig, get_config
+from .position_encoding import PositionEmbeddingSine
+from .transformer import build_transformer
+
+
+class MLP(nn.Module):
+    """A few fully connected layers with ReLU between them (the box head)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
+        super().__init__()
+        dims = [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip([input_dim] + dims, dims + [output_dim]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = F.relu(layer(x)) if i < len(self.layers) - 1 else layer(x)
+        return x
+
+
+def pad_images(images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad 3xHxW images bottom/right to one batch; mask [B,H,W] is True on padding."""
+    height = max(img.shape[1] for img in images)
+    width = max(img.shape[2] for img in images)
+    first = images[0]
+    batch = first.new_zeros((len(images), first.shape[0], height, width))
+    mask = torch.ones((len(images), height, width), dtype=torch.bool, device=first.device)
+    for img, padded, m in zip(images, batch, mask):
+        padded[:, : img.shape[1], : img.shape[2]].copy_(img)
+        m[: img.shape[1], : img.shape[2]] = False
+    return batch, mask
+
+
+class DETR(nn.Module):
+    """Predicts a fixed-size set of (class, box) pairs per image.
+
+    Outputs: pred_logits [B,Q,num_classes+1] (the last logit is "no object"),
+    pred_boxes [B,Q,4] normalised (cx, cy, w, h), and aux_outputs, the same two
+    for every decoder layer but the last (when config.aux_loss).
+    """
+
+    def __init__(self, config: DetrConfig, backbone_weights: str | None = None):
+        super().__init__()
+        self.config = config
+        hidden_dim = config.hidden_dim
+        # backbone.0 = ResNet, backbone.1 = positional encoding: the reference's key names.
+        self.backbone = nn.ModuleList(
+            [Backbone(config, backbone_weights), PositionEmbeddingSine(hidden_dim // 2)]
+        )
+        self.transformer = build_transformer(config)
+        self.input_proj = nn.Conv2d(config.backbone_channels, hidden_dim, kernel_size=1)
+        self.query_embed = nn.Embedding(config.num_queries, hidden_dim)
+        self.class_embed = nn.Linear(hidden_dim, config.num_classes + 1)
+        self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
+
+    def forward(
+        self, images: torch.Tensor | Sequence[torch.Tensor], mask: torch.Tensor | None = None
+    ) -> dict:
+        """images: a list of normalised 3xHxW tensors, one 3xHxW image, or a padded
+        [B,3,H,W] batch with its mask [B,H,W] (True = padding; all False if omitted)."""
+        images, mask = self._as_batch(images, mask)
+        features, mask = self.backbone[0](images, mask)
+        pos = self.backbone[1](mask).to(features.dtype)
+        hs, _ = self.transformer(self.input_proj(features), mask, self.query_embed.weight, pos)
+        logits = self.class_embed(hs)
+        boxes = self.bbox_embed(hs).sigmoid()
+        out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+        if self.config.aux_loss:
+            out["aux_outputs"] = [
+                {"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])
+            ]
+        return out
+
+    @staticmethod
+    def _as_batch(images, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(images, torch.Tensor) and images.dim() == 3:
+            images = [images]
+        if not isinstance(images, torch.Tensor):
+            if not len(images):
+                raise ValueError("DETR needs at least one image")
+            if mask is not None:
+                raise ValueError("a mask goes with a padded 4-D batch, not a list of images")
+            return pad_images(images)
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected [B,3,H,W] images, got shape {tuple(images.shape)}")
+        if mask is None:
+            mask = torch.zeros(images.shape[:1] + images.shape[2:], dtype=torch.bool, device=images.device)
+        elif mask.shape != images.shape[:1] + images.shape[2:]:
+            raise ValueError(f"mask shape {tuple(mask.shape)} does not match images {tuple(images.shape)}")
+        return images, mask
+
+
+def build_detr(preset: str | DetrConfig = "detr-r50", backbone_weights: str | None = None, **overrides) -> DETR:
+    """A randomly initialised DETR from a preset name or a DetrConfig, fields overridden.
+
+    backbone_weights: optional path of a torchvision ResNet state_dict (e.g. ImageNet
+    weights) loaded into the backbone before training.
+    """
+    return DETR(get_config(preset, **overrides), backbone_weights)

@@ -1,0 +1,38 @@
+"""Turn DETR's outputs into scored, labelled boxes in each image's pixel coordinates."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.ops import box_convert
+
+
+class PostProcess(nn.Module):
+    """Softmax over classes, drop "no object", keep each query's best class.
+
+    target_sizes [B,2] holds each image's original (height, width): boxes come back as
+    absolute xyxy in that image. With no threshold and no top_k every query is returned
+    in query order (as the reference does); otherwise the kept ones, best score first.
+    """
+
+    def __init__(self, score_threshold: float = 0.0, top_k: int | None = None):
+        super().__init__()
+        self.score_threshold = score_threshold
+        self.top_k = top_k
+
+    @torch.no_grad()
+    def forward(self, outputs: dict, target_sizes: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+        if len(logits) != len(target_sizes):
+            raise ValueError(f"{len(logits)} predictions but {len(target_sizes)} target sizes")
+        scores, labels = logits.float().softmax(-1)[..., :-1].max(-1)
+        height, width = target_sizes.to(boxes.device, torch.float32).unbind(1)
+        scale = torch.stack([width, height, width, height], dim=1)
+        boxes = box_convert(boxes.float(), "cxcywh", "xyxy") * scale[:, None, :]
+        return [self._select(s, l, b) for s, l, b in zip(scores, labels, boxes)]
+
+    def _select(self, scores, labels, boxes) -> dict[str, torch.Tensor]:
+        if self.score_threshold <= 0 and self.top_k is None:
+            return {"scores": scores, "labels": labels, "boxes": boxes}
+        order = scores.argsort(descending=True, stable=True)
+        order = order[scores[order] >= self.score_threshold][: self.top_k]
+        return {"scores": scores[order], "labels": labels[order], "boxes": boxes[order]}

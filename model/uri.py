@@ -1,0 +1,47 @@
+"""Local paths, file:// and s3:// URIs through pyarrow.fs (S3 endpoint from AWS_ENDPOINT_URL)."""
+from __future__ import annotations
+
+import os
+
+import pyarrow.fs as pafs
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path or a URI such as s3://bucket/key."""
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *parts])
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"no such file: {uri}") from e
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole file; readers never see a partial one (local: rename, S3: one PUT)."""
+    fs, path = resolve(uri)
+    parent = os.path.dirname(path)
+    if parent:
+        fs.create_dir(parent, recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        return
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def file_type(uri: str) -> pafs.FileType:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type
