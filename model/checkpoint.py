@@ -233,7 +233,10 @@ def _huggingface_config(hf: dict[str, Any], source: str) -> DetrConfig:
     for a, b in (("encoder_ffn_dim", "decoder_ffn_dim"), ("encoder_attention_heads", "decoder_attention_heads")):
         if hf.get(a) != hf.get(b):
             raise CheckpointError(f"{source}: {a} {hf.get(a)} != {b} {hf.get(b)}; DETR shares one value")
-    backbone = hf.get("backbone") or (hf.get("backbone_config") or {}).get("backbone") or "resnet50"
+    backbone_config = hf.get("backbone_config") or {}
+    if backbone_config.get("model_type", "timm_backbone") != "timm_backbone" or hf.get("use_timm_backbone") is False:
+        raise CheckpointError(f"{source}: only the timm ResNet backbone layout (facebook/detr-resnet-*) is supported")
+    backbone = hf.get("backbone") or backbone_config.get("backbone") or "resnet50"
     backbone = backbone.split("/")[-1].split(".")[0]  # e.g. "timm/resnet50.a1_in1k" -> "resnet50"
     num_labels = len(hf["id2label"]) if "id2label" in hf else hf.get("num_labels", 91)
     return DetrConfig(

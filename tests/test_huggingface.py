@@ -1,0 +1,87 @@
+"""A DETR saved in the Hugging Face hub layout loads and matches Hugging Face's own outputs."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from model import CheckpointError, load_checkpoint, pad_images
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("timm")
+
+
+def _random_hf_detr(dilation: bool = False, backbone: str = "resnet18"):
+    """A randomly initialised DetrForObjectDetection (nothing is downloaded)."""
+    config = transformers.DetrConfig(
+        backbone=backbone,
+        use_timm_backbone=True,
+        use_pretrained_backbone=False,
+        dilation=dilation,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        num_queries=10,
+        num_labels=7,
+        dropout=0.0,
+    )
+    torch.manual_seed(0)
+    model = transformers.DetrForObjectDetection(config).eval()
+    with torch.no_grad():  # random frozen-BN statistics, so the backbone mapping is exercised
+        for name, buffer in model.named_buffers():
+            if name.endswith(("weight", "bias", "running_mean")):
+                buffer.copy_(torch.randn_like(buffer) * 0.1 + (1.0 if name.endswith("weight") else 0.0))
+            elif name.endswith("running_var"):
+                buffer.copy_(torch.rand_like(buffer) + 0.5)
+    return model
+
+
+def _inputs():
+    torch.manual_seed(1)
+    return pad_images([torch.randn(3, 96, 128), torch.randn(3, 64, 80)])
+
+
+@pytest.mark.parametrize("weights_file", ["model.safetensors", "pytorch_model.bin"])
+def test_hub_layout_matches_huggingface(tmp_path, weights_file):
+    hf_model = _random_hf_detr()
+    hf_model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    if weights_file == "pytorch_model.bin":
+        from safetensors.torch import load_file
+
+        torch.save(load_file(tmp_path / "model.safetensors"), tmp_path / weights_file)
+        os.remove(tmp_path / "model.safetensors")
+
+    model, config = load_checkpoint(str(tmp_path))
+    assert (config.backbone, config.hidden_dim, config.nheads, config.num_classes) == ("resnet18", 64, 4, 7)
+
+    images, mask = _inputs()
+    with torch.inference_mode():
+        theirs = hf_model(pixel_values=images, pixel_mask=(~mask).long())
+        ours = model(images, mask)
+    torch.testing.assert_close(ours["pred_logits"], theirs.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours["pred_boxes"], theirs.pred_boxes, atol=1e-5, rtol=0)
+
+
+def test_hub_layout_dc5_r50(tmp_path):
+    hf_model = _random_hf_detr(dilation=True, backbone="resnet50")
+    hf_model.save_pretrained(tmp_path)
+    model, config = load_checkpoint(str(tmp_path))
+    assert config.backbone == "resnet50" and config.dilation
+    images, mask = _inputs()
+    with torch.inference_mode():
+        theirs = hf_model(pixel_values=images, pixel_mask=(~mask).long())
+        ours = model(images, mask)
+    torch.testing.assert_close(ours["pred_logits"], theirs.logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(ours["pred_boxes"], theirs.pred_boxes, atol=1e-4, rtol=0)
+
+
+def test_hub_folder_other_model_type_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(CheckpointError, match="not 'detr'"):
+        load_checkpoint(str(tmp_path))
