@@ -3,6 +3,7 @@ from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_
 from .config import PRESETS, DetrConfig, get_config
 from .criterion import SetCriterion, build_criterion
 from .detr import DETR, build_detr, pad_images
+from .inference import optimize_for_inference
 from .matcher import HungarianMatcher
 from .postprocess import PostProcess
 
@@ -18,6 +19,7 @@ __all__ = [
     "build_detr",
     "get_config",
     "load_checkpoint",
+    "optimize_for_inference",
     "pad_images",
     "read_checkpoint",
     "save_checkpoint",

@@ -36,9 +36,12 @@ class Backbone(nn.Module):
                 parameter.requires_grad_(False)
         self.body = IntermediateLayerGetter(resnet, return_layers={"layer4": "0"})
         self.num_channels = config.backbone_channels
+        self.channels_last = False  # set by model.inference.optimize_for_inference
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images [B,3,H,W], mask [B,H,W] (True = padding) -> features [B,C,h,w], mask [B,h,w]."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         features = self.body(images)["0"]
         mask = F.interpolate(mask[None].float(), size=features.shape[-2:]).to(torch.bool)[0]
         return features, mask

@@ -49,6 +49,8 @@ def save_checkpoint(
     checkpoint.pt. The file loads with torch.load(weights_only=True).
     """
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    if getattr(model, "inference_only", False):
+        raise ValueError("this model was optimised for inference (folded weights): save the original model")
     config = config or model.config
     payload: dict[str, Any] = {"format": FORMAT, "version": 1, "config": config.to_dict(), "model": model.state_dict()}
     if optimizer is not None:
@@ -93,12 +95,20 @@ def load_checkpoint(
         config = config.replace(num_classes=num_classes)
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("class_embed.")}
     model = DETR(config)
-    result = model.load_state_dict(state_dict, strict=False)
-    missing = [k for k in result.missing_keys if not (drop_head and k.startswith("class_embed."))]
-    if missing or result.unexpected_keys:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict and not (drop_head and k.startswith("class_embed."))]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}"
+        for k, v in state_dict.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
         raise CheckpointError(
-            f"{source} does not match {config}: missing keys {missing}, unexpected keys {result.unexpected_keys}"
+            f"{source} does not match {config}: missing keys {missing}, unexpected keys {unexpected}, "
+            f"shape mismatches (checkpoint != model) {mismatched}"
         )
+    model.load_state_dict(state_dict, strict=False)
     return model.to(device).eval(), config
 
 
@@ -221,7 +231,10 @@ def _read_huggingface(source: str) -> tuple[DetrConfig, dict[str, torch.Tensor]]
                 hf_state = load_safetensors(data)
             else:
                 hf_state = safe_torch_load(data, weights_uri)
-            return config, huggingface_to_reference(hf_state)
+            state_dict = huggingface_to_reference(hf_state)
+            if "class_embed.weight" in state_dict:  # config.json may omit id2label
+                config = config.replace(num_classes=state_dict["class_embed.weight"].shape[0] - 1)
+            return config, state_dict
     raise CheckpointError(f"{source} has config.json but none of {HF_WEIGHT_FILES}")
 
 

@@ -137,3 +137,10 @@ def test_s3_save_and_load(s3_bucket, fixture_model, fixture_config, small_fixtur
         model, config = load_checkpoint(source)
         assert config == fixture_config
         _assert_same_outputs(model, small_fixture)
+
+
+def test_shape_mismatch_is_a_checkpoint_error(tmp_path, small_fixture):
+    path = tmp_path / "ref.pth"
+    torch.save({"model": small_fixture["state_dict"]}, path)
+    with pytest.raises(CheckpointError, match=r"shape mismatches .*query_embed.weight \(10, 64\) != \(12, 64\)"):
+        load_checkpoint(str(path), nheads=4, num_queries=12)

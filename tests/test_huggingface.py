@@ -12,6 +12,27 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("timm")
 
 
+def randomize_vectors(model: torch.nn.Module) -> None:
+    """Hugging Face initialises biases, norms and frozen-BN statistics to constants and its
+    linear layers with std 0.02 (near-uniform attention); re-draw them all (linear layers
+    as the reference does, xavier) so that every renamed or packed tensor shows in the outputs."""
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                torch.nn.init.xavier_uniform_(module.weight, generator=generator)
+        for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+            if tensor.dim() != 1:
+                continue
+            noise = torch.randn(tensor.shape, generator=generator) * 0.1
+            if name.endswith("running_var"):
+                tensor.copy_(noise.abs() + 0.5)
+            elif name.endswith("weight"):  # norm scales
+                tensor.copy_(noise + 1.0)
+            else:
+                tensor.copy_(noise)
+
+
 def _random_hf_detr(dilation: bool = False, backbone: str = "resnet18"):
     """A randomly initialised DetrForObjectDetection (nothing is downloaded)."""
     config = transformers.DetrConfig(
@@ -32,12 +53,7 @@ def _random_hf_detr(dilation: bool = False, backbone: str = "resnet18"):
     )
     torch.manual_seed(0)
     model = transformers.DetrForObjectDetection(config).eval()
-    with torch.no_grad():  # random frozen-BN statistics, so the backbone mapping is exercised
-        for name, buffer in model.named_buffers():
-            if name.endswith(("weight", "bias", "running_mean")):
-                buffer.copy_(torch.randn_like(buffer) * 0.1 + (1.0 if name.endswith("weight") else 0.0))
-            elif name.endswith("running_var"):
-                buffer.copy_(torch.rand_like(buffer) + 0.5)
+    randomize_vectors(model)
     return model
 
 

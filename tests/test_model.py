@@ -1,0 +1,207 @@
+"""Behaviour of the network, matcher, criterion and post-processing beyond the fixture."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from model import (
+    PRESETS,
+    DetrConfig,
+    HungarianMatcher,
+    PostProcess,
+    build_criterion,
+    build_detr,
+    get_config,
+    pad_images,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build_detr("detr-tiny", num_classes=4).eval()
+
+
+def test_r50_keys_and_shapes_match_reference_release(reference_dir):
+    reference = json.loads((reference_dir / "detr_r50_state_dict.json").read_text())
+    model = build_detr("detr-r50")
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert ours == reference["state_dict"]
+    meta = reference["_meta"]
+    assert sum(p.numel() for p in model.parameters()) == meta["num_parameters_total"]
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == meta["num_parameters_requires_grad"]
+
+
+def test_r101_parameter_count():
+    assert sum(p.numel() for p in build_detr("detr-r101").parameters()) == 60_464_672
+
+
+def test_dc5_halves_the_stride():
+    model = build_detr("detr-r50-dc5", enc_layers=1, dec_layers=1).eval()
+    with torch.inference_mode():
+        features, _ = model.backbone[0](torch.zeros(1, 3, 64, 64), torch.zeros(1, 64, 64, dtype=torch.bool))
+    assert features.shape[-2:] == (4, 4)  # stride 16, not 32
+
+
+def test_eval_accepts_list_batch_and_single_image(tiny):
+    torch.manual_seed(1)
+    images = [torch.randn(3, 96, 128), torch.randn(3, 64, 80), torch.randn(3, 70, 70)]
+    with torch.inference_mode():
+        from_list = tiny(images)
+        padded, mask = pad_images(images)
+        from_batch = tiny(padded, mask)
+        single = tiny(images[0])
+        unmasked = tiny(images[0][None])
+    assert from_list["pred_logits"].shape == (3, 20, 5)
+    assert from_list["pred_boxes"].shape == (3, 20, 4)
+    assert len(from_list["aux_outputs"]) == 1
+    torch.testing.assert_close(from_list["pred_logits"], from_batch["pred_logits"])
+    torch.testing.assert_close(single["pred_logits"], unmasked["pred_logits"])
+    assert single["pred_logits"].shape == (1, 20, 5)
+    assert ((from_list["pred_boxes"] >= 0) & (from_list["pred_boxes"] <= 1)).all()
+
+
+def test_bad_inputs_are_explained(tiny):
+    with pytest.raises(ValueError, match="at least one image"):
+        tiny([])
+    with pytest.raises(ValueError, match=r"\[B,3,H,W\]"):
+        tiny(torch.zeros(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="mask shape"):
+        tiny(torch.zeros(1, 3, 32, 32), torch.zeros(1, 16, 16, dtype=torch.bool))
+    with pytest.raises(ValueError, match="padded 4-D batch"):
+        tiny([torch.zeros(3, 32, 32)], torch.zeros(1, 32, 32, dtype=torch.bool))
+
+
+def test_training_step_updates_only_trainable_parts():
+    torch.manual_seed(0)
+    model = build_detr("detr-tiny", num_classes=3).train()
+    criterion = build_criterion(3, model.config.dec_layers)
+    targets = [
+        {"labels": torch.tensor([1, 2]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.6, 0.3, 0.4]])},
+        {"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)},
+    ]
+    losses = criterion(model([torch.randn(3, 64, 64), torch.randn(3, 48, 80)]), targets)
+    total = criterion.total_loss(losses)
+    assert torch.isfinite(total)
+    total.backward()
+    body = model.backbone[0].body
+    assert body.conv1.weight.grad is None and body.layer1[0].conv1.weight.grad is None
+    assert body.layer2[0].conv1.weight.grad is not None
+    assert model.query_embed.weight.grad is not None and model.class_embed.weight.grad is not None
+    assert {"loss_ce_0", "loss_bbox_0", "loss_giou_0", "cardinality_error_0"} <= set(losses)
+
+
+@pytest.mark.parametrize("norm", ["batch_norm", "group_norm"])
+def test_trainable_backbone_norms(norm):
+    model = build_detr("detr-tiny", backbone_norm=norm).train()
+    out = model([torch.randn(3, 64, 64), torch.randn(3, 64, 96)])
+    out["pred_logits"].sum().backward()
+    assert model.backbone[0].body.layer2[0].bn1.weight.grad is not None
+
+
+def test_presets_and_config_validation():
+    assert set(PRESETS) == {"detr-r50", "detr-r101", "detr-r50-dc5", "detr-r101-dc5", "detr-tiny"}
+    assert build_detr("detr-tiny", num_classes=12).class_embed.out_features == 13
+    config = get_config("detr-tiny", num_queries=15)
+    assert DetrConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match="unknown preset"):
+        get_config("detr-r51")
+    with pytest.raises(ValueError, match="unknown DetrConfig fields"):
+        DetrConfig.from_dict({"hidden": 3})
+    with pytest.raises(ValueError, match="bottleneck"):
+        DetrConfig(backbone="resnet18", dilation=True)
+    with pytest.raises(ValueError, match="divisible"):
+        DetrConfig(hidden_dim=100, nheads=8)
+    with pytest.raises(ValueError, match="num_classes"):
+        DetrConfig(num_classes=0)
+
+
+def test_matcher_handles_images_without_targets():
+    outputs = {"pred_logits": torch.randn(2, 5, 4), "pred_boxes": torch.rand(2, 5, 4) * 0.5 + 0.25}
+    targets = [
+        {"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)},
+        {"labels": torch.tensor([2]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])},
+    ]
+    (q0, t0), (q1, t1) = HungarianMatcher()(outputs, targets)
+    assert len(q0) == len(t0) == 0 and len(q1) == len(t1) == 1
+
+
+def test_criterion_with_no_targets_at_all():
+    criterion = build_criterion(3, 2)
+    outputs = {"pred_logits": torch.randn(2, 5, 4, requires_grad=True), "pred_boxes": torch.rand(2, 5, 4)}
+    empty = {"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}
+    losses = criterion(outputs, [empty, empty])
+    assert losses["loss_bbox"] == 0 and losses["loss_giou"] == 0 and losses["class_error"] == 0
+    assert torch.isfinite(losses["loss_ce"]) and losses["loss_ce"] > 0
+
+
+def test_postprocess_threshold_and_top_k():
+    logits = torch.tensor([[[4.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 5.0], [2.0, 0.0, 0.0]]])
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.4]] * 4])
+    sizes = torch.tensor([[100, 200]])
+    outputs = {"pred_logits": logits, "pred_boxes": boxes}
+    (all_queries,) = PostProcess()(outputs, sizes)
+    assert all_queries["labels"].tolist() == [0, 1, 0, 0]  # best real class, even for "no object" queries
+    torch.testing.assert_close(all_queries["boxes"][0], torch.tensor([80.0, 30.0, 120.0, 70.0]))
+    (kept,) = PostProcess(score_threshold=0.5)(outputs, sizes)
+    assert kept["scores"].tolist() == sorted(kept["scores"].tolist(), reverse=True)
+    assert (kept["scores"] >= 0.5).all() and len(kept["scores"]) == 3
+    (top,) = PostProcess(top_k=1)(outputs, sizes)
+    assert len(top["scores"]) == 1 and top["labels"].tolist() == [0]
+
+
+def _num_boxes_worker(rank: int, world_size: int, port: int, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        criterion = build_criterion(3, 1, aux_loss=False)
+        n = 1 if rank == 0 else 5  # 6 boxes over 2 ranks: each normalises by 3
+        targets = [{"labels": torch.ones(n, dtype=torch.int64), "boxes": torch.full((n, 4), 0.3)}]
+        outputs = {"pred_logits": torch.zeros(1, 6, 4), "pred_boxes": torch.full((1, 6, 4), 0.5)}
+        loss_bbox = criterion(outputs, targets)["loss_bbox"].item()
+        queue.put((rank, loss_bbox, n))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_num_boxes_is_averaged_across_data_parallel_ranks():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    mp.start_processes(_num_boxes_worker, args=(2, port, queue), nprocs=2, start_method="spawn")
+    for _ in range(2):
+        rank, loss_bbox, n = queue.get()
+        # every matched box has L1 = 4 * 0.2; normalised by the mean box count (3), not the local one
+        assert loss_bbox == pytest.approx(n * 0.8 / 3, rel=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["frozen_bn", "batch_norm"])
+def test_optimize_for_inference_keeps_outputs(norm, tmp_path):
+    from model import optimize_for_inference, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_detr("detr-tiny", backbone_norm=norm).eval()
+    with torch.no_grad():  # non-trivial normalisation statistics, so folding matters
+        for name, buffer in model.backbone.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.normal_(0, 0.1)
+            elif name.endswith("running_var"):
+                buffer.uniform_(0.5, 1.5)
+    fast = optimize_for_inference(model)
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d,)) for m in fast.modules())
+    images = [torch.randn(3, 96, 128), torch.randn(3, 64, 80)]
+    with torch.inference_mode():
+        expected, actual = model(images), fast(images)
+    torch.testing.assert_close(actual["pred_logits"], expected["pred_logits"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(actual["pred_boxes"], expected["pred_boxes"], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="save the original"):
+        save_checkpoint(str(tmp_path), fast)
