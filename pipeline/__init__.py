@@ -1,0 +1,1 @@
+"""Ray Data / Ray Train building blocks: storage, COCO I/O, training, detection, evaluation."""
