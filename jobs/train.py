@@ -1,0 +1,71 @@
+"""Train DETR on a COCO-format dataset with Ray Train; ends with one JSON summary line.
+
+    python jobs/train.py --annotations ANN --images ROOT --storage URI --name RUN [...]
+    ray job submit --working-dir . -- python jobs/train.py ...
+
+Re-running the same command (same --storage and --name) resumes from the latest checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a working dir
+
+from pipeline.cluster import init_ray  # noqa: E402
+from pipeline.training import TrainConfig, run_training  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    d = TrainConfig("", "", "", "")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--annotations", required=True, help="COCO annotation JSON of the training split (path or s3://)")
+    p.add_argument("--images", required=True, help="folder (or s3:// prefix) the file_names are relative to")
+    p.add_argument("--val-annotations", help="COCO JSON of a validation split: enables COCO AP reporting")
+    p.add_argument("--val-images", help="image folder of the validation split")
+    p.add_argument("--storage", required=True, help="where runs and checkpoints live (path or s3://)")
+    p.add_argument("--name", required=True, help="run name; the same name resumes that run")
+    p.add_argument("--preset", default=d.preset, help=f"model preset (default {d.preset})")
+    p.add_argument("--init", help="checkpoint to fine-tune from: ours, a reference .pth, or a Hugging Face folder")
+    p.add_argument("--backbone-norm", choices=("frozen_bn", "batch_norm", "group_norm"),
+                   help="override the preset's backbone normalisation")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"total epochs (default {d.epochs})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per worker per step")
+    p.add_argument("--workers", type=int, default=d.workers, help="Ray Train workers (data parallel)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker, bf16 autocast")
+    p.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker, help="logical CPUs per worker")
+    p.add_argument("--data-cpus", type=float, default=d.data_cpus, help="logical CPUs per decode/augment task")
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate of the transformer and heads")
+    p.add_argument("--lr-backbone", type=float, default=d.lr_backbone, help="learning rate of the backbone")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--clip-max-norm", type=float, default=d.clip_max_norm, help="gradient clipping (0: off)")
+    p.add_argument("--lr-drop", type=int, default=d.lr_drop, help="epochs between learning-rate drops (x0.1)")
+    p.add_argument("--augment-scale", type=float, default=d.augment_scale,
+                   help="multiplies the paper's sizes (shorter side 480-800, max 1333); e.g. 0.25 for ~200 px images")
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help="epochs between validation passes")
+    p.add_argument("--max-failures", type=int, default=d.max_failures, help="worker-group restarts allowed")
+    p.add_argument("--keep", type=int, default=None, help="checkpoints to keep (default: all)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    a = p.parse_args(argv)
+    return TrainConfig(
+        annotations=a.annotations, images=a.images, val_annotations=a.val_annotations, val_images=a.val_images,
+        storage=a.storage, name=a.name, preset=a.preset, init=a.init,
+        model_overrides={"backbone_norm": a.backbone_norm} if a.backbone_norm else {},
+        epochs=a.epochs, batch_size=a.batch_size, workers=a.workers, use_gpu=a.gpu,
+        cpus_per_worker=a.cpus_per_worker, data_cpus=a.data_cpus, lr=a.lr, lr_backbone=a.lr_backbone,
+        weight_decay=a.weight_decay, clip_max_norm=a.clip_max_norm, lr_drop=a.lr_drop,
+        augment_scale=a.augment_scale, eval_every=a.eval_every, max_failures=a.max_failures,
+        num_to_keep=a.keep, seed=a.seed,
+    )
+
+
+def main() -> None:
+    config = parse_args()
+    init_ray()
+    print(json.dumps(run_training(config), default=str))
+
+
+if __name__ == "__main__":
+    main()

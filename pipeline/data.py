@@ -1,0 +1,86 @@
+"""Training data through Ray Data: COCO records -> read + decode + augment (CPU tasks) -> batches.
+
+The driver holds only the annotation records; image bytes are read, decoded and augmented
+in Ray Data tasks as the workers consume them, so a dataset larger than a node's memory
+or disk streams. Images travel as uint8; the training worker normalises and pads them.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+import torchvision.transforms.v2.functional as F
+
+from model import pad_images
+from model import uri as uris
+
+from .coco import CocoDataset
+from .transforms import AugmentConfig, decode, train_transform, transform_sample, val_transform
+
+
+def _records(dataset: CocoDataset) -> list[dict[str, Any]]:
+    """Arrow-friendly rows: boxes flattened (x0, y0, x1, y1, ...) so empty images type-check."""
+    return [
+        {
+            "path": r["path"],
+            "image_id": r["image_id"],
+            "boxes": [float(v) for box in r["boxes"] for v in box],
+            "labels": [int(v) for v in r["labels"]],
+        }
+        for r in dataset.records()
+    ]
+
+
+def _load_and_augment(batch: dict[str, np.ndarray], augment: AugmentConfig, train: bool) -> dict[str, list]:
+    transform = train_transform(augment) if train else val_transform(augment)
+    out: dict[str, list] = {"image": [], "boxes": [], "labels": [], "image_id": [], "orig_size": []}
+    for path, image_id, boxes, labels in zip(batch["path"], batch["image_id"], batch["boxes"], batch["labels"]):
+        image = decode(uris.read_bytes(str(path)))
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        out["orig_size"].append(np.array(image.shape[-2:], dtype=np.int64))
+        image, boxes, labels = transform_sample(image, boxes, np.asarray(labels, dtype=np.int64), transform)
+        out["image"].append(image.numpy())
+        out["boxes"].append(boxes.reshape(-1).astype(np.float32))
+        out["labels"].append(labels.astype(np.int64))
+        out["image_id"].append(int(image_id))
+    return out
+
+
+def build_dataset(
+    dataset: CocoDataset,
+    augment: AugmentConfig,
+    train: bool,
+    num_cpus: float = 0.5,
+    batch_size: int = 8,
+) -> ray.data.Dataset:
+    """A Ray Dataset of augmented (train) or resized (val) samples, shuffled each epoch if train."""
+    ds = ray.data.from_items(_records(dataset))
+    if train:
+        ds = ds.random_shuffle()  # tiny records; re-drawn every epoch since the plan re-executes
+    return ds.map_batches(
+        _load_and_augment,
+        fn_kwargs={"augment": augment, "train": train},
+        batch_size=batch_size,
+        num_cpus=num_cpus,
+    )
+
+
+def collate(
+    batch: dict[str, Any], device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]]:
+    """Normalise and zero-pad a numpy batch: images [B,3,H,W], mask [B,H,W], targets."""
+    images = [
+        F.normalize(F.to_dtype(torch.as_tensor(np.asarray(img)).to(device), torch.float32, scale=True), mean, std)
+        for img in batch["image"]
+    ]
+    images, mask = pad_images(images)
+    targets = [
+        {
+            "boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4), device=device),
+            "labels": torch.as_tensor(np.asarray(labels, dtype=np.int64), device=device),
+        }
+        for boxes, labels in zip(batch["boxes"], batch["labels"])
+    ]
+    return images, mask, targets

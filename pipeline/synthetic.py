@@ -1,0 +1,140 @@
+"""A COCO-format synthetic shapes dataset that a small DETR can learn.
+
+Filled shapes of several classes on cluttered backgrounds (gradient, noise, distractor
+strokes), JPEG files plus COCO annotation JSON. Category ids are deliberately
+non-contiguous so id-mapping bugs show. Deterministic for a seed: each image has its own
+random stream derived from (seed, split, index).
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from model import uri as uris
+
+# name -> category id (non-contiguous on purpose)
+CATEGORIES = {"circle": 2, "square": 5, "triangle": 9, "cross": 11}
+SPLIT_SALT = {"train": 0, "val": 1}
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    min_side: int = 96  # image sides drawn uniformly in [min_side, max_side]
+    max_side: int = 320
+    max_objects: int = 6  # 0..max_objects shapes per image
+    min_object: int = 14  # shape size in px
+    max_object: int = 72
+    max_overlap_iou: float = 0.35  # placements overlapping more are re-drawn
+    jpeg_quality: int = 90
+
+
+def _shape_points(kind: str, cx: float, cy: float, size: float, angle: float) -> list[tuple[float, float]]:
+    half = size / 2
+    if kind == "triangle":
+        return [(cx + half * math.cos(angle + k * 2 * math.pi / 3), cy + half * math.sin(angle + k * 2 * math.pi / 3)) for k in range(3)]
+    arm = half / 3  # cross: a plus sign of bar width 2/3 * half
+    return [
+        (cx - arm, cy - half), (cx + arm, cy - half), (cx + arm, cy - arm), (cx + half, cy - arm),
+        (cx + half, cy + arm), (cx + arm, cy + arm), (cx + arm, cy + half), (cx - arm, cy + half),
+        (cx - arm, cy + arm), (cx - half, cy + arm), (cx - half, cy - arm), (cx - arm, cy - arm),
+    ]
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, size: float, angle: float, fill) -> None:
+    half = size / 2
+    if kind == "circle":
+        draw.ellipse([cx - half, cy - half, cx + half, cy + half], fill=fill)
+    elif kind == "square":
+        draw.rectangle([cx - half, cy - half, cx + half, cy + half], fill=fill)
+    else:
+        draw.polygon(_shape_points(kind, cx, cy, size, angle), fill=fill)
+
+
+def _background(rng: np.random.Generator, height: int, width: int) -> Image.Image:
+    """Two-colour gradient + noise + distractor strokes (lines and arcs, not of any class)."""
+    a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    t = np.linspace(0, 1, width)[None, :, None] if rng.random() < 0.5 else np.linspace(0, 1, height)[:, None, None]
+    pixels = a * (1 - t) + b * t + rng.normal(0, rng.uniform(4, 20), (height, width, 3))
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.integers(0, 8)):
+        x0, x1 = rng.uniform(0, width, 2)
+        y0, y1 = rng.uniform(0, height, 2)
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            draw.line([x0, y0, x1, y1], fill=colour, width=int(rng.integers(1, 4)))
+        else:
+            box = [min(x0, x1), min(y0, y1), max(x0, x1) + 1, max(y0, y1) + 1]
+            draw.arc(box, 0, int(rng.integers(30, 300)), fill=colour, width=2)
+    return image
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def make_image(seed: int, split: str, index: int, config: SyntheticConfig) -> tuple[bytes, int, int, list[dict]]:
+    """One JPEG and its objects: (jpeg bytes, width, height, [{category_id, bbox, area}])."""
+    rng = np.random.default_rng([seed, SPLIT_SALT[split], index])
+    width, height = (int(v) for v in rng.integers(config.min_side, config.max_side + 1, 2))
+    image = _background(rng, height, width)
+    draw = ImageDraw.Draw(image)
+    objects: list[dict] = []
+    names = list(CATEGORIES)
+    for _ in range(int(rng.integers(0, config.max_objects + 1))):
+        for _attempt in range(20):
+            size = float(rng.uniform(config.min_object, min(config.max_object, 0.6 * min(width, height))))
+            cx, cy = rng.uniform(size / 2, width - size / 2), rng.uniform(size / 2, height - size / 2)
+            kind = names[int(rng.integers(len(names)))]
+            angle = float(rng.uniform(0, 2 * math.pi))
+            mask = Image.new("L", (width, height))
+            _draw_shape(ImageDraw.Draw(mask), kind, cx, cy, size, angle, 255)
+            left, top, right, bottom = mask.getbbox()
+            bbox = [float(left), float(top), float(right - left), float(bottom - top)]
+            if all(_iou(bbox, o["bbox"]) <= config.max_overlap_iou for o in objects):
+                break
+        else:
+            continue
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        _draw_shape(draw, kind, cx, cy, size, angle, colour)
+        area = float(np.count_nonzero(np.asarray(mask)))
+        objects.append({"category_id": CATEGORIES[kind], "bbox": bbox, "area": area})
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=config.jpeg_quality)
+    return buffer.getvalue(), width, height, objects
+
+
+def write_split(out: str, split: str, count: int, seed: int, config: SyntheticConfig) -> str:
+    """Write OUT/split/*.jpg and OUT/annotations/split.json; return the annotation URI."""
+    images, annotations = [], []
+    for index in range(count):
+        data, width, height, objects = make_image(seed, split, index, config)
+        file_name = f"{index:06d}.jpg"
+        uris.write_bytes(uris.join(out, split, file_name), data)
+        image_id = index + 1
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+        for obj in objects:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "iscrowd": 0, **obj})
+    categories = [{"id": cid, "name": name, "supercategory": "shape"} for name, cid in CATEGORIES.items()]
+    coco = {"images": images, "annotations": annotations, "categories": categories}
+    annotation_uri = uris.join(out, "annotations", f"{split}.json")
+    uris.write_bytes(annotation_uri, json.dumps(coco).encode())
+    return annotation_uri
+
+
+def make_synthetic(out: str, train: int, val: int, seed: int = 0, config: SyntheticConfig = SyntheticConfig()) -> dict:
+    """Write the train and val splits under OUT (local or s3://); return a summary."""
+    summary = {"out": out, "seed": seed}
+    for split, count in (("train", train), ("val", val)):
+        summary[f"{split}_annotations"] = write_split(out, split, count, seed, config)
+        summary[f"{split}_images"] = uris.join(out, split)
+        summary[f"{split}_count"] = count
+    return summary

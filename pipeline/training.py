@@ -1,0 +1,242 @@
+"""Distributed DETR training on Ray Train (TorchTrainer): checkpoints, resume, fault tolerance.
+
+Each epoch every worker consumes its shard of the streamed training set, steps AdamW,
+and reports losses; rank 0 attaches a checkpoint (save_checkpoint format) and, every
+eval_every epochs, COCO AP on the validation split. Re-running with the same storage and
+name resumes from the latest checkpoint; after a worker failure Ray restarts the group
+(FailureConfig) and training continues from that checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow.fs as pafs
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from torchvision.ops import box_convert
+
+from model import PostProcess, build_criterion, build_detr, get_config, load_checkpoint, save_checkpoint
+from model.checkpoint import CHECKPOINT_FILE, safe_torch_load
+
+from .coco import load_coco
+from .data import build_dataset, collate
+from .evaluation import coco_bbox_stats, coco_ground_truth
+from .transforms import AugmentConfig
+
+LOGGED_LOSSES = ("loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error")
+
+
+@dataclass
+class TrainConfig:
+    annotations: str
+    images: str
+    storage: str
+    name: str
+    val_annotations: str | None = None
+    val_images: str | None = None
+    preset: str = "detr-tiny"
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # DetrConfig fields
+    init: str | None = None  # checkpoint to fine-tune from (any load_checkpoint source)
+    epochs: int = 10
+    batch_size: int = 4  # per worker
+    workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    data_cpus: float = 0.5  # per Ray Data decode/augment task
+    lr: float = 1e-4
+    lr_backbone: float = 1e-5
+    weight_decay: float = 1e-4
+    clip_max_norm: float = 0.1
+    lr_drop: int = 200  # epochs between learning-rate drops
+    lr_drop_gamma: float = 0.1
+    eos_coef: float = 0.1
+    augment_scale: float = 1.0  # multiplies the paper's image sizes (480-800, max 1333)
+    eval_every: int = 1
+    max_failures: int = 0
+    num_to_keep: int | None = None
+    seed: int = 0
+
+    @property
+    def augment(self) -> AugmentConfig:
+        return AugmentConfig().scaled(self.augment_scale)
+
+
+def _build_model(cfg: TrainConfig, num_classes: int):
+    if cfg.init:
+        model, config = load_checkpoint(cfg.init, num_classes=num_classes, **cfg.model_overrides)
+        return model.train(), config
+    config = get_config(cfg.preset, num_classes=num_classes, **cfg.model_overrides)
+    return build_detr(config).train(), config
+
+
+def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Two learning rates, as the paper: the backbone's and the rest's."""
+    backbone, rest = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (backbone if name.startswith("backbone.") else rest).append(parameter)
+    return [{"params": rest, "lr": cfg.lr}, {"params": backbone, "lr": cfg.lr_backbone}]
+
+
+def _restore(model, optimizer, scheduler) -> tuple[int, int]:
+    """Load the latest reported checkpoint, if any; return (completed epochs, optimizer steps)."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, 0
+    with checkpoint.as_directory() as folder:
+        with open(os.path.join(folder, CHECKPOINT_FILE), "rb") as f:
+            payload = safe_torch_load(f.read(), checkpoint.path)
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["extra"]["scheduler"])
+    return payload["epoch"], payload["extra"]["steps"]
+
+
+@torch.inference_mode()
+def _validate(model, shard, gt, device, config, batch_size: int) -> dict[str, float]:
+    model.eval()
+    postprocess = PostProcess(top_k=100)
+    rows = []
+    for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        images, mask, _ = collate(batch, device, config.image_mean, config.image_std)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            outputs = model(images, mask)
+        sizes = torch.as_tensor(np.stack(batch["orig_size"]))
+        for image_id, found in zip(batch["image_id"], postprocess(outputs, sizes)):
+            xywh = box_convert(found["boxes"], "xyxy", "xywh").cpu().numpy()
+            ids = np.full((len(xywh), 1), int(image_id))
+            rows.append(np.column_stack([ids, xywh, found["scores"].cpu().numpy(), found["labels"].cpu().numpy()]))
+    model.train()
+    return coco_bbox_stats(gt, np.concatenate(rows) if rows else np.zeros((0, 7)))
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    cfg = TrainConfig(**loop_config["train"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)
+
+    model, config = _build_model(cfg, loop_config["num_classes"])
+    criterion = build_criterion(config.num_classes, config.dec_layers, eos_coef=cfg.eos_coef,
+                                aux_loss=config.aux_loss).to(device)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_drop, cfg.lr_drop_gamma)
+    start_epoch, steps = _restore(model, optimizer, scheduler)
+    ddp_model = ray.train.torch.prepare_model(model)
+
+    shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val") if cfg.val_annotations and rank == 0 else None
+    gt = coco_ground_truth(load_coco(cfg.val_annotations, cfg.val_images, check_files=False).raw) if val_shard else None
+    last_eval: dict[str, float] = {}
+
+    for epoch in range(start_epoch, cfg.epochs):
+        sums: dict[str, float] = defaultdict(float)
+        batches = images_seen = 0
+        started = time.perf_counter()
+        for batch in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"):
+            images, mask, targets = collate(batch, device, config.image_mean, config.image_std)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                outputs = ddp_model(images, mask)
+            losses = criterion(outputs, targets)  # float32: the criterion upcasts
+            loss = criterion.total_loss(losses)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip_max_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_max_norm)
+            optimizer.step()
+            steps += 1
+            batches += 1
+            images_seen += len(images)
+            sums["loss"] += loss.item()
+            for name in LOGGED_LOSSES:
+                sums[name] += losses[name].item()
+        scheduler.step()
+        elapsed = time.perf_counter() - started
+        metrics: dict[str, Any] = {k: v / max(batches, 1) for k, v in sums.items()}
+        metrics.update(epoch=epoch + 1, steps=steps, lr=optimizer.param_groups[0]["lr"],
+                       images_per_s=images_seen * world_size / max(elapsed, 1e-9), epoch_seconds=elapsed)
+        if val_shard is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            last_eval = _validate(model, val_shard, gt, device, config, cfg.batch_size)
+        metrics.update(last_eval)
+        _report(metrics, model, config, optimizer, scheduler, epoch + 1, steps, rank)
+
+
+def _report(metrics, model, config, optimizer, scheduler, epoch: int, steps: int, rank: int) -> None:
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    shown = " ".join(f"{k} {metrics[k]:.4g}" for k in ("loss", "loss_ce", "loss_bbox", "loss_giou", "AP", "AP50",
+                                                          "images_per_s") if k in metrics)
+    print(f"epoch {epoch}: {shown}", flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        save_checkpoint(folder, model, config, optimizer=optimizer, epoch=epoch,
+                        extra={"scheduler": scheduler.state_dict(), "steps": steps, "metrics": metrics})
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def checkpoint_uri(checkpoint: ray.train.Checkpoint) -> str:
+    """The checkpoint file as a URI that load_checkpoint accepts."""
+    path = f"{checkpoint.path.rstrip('/')}/{CHECKPOINT_FILE}"
+    return f"s3://{path}" if isinstance(checkpoint.filesystem, pafs.S3FileSystem) else path
+
+
+def _storage(uri: str) -> str:
+    return uri if "://" in uri else os.path.abspath(uri)
+
+
+def run_training(cfg: TrainConfig) -> dict[str, Any]:
+    """Validate the data, train on the current Ray cluster, and summarise the run."""
+    train_set = load_coco(cfg.annotations, cfg.images)
+    num_classes = train_set.num_classes
+    datasets = {"train": build_dataset(train_set, cfg.augment, train=True, num_cpus=cfg.data_cpus,
+                                       batch_size=cfg.batch_size)}
+    if cfg.val_annotations:
+        if not cfg.val_images:
+            raise ValueError("--val-annotations needs --val-images")
+        val_set = load_coco(cfg.val_annotations, cfg.val_images)
+        datasets["val"] = build_dataset(val_set, cfg.augment, train=False, num_cpus=cfg.data_cpus,
+                                        batch_size=cfg.batch_size)
+    score = ("AP", "max") if cfg.val_annotations else ("loss", "min")
+    trainer = ray.train.torch.TorchTrainer(
+        train_loop,
+        train_loop_config={"train": dataclasses.asdict(cfg), "num_classes": num_classes},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.name,
+            storage_path=_storage(cfg.storage),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.num_to_keep, checkpoint_score_attribute=score[0], checkpoint_score_order=score[1]
+            ),
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    summary: dict[str, Any] = {
+        "run": result.path,
+        "checkpoint": checkpoint_uri(result.checkpoint) if result.checkpoint else None,
+        "best_checkpoint": None,
+        "metrics": result.metrics,
+        "num_classes": num_classes,
+        "dropped_boxes": train_set.dropped_boxes,
+    }
+    if result.best_checkpoints:
+        pick = max if score[1] == "max" else min
+        best, _ = pick(result.best_checkpoints, key=lambda cm: cm[1].get(score[0], float("nan")))
+        summary["best_checkpoint"] = checkpoint_uri(best)
+    return summary

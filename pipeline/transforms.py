@@ -1,0 +1,105 @@
+"""The paper's box-aware augmentation (torchvision.transforms.v2 + tv_tensors), and decoding.
+
+Train: horizontal flip, then either a multi-scale resize of the shorter side, or
+resize -> random crop -> multi-scale resize. Validation: one fixed resize. Sizes are
+configurable and scale together (AugmentConfig.scaled) so small images get
+proportionally small scales. Normalisation happens on the training worker, so
+augmented images travel as uint8 (a quarter of the bytes).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision.transforms.v2 as v2
+import torchvision.transforms.v2.functional as F
+from torchvision import tv_tensors
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.ops import box_convert
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    scales: tuple[int, ...] = tuple(range(480, 801, 32))  # shorter side, chosen at random
+    max_size: int = 1333  # longer side cap
+    crop_resize: tuple[int, ...] = (400, 500, 600)  # resize before the random crop
+    crop_size: tuple[int, int] = (384, 600)  # crop sides drawn in this range
+    val_size: int = 800
+    hflip: float = 0.5
+
+    def scaled(self, factor: float) -> "AugmentConfig":
+        """Every size multiplied by factor (e.g. 0.25 for ~200 px synthetic images)."""
+        s = lambda v: max(1, int(round(v * factor)))  # noqa: E731
+        return replace(
+            self,
+            scales=tuple(sorted({s(v) for v in self.scales})),
+            max_size=s(self.max_size),
+            crop_resize=tuple(s(v) for v in self.crop_resize),
+            crop_size=(s(self.crop_size[0]), s(self.crop_size[1])),
+            val_size=s(self.val_size),
+        )
+
+
+class RandomSizeCrop(v2.Transform):
+    """Crop a random region whose sides are drawn in [min_size, max_size] (the reference's)."""
+
+    def __init__(self, min_size: int, max_size: int):
+        super().__init__()
+        self.min_size, self.max_size = min_size, max_size
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        crop_w = random.randint(min(self.min_size, width), min(width, self.max_size))
+        crop_h = random.randint(min(self.min_size, height), min(height, self.max_size))
+        return {"top": random.randint(0, height - crop_h), "left": random.randint(0, width - crop_w),
+                "height": crop_h, "width": crop_w}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return F.crop(inpt, **params)
+
+
+def train_transform(config: AugmentConfig) -> v2.Transform:
+    multi_scale = v2.RandomShortestSize(list(config.scales), max_size=config.max_size)
+    return v2.Compose([
+        v2.RandomHorizontalFlip(config.hflip),
+        v2.RandomChoice([
+            multi_scale,
+            v2.Compose([
+                v2.RandomShortestSize(list(config.crop_resize)),
+                RandomSizeCrop(*config.crop_size),
+                multi_scale,
+            ]),
+        ]),
+        v2.ClampBoundingBoxes(),
+        v2.SanitizeBoundingBoxes(),  # drops boxes the crop emptied, with their labels
+    ])
+
+
+def val_transform(config: AugmentConfig) -> v2.Transform:
+    return v2.Resize(config.val_size, max_size=config.max_size)
+
+
+def decode(data: bytes) -> torch.Tensor:
+    """uint8 3xHxW RGB, EXIF orientation applied."""
+    return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                        apply_exif_orientation=True)
+
+
+def transform_sample(image: torch.Tensor, boxes_xyxy: np.ndarray, labels: np.ndarray,
+                     transform: v2.Transform) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Apply a box-aware transform; return image and normalised cxcywh boxes with labels."""
+    height, width = image.shape[-2:]
+    sample = {
+        "image": tv_tensors.Image(image),
+        "boxes": tv_tensors.BoundingBoxes(torch.as_tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4),
+                                          format="XYXY", canvas_size=(height, width)),
+        "labels": torch.as_tensor(labels, dtype=torch.int64),
+    }
+    out = transform(sample)
+    new_h, new_w = out["image"].shape[-2:]
+    boxes = box_convert(out["boxes"].as_subclass(torch.Tensor), "xyxy", "cxcywh")
+    boxes = boxes / torch.tensor([new_w, new_h, new_w, new_h], dtype=torch.float32)
+    return out["image"].as_subclass(torch.Tensor), boxes.numpy(), out["labels"].numpy()
