@@ -14,6 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a working dir
 
+import ray  # noqa: E402
+
 from pipeline.cluster import init_ray  # noqa: E402
 from pipeline.training import TrainConfig, run_training  # noqa: E402
 
@@ -64,7 +66,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 def main() -> None:
     config = parse_args()
     init_ray()
-    print(json.dumps(run_training(config), default=str))
+    summary = run_training(config)
+    ray.shutdown()  # flush the workers' log lines before the summary
+    print(json.dumps(summary, default=str))
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def collate(
 ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]]:
     """Normalise and zero-pad a numpy batch: images [B,3,H,W], mask [B,H,W], targets."""
     images = [
-        F.normalize(F.to_dtype(torch.as_tensor(np.asarray(img)).to(device), torch.float32, scale=True), mean, std)
+        F.normalize(F.to_dtype(torch.from_numpy(np.array(img)).to(device), torch.float32, scale=True), mean, std)
         for img in batch["image"]
     ]
     images, mask = pad_images(images)

@@ -198,6 +198,7 @@ def _storage(uri: str) -> str:
 
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
     """Validate the data, train on the current Ray cluster, and summarise the run."""
+    ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
     train_set = load_coco(cfg.annotations, cfg.images)
     num_classes = train_set.num_classes
     datasets = {"train": build_dataset(train_set, cfg.augment, train=True, num_cpus=cfg.data_cpus,

@@ -8,6 +8,9 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Every Ray cluster of the test run, and every driver, without token auth (see README).
+os.environ["RAY_AUTH_MODE"] = "disabled"
 REFERENCE = Path(os.environ.get("DETR_REFERENCE_DIR", REPO.parent / "shared" / "reference"))
 
 
@@ -120,3 +123,24 @@ def s3_bucket(s3_server, request) -> str:
     fs = pafs.S3FileSystem(endpoint_override=s3_server, allow_bucket_creation=True, region="us-east-1")
     fs.create_dir(bucket)
     return f"s3://{bucket}"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for the whole run, with more logical CPUs than cores so training
+    workers and Ray Data tasks fit side by side."""
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=True, log_to_driver=True)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes(tmp_path_factory) -> dict:
+    """A small synthetic COCO dataset: 16 train / 8 val images of 64-128 px."""
+    from pipeline.synthetic import SyntheticConfig, make_synthetic
+
+    out = tmp_path_factory.mktemp("shapes")
+    return make_synthetic(str(out), train=16, val=8, seed=7,
+                          config=SyntheticConfig(min_side=64, max_side=128, max_objects=3, min_object=12, max_object=40))

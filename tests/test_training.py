@@ -1,0 +1,133 @@
+"""Ray Train: step counts over shards, resume, recovery from a killed worker, fine-tuning."""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import load_checkpoint
+from model.checkpoint import safe_torch_load
+from pipeline.training import TrainConfig, _build_model, run_training
+
+
+def _config(shapes: dict, storage: Path, name: str, **overrides) -> TrainConfig:
+    settings = dict(
+        annotations=shapes["train_annotations"], images=shapes["train_images"], storage=str(storage), name=name,
+        preset="detr-tiny", model_overrides={"num_queries": 10}, epochs=1, batch_size=4, workers=1,
+        cpus_per_worker=1.0, data_cpus=0.5, augment_scale=0.15,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def _payload(uri: str) -> dict:
+    return safe_torch_load(Path(uri).read_bytes(), uri)
+
+
+def _checkpoints(run: str) -> list[Path]:
+    return sorted(Path(run).glob("checkpoint_*/checkpoint.pt"))
+
+
+def _loadable_epochs(run: str) -> list[int]:
+    """Epochs of the complete checkpoints (a worker killed while one is being copied to
+    storage leaves a partial file behind, which Ray never registers)."""
+    epochs = []
+    for path in _checkpoints(run):
+        try:
+            epochs.append(_payload(str(path))["epoch"])
+        except Exception:
+            pass
+    return sorted(epochs)
+
+
+def test_two_workers_step_count_and_validation(ray_cluster, tiny_shapes, tmp_path):
+    batch = 3
+    summary = run_training(_config(
+        tiny_shapes, tmp_path, "two", workers=2, batch_size=batch,
+        val_annotations=tiny_shapes["val_annotations"], val_images=tiny_shapes["val_images"],
+    ))
+    per_worker = 16 // 2  # equal split of the 16 training images
+    assert summary["metrics"]["steps"] == math.ceil(per_worker / batch)
+    assert summary["metrics"]["epoch"] == 1
+    assert 0.0 <= summary["metrics"]["AP50"] <= 1.0 and "AP" in summary["metrics"]
+    assert all(math.isfinite(summary["metrics"][k]) for k in ("loss", "loss_ce", "loss_bbox", "loss_giou"))
+    model, config = load_checkpoint(summary["checkpoint"])
+    assert config.num_classes == 12 and config.num_queries == 10  # synthetic ids go up to 11
+    assert summary["best_checkpoint"] is not None
+
+
+def test_resume_continues_at_the_next_epoch(ray_cluster, tiny_shapes, tmp_path):
+    first = run_training(_config(tiny_shapes, tmp_path, "resume", epochs=1))
+    steps_per_epoch = first["metrics"]["steps"]
+    assert _payload(first["checkpoint"])["epoch"] == 1
+    second = run_training(_config(tiny_shapes, tmp_path, "resume", epochs=2))
+    assert second["metrics"]["epoch"] == 2
+    assert second["metrics"]["steps"] == 2 * steps_per_epoch  # epoch 1 was not trained again
+    assert _payload(second["checkpoint"])["epoch"] == 2
+    assert len(_checkpoints(second["run"])) == 2
+
+
+def _train_worker_pids() -> list[int]:
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    return [a.pid for a in actors if a.pid]
+
+
+def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, tiny_shapes, tmp_path):
+    config = _config(tiny_shapes, tmp_path, "faults", epochs=3, batch_size=1, max_failures=1)
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(summary=run_training(config)), daemon=True)
+    thread.start()
+    run = str(tmp_path / "faults")
+    deadline = time.time() + 300
+    while not _loadable_epochs(run) and time.time() < deadline:  # epoch 1 is done and stored
+        time.sleep(0.2)
+    assert _loadable_epochs(run) == [1], "no complete checkpoint within 300 s"
+    time.sleep(1.0)  # into epoch 2 (16 steps of one image)
+    pids = _train_worker_pids()
+    assert pids, "no live training worker found"
+    os.kill(pids[0], signal.SIGKILL)
+    thread.join(timeout=600)
+    assert not thread.is_alive()
+    summary = outcome["summary"]
+    assert summary["metrics"]["epoch"] == 3
+    assert summary["metrics"]["steps"] == 3 * 16  # steps restored with the checkpoint: no epoch counted twice
+    assert pids[0] not in _train_worker_pids()
+    # resumed from epoch 1's checkpoint: epoch 1 was not trained (and stored) a second time
+    assert _loadable_epochs(summary["run"]) == [1, 2, 3]
+
+
+def test_fine_tune_from_reference_weights_reinitialises_the_class_head(small_fixture, tmp_path, tiny_shapes):
+    path = tmp_path / "detr-small.pth"
+    torch.save({"model": small_fixture["state_dict"], "args": argparse.Namespace(nheads=4, dropout=0.0)}, path)
+    config = _config(tiny_shapes, tmp_path, "ft", init=str(path), model_overrides={})
+    model, detr_config = _build_model(config, num_classes=12)
+    assert detr_config.num_classes == 12 and model.class_embed.out_features == 13
+    state = model.state_dict()
+    for key, value in small_fixture["state_dict"].items():
+        if not key.startswith("class_embed."):
+            assert torch.equal(state[key], value), key
+    assert model.training
+
+
+def test_fine_tune_run(ray_cluster, small_fixture, tmp_path, tiny_shapes):
+    path = tmp_path / "detr-small.pth"
+    torch.save({"model": small_fixture["state_dict"], "args": argparse.Namespace(nheads=4, dropout=0.0)}, path)
+    summary = run_training(_config(tiny_shapes, tmp_path, "ftrun", init=str(path), model_overrides={}))
+    model, config = load_checkpoint(summary["checkpoint"])
+    assert (config.hidden_dim, config.nheads, config.num_classes) == (64, 4, 12)
+    trained = model.state_dict()["transformer.decoder.norm.weight"]
+    assert not torch.equal(trained, small_fixture["state_dict"]["transformer.decoder.norm.weight"])
+
+
+def test_unknown_val_images_is_explained(tiny_shapes, tmp_path):
+    with pytest.raises(ValueError, match="--val-images"):
+        run_training(_config(tiny_shapes, tmp_path, "x", val_annotations=tiny_shapes["val_annotations"]))
