@@ -94,9 +94,9 @@ def transform_sample(image: torch.Tensor, boxes_xyxy: np.ndarray, labels: np.nda
     height, width = image.shape[-2:]
     sample = {
         "image": tv_tensors.Image(image),
-        "boxes": tv_tensors.BoundingBoxes(torch.as_tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4),
+        "boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4),
                                           format="XYXY", canvas_size=(height, width)),
-        "labels": torch.as_tensor(labels, dtype=torch.int64),
+        "labels": torch.tensor(labels, dtype=torch.int64),
     }
     out = transform(sample)
     new_h, new_w = out["image"].shape[-2:]

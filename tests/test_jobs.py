@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,17 +12,25 @@ from model import load_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_job(*args: str, timeout: int = 600) -> dict:
+def run_job(*args: str, timeout: int = 900) -> dict:
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(
-        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_demo(tmp_path):
-    summary = run_job("jobs/demo.py", "--out", str(tmp_path), "--images", "2")
-    assert summary["images"] == 2
-    assert all(Path(p).stat().st_size > 0 for p in summary["pictures"])
+    summary = run_job("jobs/demo.py", "--out", str(tmp_path), "--train", "16", "--val", "4", "--epochs", "1",
+                      "--pictures", "2")
+    assert summary["metrics"]["epoch"] == 1 and summary["metrics"]["AP50"] is not None
+    assert len(summary["pictures"]) == 2 and all(Path(p).stat().st_size > 0 for p in summary["pictures"])
     _, config = load_checkpoint(summary["checkpoint"])
-    assert config.num_classes == 4
+    assert config.num_classes == 12
+
+
+def test_make_synthetic(tmp_path):
+    summary = run_job("jobs/make_synthetic.py", "--out", str(tmp_path), "--train", "3", "--val", "2", "--seed", "1")
+    assert summary["train_count"] == 3 and len(list((tmp_path / "val").glob("*.jpg"))) == 2
