@@ -15,7 +15,6 @@ import os
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 from model import build_criterion, get_config, build_detr
@@ -29,9 +28,9 @@ def plain_loop_images_per_s(cfg: TrainConfig, epochs: int) -> float:
     dataset = load_coco(cfg.annotations, cfg.images)
     records = _records(dataset)
     batches = []
-    for start in range(0, len(records), cfg.batch_size):  # decode + augment up front
+    for start in range(0, len(records), cfg.batch_size):  # read, decode and augment up front
         chunk = records[start : start + cfg.batch_size]
-        columns = {k: np.array([r[k] for r in chunk], dtype=object) for k in chunk[0]}
+        columns = {k: [r[k] for r in chunk] for k in chunk[0]}
         batches.append(_load_and_augment(columns, cfg.augment, train=True))
     config = get_config(cfg.preset, num_classes=dataset.num_classes, **cfg.model_overrides)
     model = build_detr(config).train()

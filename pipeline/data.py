@@ -6,7 +6,7 @@ or disk streams. Images travel as uint8; the training worker normalises and pads
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import ray
@@ -33,19 +33,27 @@ def _records(dataset: CocoDataset) -> list[dict[str, Any]]:
     ]
 
 
-def _load_and_augment(batch: dict[str, np.ndarray], augment: AugmentConfig, train: bool) -> dict[str, list]:
-    transform = train_transform(augment) if train else val_transform(augment)
+def augment_samples(samples: Iterable[tuple[torch.Tensor, np.ndarray, np.ndarray, int]], transform) -> dict[str, list]:
+    """(decoded uint8 image, xyxy boxes, labels, image id) -> a batch of transformed samples
+    with normalised cxcywh boxes (flattened) and each image's original (height, width)."""
     out: dict[str, list] = {"image": [], "boxes": [], "labels": [], "image_id": [], "orig_size": []}
-    for path, image_id, boxes, labels in zip(batch["path"], batch["image_id"], batch["boxes"], batch["labels"]):
-        image = decode(uris.read_bytes(str(path)))
-        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    for image, boxes, labels, image_id in samples:
         out["orig_size"].append(np.array(image.shape[-2:], dtype=np.int64))
-        image, boxes, labels = transform_sample(image, boxes, np.asarray(labels, dtype=np.int64), transform)
+        image, boxes, labels = transform_sample(image, boxes, labels, transform)
         out["image"].append(image.numpy())
         out["boxes"].append(boxes.reshape(-1).astype(np.float32))
         out["labels"].append(labels.astype(np.int64))
         out["image_id"].append(int(image_id))
     return out
+
+
+def _load_and_augment(batch: dict[str, np.ndarray], augment: AugmentConfig, train: bool) -> dict[str, list]:
+    transform = train_transform(augment) if train else val_transform(augment)
+    samples = (
+        (decode(uris.read_bytes(str(path))), np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64), image_id)
+        for path, image_id, boxes, labels in zip(batch["path"], batch["image_id"], batch["boxes"], batch["labels"])
+    )
+    return augment_samples(samples, transform)
 
 
 def build_dataset(

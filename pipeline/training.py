@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -103,12 +103,15 @@ def _restore(model, optimizer, scheduler) -> tuple[int, int]:
 
 
 @torch.inference_mode()
-def _validate(model, shard, gt, device, config, batch_size: int) -> dict[str, float]:
+def evaluate(model, batches: Iterable[dict[str, Any]], gt, device: torch.device) -> dict[str, float]:
+    """COCO stats of the model's top-100 detections on validation batches (collate format
+    plus "image_id" and "orig_size"), scored against the ground truth gt."""
+    was_training = model.training
     model.eval()
     postprocess = PostProcess(top_k=100)
     rows = []
-    for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
-        images, mask, _ = collate(batch, device, config.image_mean, config.image_std)
+    for batch in batches:
+        images, mask, _ = collate(batch, device, model.config.image_mean, model.config.image_std)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             outputs = model(images, mask)
         sizes = torch.as_tensor(np.stack(batch["orig_size"]))
@@ -116,7 +119,7 @@ def _validate(model, shard, gt, device, config, batch_size: int) -> dict[str, fl
             xywh = box_convert(found["boxes"], "xyxy", "xywh").cpu().numpy()
             ids = np.full((len(xywh), 1), int(image_id))
             rows.append(np.column_stack([ids, xywh, found["scores"].cpu().numpy(), found["labels"].cpu().numpy()]))
-    model.train()
+    model.train(was_training)
     return coco_bbox_stats(gt, np.concatenate(rows) if rows else np.zeros((0, 7)))
 
 
@@ -168,7 +171,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         metrics.update(epoch=epoch + 1, steps=steps, lr=optimizer.param_groups[0]["lr"],
                        images_per_s=images_seen * world_size / max(elapsed, 1e-9), epoch_seconds=elapsed)
         if val_shard is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            last_eval = _validate(model, val_shard, gt, device, config, cfg.batch_size)
+            last_eval = evaluate(model, val_shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"),
+                                 gt, device)
         metrics.update(last_eval)
         _report(metrics, model, config, optimizer, scheduler, epoch + 1, steps, rank)
 

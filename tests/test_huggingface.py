@@ -75,13 +75,16 @@ def test_hub_layout_matches_huggingface(tmp_path, weights_file):
 
     model, config = load_checkpoint(str(tmp_path))
     assert (config.backbone, config.hidden_dim, config.nheads, config.num_classes) == ("resnet18", 64, 4, 7)
+    _assert_same_outputs(model, hf_model, atol=1e-5)
 
+
+def _assert_same_outputs(model, hf_model, atol: float) -> None:
     images, mask = _inputs()
     with torch.inference_mode():
         theirs = hf_model(pixel_values=images, pixel_mask=(~mask).long())
         ours = model(images, mask)
-    torch.testing.assert_close(ours["pred_logits"], theirs.logits, atol=1e-5, rtol=0)
-    torch.testing.assert_close(ours["pred_boxes"], theirs.pred_boxes, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours["pred_logits"], theirs.logits, atol=atol, rtol=0)
+    torch.testing.assert_close(ours["pred_boxes"], theirs.pred_boxes, atol=atol, rtol=0)
 
 
 def test_hub_layout_dc5_r50(tmp_path):
@@ -89,12 +92,7 @@ def test_hub_layout_dc5_r50(tmp_path):
     hf_model.save_pretrained(tmp_path)
     model, config = load_checkpoint(str(tmp_path))
     assert config.backbone == "resnet50" and config.dilation
-    images, mask = _inputs()
-    with torch.inference_mode():
-        theirs = hf_model(pixel_values=images, pixel_mask=(~mask).long())
-        ours = model(images, mask)
-    torch.testing.assert_close(ours["pred_logits"], theirs.logits, atol=1e-4, rtol=0)
-    torch.testing.assert_close(ours["pred_boxes"], theirs.pred_boxes, atol=1e-4, rtol=0)
+    _assert_same_outputs(model, hf_model, atol=1e-5)
 
 
 def test_hub_folder_other_model_type_is_refused(tmp_path):

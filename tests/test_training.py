@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import signal
@@ -33,6 +34,16 @@ def _payload(uri: str) -> dict:
 
 def _checkpoints(run: str) -> list[Path]:
     return sorted(Path(run).glob("checkpoint_*/checkpoint.pt"))
+
+
+def _registered_epochs(run: str) -> list[int]:
+    """Epochs of the checkpoints Ray Train has registered (what a restart resumes from)."""
+    snapshot = Path(run) / "checkpoint_manager_snapshot.json"
+    try:
+        results = json.loads(snapshot.read_text())["checkpoint_results"]
+    except (OSError, ValueError, KeyError):
+        return []
+    return sorted(r["metrics"]["epoch"] for r in results)
 
 
 def _loadable_epochs(run: str) -> list[int]:
@@ -88,9 +99,9 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, tiny_shapes, tm
     thread.start()
     run = str(tmp_path / "faults")
     deadline = time.time() + 300
-    while not _loadable_epochs(run) and time.time() < deadline:  # epoch 1 is done and stored
+    while not _registered_epochs(run) and time.time() < deadline:  # epoch 1 is stored and registered
         time.sleep(0.2)
-    assert _loadable_epochs(run) == [1], "no complete checkpoint within 300 s"
+    assert _registered_epochs(run) == [1], "no registered checkpoint within 300 s"
     time.sleep(1.0)  # into epoch 2 (16 steps of one image)
     pids = _train_worker_pids()
     assert pids, "no live training worker found"
@@ -102,6 +113,7 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, tiny_shapes, tm
     assert summary["metrics"]["steps"] == 3 * 16  # steps restored with the checkpoint: no epoch counted twice
     assert pids[0] not in _train_worker_pids()
     # resumed from epoch 1's checkpoint: epoch 1 was not trained (and stored) a second time
+    assert _registered_epochs(summary["run"]) == [1, 2, 3]
     assert _loadable_epochs(summary["run"]) == [1, 2, 3]
 
 

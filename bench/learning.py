@@ -1,0 +1,110 @@
+"""Learning from scratch: val AP/AP50 of the small preset against wall-clock training time.
+
+Trains on a synthetic shapes set for a fixed time budget on this machine's CPU (plain
+PyTorch loop over the project's own model, criterion, augmentation and COCO scoring) and
+prints the curve (minutes, AP, AP50, train loss) as JSON. Compare with the reference
+recipe's anchor (AP50 0.002 after 15 minutes, ../shared/reference/LEARNING_ANCHOR.md).
+
+    python -m bench.learning [--minutes 15] [--eval-every 3] [--backbone-norm batch_norm] ...
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from model import build_criterion, build_detr
+from model import uri as uris
+from pipeline.coco import load_coco
+from pipeline.data import augment_samples, collate
+from pipeline.evaluation import coco_ground_truth
+from pipeline.synthetic import SyntheticConfig, make_synthetic
+from pipeline.training import evaluate
+from pipeline.transforms import AugmentConfig, decode, train_transform, val_transform
+
+
+def load_split(annotations: str, images: str):
+    dataset = load_coco(annotations, images)
+    samples = [(decode(uris.read_bytes(r["path"])), np.array(r["boxes"], np.float32).reshape(-1, 4),
+                np.array(r["labels"], np.int64), r["image_id"]) for r in dataset.records()]
+    return dataset, samples
+
+
+def batches(samples, transform, batch_size: int):
+    for start in range(0, len(samples), batch_size):
+        yield augment_samples(samples[start : start + batch_size], transform)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=15.0, help="training time budget")
+    p.add_argument("--eval-every", type=float, default=3.0, help="minutes between validation passes")
+    p.add_argument("--train", type=int, default=2000)
+    p.add_argument("--val", type=int, default=200)
+    p.add_argument("--data", help="existing make_synthetic folder (default: generate one)")
+    p.add_argument("--backbone-norm", default="batch_norm", choices=("frozen_bn", "batch_norm", "group_norm"))
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr-backbone", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--queries", type=int, default=20)
+    p.add_argument("--augment-scale", type=float, default=0.2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+
+    with tempfile.TemporaryDirectory() as folder:
+        data = args.data or make_synthetic(os.path.join(folder, "shapes"), args.train, args.val, seed=args.seed,
+                                           config=SyntheticConfig(min_side=96, max_side=192, max_objects=4))["out"]
+        train_set, train_samples = load_split(f"{data}/annotations/train.json", f"{data}/train")
+        val_set, val_samples = load_split(f"{data}/annotations/val.json", f"{data}/val")
+    gt = coco_ground_truth(val_set.raw)
+    augment = AugmentConfig().scaled(args.augment_scale)
+    model = build_detr("detr-tiny", num_classes=train_set.num_classes, num_queries=args.queries,
+                       backbone_norm=args.backbone_norm).train()
+    criterion = build_criterion(model.config.num_classes, model.config.dec_layers)
+    backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.") and p.requires_grad]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("backbone.") and p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": rest, "lr": args.lr}, {"params": backbone, "lr": args.lr_backbone}],
+                                  weight_decay=1e-4)
+    transform = train_transform(augment)
+    device = torch.device("cpu")
+    curve, losses, steps, trained_s, next_eval = [], [], 0, 0.0, args.eval_every * 60
+    print(f"{len(train_samples)} train / {len(val_samples)} val images; recipe {vars(args)}", flush=True)
+    while trained_s < args.minutes * 60:
+        order = random.sample(range(len(train_samples)), len(train_samples))
+        for start in range(0, len(order) - args.batch_size + 1, args.batch_size):
+            tick = time.perf_counter()
+            batch = augment_samples([train_samples[i] for i in order[start : start + args.batch_size]], transform)
+            images, mask, targets = collate(batch, device, model.config.image_mean, model.config.image_std)
+            loss = criterion.total_loss(criterion(model(images, mask), targets))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+            optimizer.step()
+            trained_s += time.perf_counter() - tick
+            steps += 1
+            losses.append(loss.item())
+            if trained_s >= next_eval or trained_s >= args.minutes * 60:
+                stats = evaluate(model, batches(val_samples, val_transform(augment), args.batch_size), gt, device)
+                point = {"minutes": round(trained_s / 60, 2), "steps": steps, "AP": stats["AP"],
+                         "AP50": stats["AP50"], "train_loss": float(np.mean(losses[-50:]))}
+                curve.append(point)
+                print(json.dumps(point), flush=True)
+                next_eval += args.eval_every * 60
+                if trained_s >= args.minutes * 60:
+                    break
+    print(json.dumps({"recipe": vars(args), "curve": curve,
+                      "images_per_s": steps * args.batch_size / trained_s}))
+
+
+if __name__ == "__main__":
+    main()
