@@ -23,11 +23,3 @@ def init_ray() -> None:
         return
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     ray.init(runtime_env={"env_vars": env} if env else None)
-
-
-def cluster_cpus() -> float:
-    return float(ray.cluster_resources().get("CPU", 1.0))
-
-
-def cluster_gpus() -> float:
-    return float(ray.cluster_resources().get("GPU", 0.0))

@@ -29,7 +29,7 @@ from model import PostProcess, build_criterion, build_detr, get_config, load_che
 from model.checkpoint import CHECKPOINT_FILE, safe_torch_load
 
 from .coco import load_coco
-from .data import build_dataset, collate
+from .data import build_dataset, collate, shuffle_buffer
 from .evaluation import coco_bbox_stats, coco_ground_truth
 from .transforms import AugmentConfig
 
@@ -132,6 +132,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)
 
     model, config = _build_model(cfg, loop_config["num_classes"])
+    model.to(device)  # before the optimizer state is restored, so that state lands on the device too
     criterion = build_criterion(config.num_classes, config.dec_layers, eos_coef=cfg.eos_coef,
                                 aux_loss=config.aux_loss).to(device)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -147,8 +148,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, cfg.epochs):
         sums: dict[str, float] = defaultdict(float)
         batches = images_seen = 0
-        started = time.perf_counter()
-        for batch in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"):
+        data_seconds = 0.0  # blocked waiting for the next batch: input-bound when large
+        started = waited = time.perf_counter()
+        for batch in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy", prefetch_batches=2,
+                                        local_shuffle_buffer_size=shuffle_buffer(cfg.batch_size)):
+            data_seconds += time.perf_counter() - waited
             images, mask, targets = collate(batch, device, config.image_mean, config.image_std)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 outputs = ddp_model(images, mask)
@@ -165,11 +169,13 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             sums["loss"] += loss.item()
             for name in LOGGED_LOSSES:
                 sums[name] += losses[name].item()
+            waited = time.perf_counter()
         scheduler.step()
         elapsed = time.perf_counter() - started
         metrics: dict[str, Any] = {k: v / max(batches, 1) for k, v in sums.items()}
         metrics.update(epoch=epoch + 1, steps=steps, lr=optimizer.param_groups[0]["lr"],
-                       images_per_s=images_seen * world_size / max(elapsed, 1e-9), epoch_seconds=elapsed)
+                       images_per_s=images_seen * world_size / max(elapsed, 1e-9), epoch_seconds=elapsed,
+                       data_seconds=data_seconds)
         if val_shard is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             last_eval = evaluate(model, val_shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"),
                                  gt, device)
@@ -182,7 +188,7 @@ def _report(metrics, model, config, optimizer, scheduler, epoch: int, steps: int
         ray.train.report(metrics)
         return
     shown = " ".join(f"{k} {metrics[k]:.4g}" for k in ("loss", "loss_ce", "loss_bbox", "loss_giou", "AP", "AP50",
-                                                          "images_per_s") if k in metrics)
+                                                          "images_per_s", "data_seconds") if k in metrics)
     print(f"epoch {epoch}: {shown}", flush=True)
     with tempfile.TemporaryDirectory() as folder:
         save_checkpoint(folder, model, config, optimizer=optimizer, epoch=epoch,
@@ -205,14 +211,12 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
     train_set = load_coco(cfg.annotations, cfg.images)
     num_classes = train_set.num_classes
-    datasets = {"train": build_dataset(train_set, cfg.augment, train=True, num_cpus=cfg.data_cpus,
-                                       batch_size=cfg.batch_size)}
+    datasets = {"train": build_dataset(train_set, cfg.augment, train=True, num_cpus=cfg.data_cpus, seed=cfg.seed)}
     if cfg.val_annotations:
         if not cfg.val_images:
             raise ValueError("--val-annotations needs --val-images")
         val_set = load_coco(cfg.val_annotations, cfg.val_images)
-        datasets["val"] = build_dataset(val_set, cfg.augment, train=False, num_cpus=cfg.data_cpus,
-                                        batch_size=cfg.batch_size)
+        datasets["val"] = build_dataset(val_set, cfg.augment, train=False, num_cpus=cfg.data_cpus)
     score = ("AP", "max") if cfg.val_annotations else ("loss", "min")
     trainer = ray.train.torch.TorchTrainer(
         train_loop,
