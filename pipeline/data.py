@@ -49,10 +49,17 @@ def augment_samples(samples: Iterable[tuple[torch.Tensor, np.ndarray, np.ndarray
     return out
 
 
+def _read_image(path: str) -> torch.Tensor:
+    try:
+        return decode(uris.read_bytes(path))
+    except (RuntimeError, OSError, ValueError) as e:  # a training set must be readable: fail naming the file
+        raise ValueError(f"cannot read training image {path}: {e}") from e
+
+
 def _load_and_augment(batch: dict[str, np.ndarray], augment: AugmentConfig, train: bool) -> dict[str, list]:
     transform = train_transform(augment) if train else val_transform(augment)
     samples = (
-        (decode(uris.read_bytes(str(path))), np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64), image_id)
+        (_read_image(str(path)), np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64), image_id)
         for path, image_id, boxes, labels in zip(batch["path"], batch["image_id"], batch["boxes"], batch["labels"])
     )
     return augment_samples(samples, transform)

@@ -58,3 +58,15 @@ def test_validation_resize_and_decode(tiny_shapes):
     out, boxes, _ = transform_sample(image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), val_transform(config))
     assert min(out.shape[-2:]) == config.val_size or max(out.shape[-2:]) == config.max_size
     assert boxes.shape == (0, 4)
+
+
+def test_unreadable_training_image_is_named(tmp_path):
+    import pytest
+
+    from pipeline.data import _load_and_augment
+
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    batch = {"path": [str(bad)], "image_id": [1], "boxes": [[1.0, 1.0, 5.0, 5.0]], "labels": [2]}
+    with pytest.raises(ValueError, match="cannot read training image .*broken.jpg"):
+        _load_and_augment(batch, AugmentConfig().scaled(0.25), train=True)
