@@ -1,5 +1,5 @@
 """DETR in pure PyTorch: network, matcher, losses, post-processing, checkpoints."""
-from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint, weights_id
 from .config import PRESETS, DetrConfig, get_config
 from .criterion import SetCriterion, build_criterion
 from .detr import DETR, build_detr, pad_images
@@ -23,4 +23,5 @@ __all__ = [
     "pad_images",
     "read_checkpoint",
     "save_checkpoint",
+    "weights_id",
 ]

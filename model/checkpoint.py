@@ -6,6 +6,7 @@ and .safetensors with safetensors, so a checkpoint from elsewhere cannot run cod
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import logging
@@ -127,6 +128,16 @@ def read_checkpoint(source: str, dilation: bool | None = None) -> tuple[DetrConf
     if isinstance(payload, dict) and any(k.startswith("backbone.0.body.") for k in payload):
         return _reference_config(payload, None, source, dilation), payload
     raise CheckpointError(f"{source} is not a DETR checkpoint (top-level keys: {_keys(payload)})")
+
+
+def weights_id(state_dict: dict[str, torch.Tensor]) -> str:
+    """A stable identifier of the weights: sha256 over names, dtypes, shapes and values."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + digest.hexdigest()
 
 
 def safe_torch_load(data: bytes, name: str) -> Any:

@@ -13,6 +13,15 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
+def strip_credentials(uri: str) -> str:
+    """The URI without user:secret@ or query parameters, safe to record in outputs."""
+    if "://" not in uri:
+        return uri
+    scheme, rest = uri.split("://", 1)
+    authority, _, path = rest.partition("/")
+    return f"{scheme}://{authority.rsplit('@', 1)[-1]}/{path}".rstrip("/").split("?", 1)[0]
+
+
 def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *parts])
 

@@ -126,9 +126,10 @@ def s3_bucket(s3_server, request) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def ray_cluster(s3_server):
     """One local Ray for the whole run, with more logical CPUs than cores so training
-    workers and Ray Data tasks fit side by side."""
+    workers and Ray Data tasks fit side by side. Started after the S3 server, so every
+    Ray worker inherits the AWS_* variables that point at it."""
     import ray
 
     ray.init(num_cpus=4, include_dashboard=True, log_to_driver=True)

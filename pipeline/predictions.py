@@ -1,0 +1,137 @@
+"""The predictions table (DESIGN.md): one row per input image, written as Parquet part files.
+
+Part files are named by a hash of the paths they hold and written whole (local rename,
+one S3 PUT), so a file is either complete or absent: the set of paths already in an
+output folder is exactly the work already done.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from model import uri as uris
+
+SCHEMA = pa.schema([
+    ("path", pa.string()),
+    ("image_id", pa.int64()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("boxes", pa.list_(pa.list_(pa.float32(), 4))),
+    ("scores", pa.list_(pa.float32())),
+    ("labels", pa.list_(pa.int32())),
+    ("error", pa.string()),
+    ("model", pa.string()),
+])
+METADATA_KEY = b"detr.run"  # JSON of the run's parameters in each file's key-value metadata
+PART_PREFIX = "part-"
+
+
+def detections_table(
+    path: Sequence[str],
+    image_id: Sequence[int | None],
+    width: Sequence[int | None],
+    height: Sequence[int | None],
+    detections: Sequence[dict[str, np.ndarray] | None],
+    error: Sequence[str | None],
+    model: str,
+) -> pa.Table:
+    """Rows of the table; detections[i] (boxes [N,4] xyxy, scores [N], labels [N]) is None for an error row."""
+    counts = np.array([0 if d is None else len(d["scores"]) for d in detections], dtype=np.int32)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+    missing = pa.array([d is None for d in detections])
+
+    def ragged(key: str, dtype: type, width: int = 0) -> pa.Array:
+        parts = [np.asarray(d[key], dtype).reshape(-1) for d in detections if d is not None]
+        flat = pa.array(np.concatenate(parts) if parts else np.zeros(0, dtype))
+        values = pa.FixedSizeListArray.from_arrays(flat, width) if width else flat
+        return pa.ListArray.from_arrays(offsets, values, mask=missing)
+
+    columns = [
+        pa.array(path, pa.string()),
+        pa.array(image_id, pa.int64()),
+        pa.array(width, pa.int32()),
+        pa.array(height, pa.int32()),
+        ragged("boxes", np.float32, 4),
+        ragged("scores", np.float32),
+        ragged("labels", np.int32),
+        pa.array(error, pa.string()),
+        pa.array([model] * len(path), pa.string()),
+    ]
+    return pa.Table.from_arrays(columns, schema=SCHEMA)
+
+
+def part_name(paths: Sequence[str]) -> str:
+    """Deterministic: the same images always land in the same file name."""
+    digest = hashlib.sha256("\n".join(sorted(paths)).encode()).hexdigest()[:20]
+    return f"{PART_PREFIX}{digest}.parquet"
+
+
+def write_part(output: str, table: pa.Table, run: dict[str, Any]) -> str:
+    """Write one complete part file (sorted by path, run parameters in its metadata)."""
+    table = table.cast(SCHEMA).sort_by("path")
+    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(run, sort_keys=True).encode()})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    target = uris.join(output, part_name(table.column("path").to_pylist()))
+    uris.write_bytes(target, buffer.getvalue())
+    return target
+
+
+def part_files(output: str) -> list[str]:
+    """Paths (inside the output's filesystem) of the complete part files, sorted."""
+    fs, root = uris.resolve(output)
+    if fs.get_file_info(root).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=False))
+    return sorted(i.path for i in infos if i.is_file and i.base_name.startswith(PART_PREFIX)
+                  and i.base_name.endswith(".parquet"))
+
+
+def read_predictions(source: str, columns: Sequence[str] | None = None) -> pa.Table:
+    """The table from one Parquet file or a folder of part files (local or s3://)."""
+    fs, root = uris.resolve(source)
+    if fs.get_file_info(root).type == pafs.FileType.File:
+        files = [root]
+    else:
+        files = part_files(source)
+    if not files:
+        return SCHEMA.empty_table().select(list(columns or SCHEMA.names))
+    return pads.dataset(files, filesystem=fs, format="parquet").to_table(columns=list(columns) if columns else None)
+
+
+def run_metadata(source: str) -> dict[str, Any] | None:
+    """The run parameters stored in the first part file, or None for an empty output."""
+    files = part_files(source)
+    if not files:
+        return None
+    fs, _ = uris.resolve(source)
+    with fs.open_input_file(files[0]) as f:
+        metadata = pq.read_schema(f).metadata or {}
+    return json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else None
+
+
+def remove_parts(output: str) -> int:
+    """Delete the part files of an output folder (for a fresh run); returns how many."""
+    fs, _ = uris.resolve(output)
+    files = part_files(output)
+    for path in files:
+        fs.delete_file(path)
+    return len(files)
+
+
+def error_kinds(errors: pa.ChunkedArray | pa.Array) -> dict[str, int]:
+    """Counts of error rows by kind (the text before the first colon)."""
+    errors = errors.drop_null()
+    if not len(errors):
+        return {}
+    kinds = pc.utf8_trim_whitespace(pc.list_element(pc.split_pattern(errors, ":", max_splits=1), 0))
+    return {row["values"]: row["counts"] for row in pc.value_counts(kinds).to_pylist()}
