@@ -115,3 +115,86 @@ def test_batch_invariance(checkpoint, tmp_path):
         padded = net([norm(first), norm(second)])["pred_logits"][0]
         single = net(norm(first))["pred_logits"][0]
     assert (padded - single).abs().max() > 1e-4
+
+
+def test_coco_and_manifest_inputs(ray_cluster, checkpoint, tiny_shapes, tmp_path):
+    val = list_inputs(tiny_shapes["val_annotations"], tiny_shapes["val_images"]).to_pylist()
+    annotation = json.loads(Path(tiny_shapes["val_annotations"]).read_text())
+    ids = {img["file_name"]: img["id"] for img in annotation["images"]}
+    assert {Path(r["path"]).name: r["image_id"] for r in val} == ids
+
+    summary = detect(tiny_shapes["val_annotations"], str(tmp_path / "coco"), checkpoint,
+                     image_root=tiny_shapes["val_images"])
+    rows = predictions.read_predictions(str(tmp_path / "coco")).to_pylist()
+    assert summary["rows"] == 8 and summary["errors"] == {}
+    assert {Path(r["path"]).name: r["image_id"] for r in rows} == ids
+
+    manifest = tmp_path / "list.txt"
+    first, second = (r["path"] for r in val[:2])
+    manifest.write_text(f"# a comment\n{first}\n{second}\n{first}\n\n{tmp_path}/gone.jpg\n")
+    summary = detect(str(manifest), str(tmp_path / "manifest"), checkpoint)
+    assert summary["inputs"] == summary["rows"] == 3 and summary["errors"] == {"missing": 1}
+
+
+def test_resume_after_the_driver_is_killed(ray_cluster, checkpoint, tmp_path):
+    """Kill the job's driver once part files exist; the re-run completes without duplicates."""
+    write_pictures(tmp_path / "images", 60, seed=2)
+    out = tmp_path / "out"
+    env = dict(os.environ, RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address)
+    proc = subprocess.Popen(
+        [sys.executable, "jobs/detect.py", "--images", str(tmp_path / "images"), "--output", str(out),
+         "--checkpoint", checkpoint, "--min-size", "128", "--max-size", "200", "--batch-size", "2",
+         "--rows-per-file", "4", "--actors", "1,1"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while len(predictions.part_files(str(out))) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = predictions.read_predictions(str(out), ["path"]).num_rows
+    assert 0 < before < 60, f"the run should have been cut midway ({before} rows)"
+
+    summary = detect(str(tmp_path / "images"), str(out), checkpoint, min_size=128, max_size=200, score_threshold=0.5)
+    assert summary["skipped"] == before and summary["processed"] == 60 - before
+    assert summary["rows"] == summary["inputs"] == 60 and summary["duplicates"] == summary["missing"] == 0
+
+
+def test_refuses_to_mix_runs_unless_overwrite(ray_cluster, checkpoint, tmp_path):
+    write_pictures(tmp_path / "images", 2)
+    out = str(tmp_path / "out")
+    detect(str(tmp_path / "images"), out, checkpoint)
+    with pytest.raises(ValueError, match="score_threshold"):
+        detect(str(tmp_path / "images"), out, checkpoint, score_threshold=0.5)
+    again = detect(str(tmp_path / "images"), out, checkpoint)
+    assert again["processed"] == 0 and again["rows"] == 2  # nothing left to do
+    fresh = detect(str(tmp_path / "images"), out, checkpoint, score_threshold=0.5, overwrite=True)
+    assert fresh["processed"] == fresh["rows"] == 2
+
+
+def test_job_reads_and_writes_s3(s3_bucket, checkpoint, tmp_path):
+    paths = write_pictures(tmp_path / "images", 3, seed=3)
+    for path in paths:
+        uris.write_bytes(f"{s3_bucket}/photos/{path.parent.name}/{path.name}", path.read_bytes())
+    uris.write_bytes(f"{s3_bucket}/photos/broken.jpg", b"\xff\xd8 not really")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(
+        [sys.executable, "jobs/detect.py", "--images", f"{s3_bucket}/photos", "--output", f"{s3_bucket}/preds",
+         "--checkpoint", checkpoint, "--min-size", "96", "--max-size", "160", "--actors", "1,1",
+         "--render", "2", str(tmp_path / "pictures")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["inputs"] == summary["rows"] == 4 and summary["errors"] == {"undecodable": 1}
+    rows = predictions.read_predictions(f"{s3_bucket}/preds").to_pylist()
+    assert sorted(r["path"] for r in rows) == sorted(
+        [f"{s3_bucket}/photos/images/{p.name}" for p in paths] + [f"{s3_bucket}/photos/broken.jpg"])
+    run = predictions.run_metadata(f"{s3_bucket}/preds")
+    assert run["preset"] == "detr-tiny" and run["min_size"] == 96 and run["model"].startswith("sha256:")
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in json.dumps(run)
+    assert len(summary["rendered"]) == 2 and all(Path(p).stat().st_size > 0 for p in summary["rendered"])
+    files = predictions.part_files(f"{s3_bucket}/preds")
+    fs, _ = uris.resolve(s3_bucket)
+    assert pq.read_schema(fs.open_input_file(files[0])).field("boxes").type == predictions.SCHEMA.field("boxes").type
