@@ -47,7 +47,7 @@ def detections_table(
     """Rows of the table; detections[i] (boxes [N,4] xyxy, scores [N], labels [N]) is None for an error row."""
     counts = np.array([0 if d is None else len(d["scores"]) for d in detections], dtype=np.int32)
     offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
-    missing = pa.array([d is None for d in detections])
+    missing = pa.array([d is None for d in detections], pa.bool_())
 
     def ragged(key: str, dtype: type, width: int = 0) -> pa.Array:
         parts = [np.asarray(d[key], dtype).reshape(-1) for d in detections if d is not None]
