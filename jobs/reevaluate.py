@@ -1,0 +1,74 @@
+"""Scheduled re-evaluation: detect + score every new checkpoint on a fixed evaluation set.
+
+    python jobs/reevaluate.py --checkpoints URI --images ROOT --annotations ANN --history URI \
+        [--fail-on-regression PCT] [--every 6h]
+
+Checkpoints already in the history for this evaluation set (same weights, annotation file
+and parameters) are skipped, so a run with nothing new does no detection. Each run ends
+with one JSON line; with --fail-on-regression the exit code is 3 when a new checkpoint's
+AP is more than PCT % below the previous or the best earlier one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a working dir
+
+import ray  # noqa: E402
+
+from pipeline.history import ReevaluateConfig, reevaluate  # noqa: E402
+
+REGRESSION_EXIT = 3
+
+
+def duration_seconds(text: str) -> float:
+    """'90s', '30m', '6h', '1d' -> seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a duration like 30m, 6h or 1d, got {text!r}")
+    return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    d = ReevaluateConfig("", "", "", "")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoints", required=True, help="folder / s3:// prefix searched recursively, or one file")
+    p.add_argument("--images", required=True, help="folder of the evaluation images (the file_names' root)")
+    p.add_argument("--annotations", required=True, help="COCO annotation JSON of the evaluation set")
+    p.add_argument("--history", required=True, help="folder (path or s3://) of the history, plot and report")
+    p.add_argument("--fail-on-regression", type=float, metavar="PCT",
+                   help=f"exit {REGRESSION_EXIT} when AP drops more than PCT %% (relative)")
+    p.add_argument("--regression-pct", type=float, default=d.regression_pct,
+                   help="drop reported as a regression without failing (default 1.0 %%)")
+    p.add_argument("--score-threshold", type=float, default=d.score_threshold)
+    p.add_argument("--min-size", type=int, default=d.min_size)
+    p.add_argument("--max-size", type=int, default=d.max_size)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--actors", help="MIN,MAX model actors")
+    p.add_argument("--every", type=duration_seconds, help="keep running, once per DURATION (30m, 6h, 1d)")
+    args = p.parse_args(argv)
+    config = ReevaluateConfig(
+        checkpoints=args.checkpoints, images=args.images, annotations=args.annotations, history=args.history,
+        score_threshold=args.score_threshold, min_size=args.min_size, max_size=args.max_size,
+        batch_size=args.batch_size, actors=tuple(int(v) for v in args.actors.split(",")) if args.actors else None,
+        regression_pct=args.fail_on_regression if args.fail_on_regression is not None else args.regression_pct,
+    )
+    while True:
+        started = time.time()
+        summary = reevaluate(config)
+        print(json.dumps(summary), flush=True)
+        failed = args.fail_on_regression is not None and summary["regressions"]
+        if args.every is None:
+            if ray.is_initialized():
+                ray.shutdown()
+            return REGRESSION_EXIT if failed else 0
+        time.sleep(max(0.0, args.every - (time.time() - started)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
