@@ -26,6 +26,8 @@ def test_demo(tmp_path):
     summary = run_job("jobs/demo.py", "--out", str(tmp_path), "--train", "16", "--val", "4", "--epochs", "1",
                       "--pictures", "2")
     assert summary["metrics"]["epoch"] == 1 and summary["metrics"]["AP50"] is not None
+    assert summary["detection"]["rows"] == 4 and summary["detection"]["errors"] == {}
+    assert set(summary["evaluation"]) >= {"AP", "AP50", "AR100"}
     assert len(summary["pictures"]) == 2 and all(Path(p).stat().st_size > 0 for p in summary["pictures"])
     _, config = load_checkpoint(summary["checkpoint"])
     assert config.num_classes == 12
