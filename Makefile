@@ -4,7 +4,9 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-output
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench install clean
+
+install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/python jobs/demo.py --out $(DEMO_OUT)

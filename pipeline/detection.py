@@ -250,7 +250,8 @@ def run_detection(config: DetectConfig) -> dict[str, Any]:
         weights = ray.put((model_config.to_dict(), state_dict))
         del state_dict
         build_dataset(todo, config, run, weights).write_datasink(
-            PartSink(config.output, run, config.rows_per_file))
+            PartSink(config.output, run, config.rows_per_file),
+            ray_remote_args={"num_cpus": 0.25})  # light work: never starved by actors holding whole CPUs
     seconds = time.time() - started
     return summarize(config.output, inputs, todo.num_rows, seconds, run)
 

@@ -1,0 +1,65 @@
+"""Bulk detection on a 3-node Ray cluster on one host (ray.cluster_utils.Cluster); optionally
+removes a worker node mid-run. Run by tests/test_multinode.py in its own process (a driver
+can join only one cluster); prints one JSON line.
+
+    python tests/multinode_detect.py IMAGES OUTPUT CHECKPOINT [--remove-node]
+"""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import ray  # noqa: E402
+from ray.cluster_utils import Cluster  # noqa: E402
+from ray.util.state import list_actors  # noqa: E402
+
+from pipeline import predictions  # noqa: E402
+from pipeline.detection import DetectConfig, run_detection  # noqa: E402
+
+
+def main() -> None:
+    images, output, checkpoint = sys.argv[1:4]
+    remove = "--remove-node" in sys.argv
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # work goes to the workers
+    workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
+    ray.init(address=cluster.address)
+    cluster.wait_for_nodes()
+    actor_nodes: set[str] = set()
+    removed: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            try:
+                actors = list_actors(filters=[("class_name", "=", "MapWorker(MapBatches(Detector))"),
+                                              ("state", "=", "ALIVE")])
+                actor_nodes.update(a.node_id for a in actors)
+            except Exception:
+                pass
+            if remove and not removed and len(predictions.part_files(output)) >= 1:
+                removed.append(workers[1].node_id)
+                cluster.remove_node(workers[1], allow_graceful=False)
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    summary = run_detection(DetectConfig(images=images, output=output, checkpoint=checkpoint, min_size=96,
+                                         max_size=160, score_threshold=0.0, batch_size=2, rows_per_file=4,
+                                         actors=(2, 2), cpus_per_actor=1.0))
+    stop.set()
+    thread.join()
+    summary["actor_nodes"] = sorted(actor_nodes)
+    summary["worker_nodes"] = [w.node_id for w in workers]
+    summary["removed"] = removed
+    ray.shutdown()
+    cluster.shutdown()
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

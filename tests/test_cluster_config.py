@@ -1,0 +1,33 @@
+"""cluster.yaml is a valid Ray cluster launcher config (Ray's own schema and validation)."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
+
+
+def load() -> dict:
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+def test_cluster_yaml_passes_rays_schema():
+    config = load()
+    validate_config(prepare_config(copy.deepcopy(config)))
+    types = config["available_node_types"]
+    assert types[config["head_node_type"]]["resources"] == {"CPU": 0}
+    assert any(t["node_config"]["InstanceType"].startswith(("g5", "p4d", "p5")) for t in types.values())
+    assert all(t["min_workers"] <= t["max_workers"] <= config["max_workers"]
+               for name, t in types.items() if name != config["head_node_type"])
+    assert any("make install" in c for c in config["setup_commands"])  # installed as README does
+
+
+def test_a_typo_fails_validation():
+    config = load()
+    config["available_node_types"]["gpu_worker"]["max_wokers"] = 2
+    with pytest.raises(Exception, match="Additional properties"):
+        validate_config(prepare_config(config))
