@@ -67,6 +67,20 @@ def _ray(args: list[str], env: dict, timeout: int = 120) -> str:
     return proc.stdout
 
 
+def _submit(args: list[str], env: dict, timeout: float = 120) -> None:
+    """The head answers HTTP before its job agent has registered; until then a submission gets
+    "No available agent to submit job, please try again later" and nothing is created, so retry."""
+    deadline = time.time() + timeout
+    while True:
+        proc = subprocess.run([str(VENV_BIN / "ray"), *args], env=env, capture_output=True, text=True,
+                              timeout=120, cwd=REPO)
+        if proc.returncode == 0:
+            return
+        busy = "No available agent" in proc.stdout + proc.stderr
+        assert busy and time.time() < deadline, proc.stdout[-2000:] + proc.stderr[-2000:]
+        time.sleep(2)
+
+
 def test_train_job_submitted_to_a_cluster(ray_head, tiny_shapes, tmp_path):
     address, env = ray_head
     storage = tmp_path / "runs"
@@ -75,8 +89,8 @@ def test_train_job_submitted_to_a_cluster(ray_head, tiny_shapes, tmp_path):
         f" --storage {storage} --name submitted --epochs 2 --batch-size 4 --augment-scale 0.15"
     )
     submit_id = f"train-{os.getpid()}"
-    _ray(["job", "submit", "--address", address, "--working-dir", str(REPO), "--submission-id", submit_id,
-          "--no-wait", "--", *entrypoint.split()], env)
+    _submit(["job", "submit", "--address", address, "--working-dir", str(REPO), "--submission-id", submit_id,
+             "--no-wait", "--", *entrypoint.split()], env)
     deadline = time.time() + 600
     status = ""
     while time.time() < deadline:
