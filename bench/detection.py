@@ -36,12 +36,12 @@ from pipeline.detection import DetectConfig, Detector, list_inputs, load_images,
 SIZE = dict(min_size=240, max_size=400)  # 640x480 photos -> 320x240 model inputs
 
 
-def write_photos(folder: str, count: int, seed: int = 0) -> None:
+def write_photos(folder: str, count: int, seed: int = 0, size: tuple[int, int] = (640, 480)) -> None:
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(seed)
     for i in range(count):
         coarse = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
-        Image.fromarray(coarse).resize((640, 480), Image.BILINEAR).save(f"{folder}/photo{i:05d}.jpg", quality=90)
+        Image.fromarray(coarse).resize(size, Image.BILINEAR).save(f"{folder}/photo{i:05d}.jpg", quality=90)
 
 
 def bare_images_per_s(folder: str, checkpoint: str, batch_size: int) -> float:

@@ -49,6 +49,9 @@ def main() -> None:
     p.add_argument("--val", type=int, default=200)
     p.add_argument("--data", help="existing make_synthetic folder (default: generate one)")
     p.add_argument("--backbone-norm", default="batch_norm", choices=("frozen_bn", "batch_norm", "group_norm"))
+    p.add_argument("--train-stem", action="store_true", help="train conv1 + layer1 too")
+    p.add_argument("--stages", type=int, default=4, help="ResNet stages: 4 (stride 32) or 3 (stride 16)")
+    p.add_argument("--warmup", type=int, default=0, help="steps of linear learning-rate warm-up")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--lr-backbone", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=8)
@@ -69,12 +72,14 @@ def main() -> None:
     gt = coco_ground_truth(val_set.raw)
     augment = AugmentConfig().scaled(args.augment_scale)
     model = build_detr("detr-tiny", num_classes=train_set.num_classes, num_queries=args.queries,
-                       backbone_norm=args.backbone_norm).train()
+                       backbone_norm=args.backbone_norm, train_stem=args.train_stem,
+                       backbone_stages=args.stages).train()
     criterion = build_criterion(model.config.num_classes, model.config.dec_layers)
     backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.") and p.requires_grad]
     rest = [p for n, p in model.named_parameters() if not n.startswith("backbone.") and p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": rest, "lr": args.lr}, {"params": backbone, "lr": args.lr_backbone}],
                                   weight_decay=1e-4)
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(args.warmup, 1)))
     transform = train_transform(augment)
     device = torch.device("cpu")
     curve, losses, steps, trained_s, next_eval = [], [], 0, 0.0, args.eval_every * 60
@@ -90,6 +95,7 @@ def main() -> None:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
             optimizer.step()
+            warmup.step()
             trained_s += time.perf_counter() - tick
             steps += 1
             losses.append(loss.item())

@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--workers", type=int, default=d.workers, help="Ray Train workers (data parallel)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker, bf16 autocast")
     p.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker, help="logical CPUs per worker")
+    p.add_argument("--placement", default=d.placement, choices=("PACK", "SPREAD", "STRICT_SPREAD"),
+                   help="workers over nodes: PACK fills nodes, STRICT_SPREAD puts each on its own node")
     p.add_argument("--data-cpus", type=float, default=d.data_cpus, help="logical CPUs per decode/augment task")
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate of the transformer and heads")
     p.add_argument("--lr-backbone", type=float, default=d.lr_backbone, help="learning rate of the backbone")
@@ -56,7 +58,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         storage=a.storage, name=a.name, preset=a.preset, init=a.init,
         model_overrides={"backbone_norm": a.backbone_norm} if a.backbone_norm else {},
         epochs=a.epochs, batch_size=a.batch_size, workers=a.workers, use_gpu=a.gpu,
-        cpus_per_worker=a.cpus_per_worker, data_cpus=a.data_cpus, lr=a.lr, lr_backbone=a.lr_backbone,
+        cpus_per_worker=a.cpus_per_worker, placement=a.placement, data_cpus=a.data_cpus, lr=a.lr,
+        lr_backbone=a.lr_backbone,
         weight_decay=a.weight_decay, clip_max_norm=a.clip_max_norm, lr_drop=a.lr_drop,
         augment_scale=a.augment_scale, eval_every=a.eval_every, max_failures=a.max_failures,
         num_to_keep=a.keep, seed=a.seed,

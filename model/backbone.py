@@ -20,7 +20,8 @@ def _norm_layer(kind: str):
 
 
 class Backbone(nn.Module):
-    """torchvision ResNet up to layer4; conv1 and layer1 are frozen as in the reference."""
+    """torchvision ResNet up to layer4 (or layer3); conv1 and layer1 are frozen as in the
+    reference unless config.train_stem."""
 
     def __init__(self, config: DetrConfig, weights: str | None = None):
         super().__init__()
@@ -31,10 +32,12 @@ class Backbone(nn.Module):
         )
         if weights is not None:  # an ImageNet state_dict file of torchvision's ResNet
             resnet.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        for name, parameter in resnet.named_parameters():
-            if not name.startswith(("layer2", "layer3", "layer4")):
-                parameter.requires_grad_(False)
-        self.body = IntermediateLayerGetter(resnet, return_layers={"layer4": "0"})
+        if not config.train_stem:
+            for name, parameter in resnet.named_parameters():
+                if not name.startswith(("layer2", "layer3", "layer4")):
+                    parameter.requires_grad_(False)
+        last = f"layer{config.backbone_stages}"
+        self.body = IntermediateLayerGetter(resnet, return_layers={last: "0"})
         self.num_channels = config.backbone_channels
         self.channels_last = False  # set by model.inference.optimize_for_inference
 

@@ -18,6 +18,11 @@ class DetrConfig:
     # "frozen_bn" is the reference (ImageNet statistics frozen). Presets trained from
     # scratch may normalise with batch or group statistics instead; see README.
     backbone_norm: str = "frozen_bn"
+    # The reference freezes conv1 + layer1 (pretrained); from scratch they must learn too.
+    train_stem: bool = False
+    # ResNet stages used: 4 is the reference (stride 32); 3 stops at layer3 (stride 16,
+    # a finer and cheaper feature map for small images, at the cost of layer4's depth).
+    backbone_stages: int = 4
     hidden_dim: int = 256
     nheads: int = 8
     enc_layers: int = 6
@@ -38,6 +43,8 @@ class DetrConfig:
             raise ValueError(f"backbone_norm {self.backbone_norm!r} is not one of {BACKBONE_NORMS}")
         if self.dilation and self.backbone in ("resnet18", "resnet34"):
             raise ValueError(f"dilation (DC5) needs a bottleneck ResNet, not {self.backbone}")
+        if self.backbone_stages not in (3, 4):
+            raise ValueError(f"backbone_stages must be 3 or 4, got {self.backbone_stages}")
         if self.hidden_dim % self.nheads or self.hidden_dim % 2:
             raise ValueError(f"hidden_dim {self.hidden_dim} must be even and divisible by nheads {self.nheads}")
         for name in ("num_classes", "num_queries", "enc_layers", "dec_layers", "dim_feedforward"):
@@ -46,7 +53,8 @@ class DetrConfig:
 
     @property
     def backbone_channels(self) -> int:
-        return 512 if self.backbone in ("resnet18", "resnet34") else 2048
+        last = 512 if self.backbone in ("resnet18", "resnet34") else 2048
+        return last if self.backbone_stages == 4 else last // 2
 
     def replace(self, **changes: Any) -> "DetrConfig":
         return dataclasses.replace(self, **changes)

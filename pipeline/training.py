@@ -52,6 +52,7 @@ class TrainConfig:
     workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    placement: str = "PACK"  # of the workers over nodes: PACK, SPREAD or STRICT_SPREAD (one per node)
     data_cpus: float = 0.5  # per Ray Data decode/augment task
     lr: float = 1e-4
     lr_backbone: float = 1e-5
@@ -222,7 +223,8 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         train_loop,
         train_loop_config={"train": dataclasses.asdict(cfg), "num_classes": num_classes},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
+            num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker},
+            placement_strategy=cfg.placement,
         ),
         run_config=ray.train.RunConfig(
             name=cfg.name,

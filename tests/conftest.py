@@ -132,7 +132,7 @@ def ray_cluster(s3_server):
     Ray worker inherits the AWS_* variables that point at it."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=True, log_to_driver=True)
+    ray.init(address="local", num_cpus=4, include_dashboard=True, log_to_driver=True)
     yield ray
     ray.shutdown()
 

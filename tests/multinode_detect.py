@@ -15,20 +15,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ray  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
 from ray.util.state import list_actors  # noqa: E402
 
 from pipeline import predictions  # noqa: E402
 from pipeline.detection import DetectConfig, run_detection  # noqa: E402
+from tests.local_cluster import start_cluster  # noqa: E402
 
 
 def main() -> None:
     images, output, checkpoint = sys.argv[1:4]
     remove = "--remove-node" in sys.argv
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # work goes to the workers
-    workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
-    ray.init(address=cluster.address)
-    cluster.wait_for_nodes()
+    cluster, workers = start_cluster(workers=2, cpus=2)
     actor_nodes: set[str] = set()
     removed: list[str] = []
     stop = threading.Event()
@@ -37,7 +34,8 @@ def main() -> None:
         while not stop.is_set():
             try:
                 actors = list_actors(filters=[("class_name", "=", "MapWorker(MapBatches(Detector))"),
-                                              ("state", "=", "ALIVE")])
+                                              ("state", "=", "ALIVE")],
+                                     address=cluster.address)
                 actor_nodes.update(a.node_id for a in actors)
             except Exception:
                 pass

@@ -9,15 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from model import load_checkpoint
+
 from .test_detection import checkpoint, write_pictures  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_script(*args: str) -> dict:
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+def run_script(script: str, *args: str) -> dict:
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")  # with the AWS_* variables of the S3 server, if started
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, "tests/multinode_detect.py", *args], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, f"tests/{script}", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -26,7 +28,7 @@ def run_script(*args: str) -> dict:
 @pytest.mark.parametrize("remove_node", [False, True], ids=["all-nodes", "node-removed-mid-run"])
 def test_detection_across_nodes(checkpoint, tmp_path, remove_node):  # noqa: F811
     write_pictures(tmp_path / "images", 40, seed=4)
-    summary = run_script(str(tmp_path / "images"), str(tmp_path / "out"), checkpoint,
+    summary = run_script("multinode_detect.py", str(tmp_path / "images"), str(tmp_path / "out"), checkpoint,
                          *(["--remove-node"] if remove_node else []))
     assert summary["rows"] == summary["inputs"] == 40 and summary["duplicates"] == summary["missing"] == 0
     assert summary["errors"] == {}
@@ -34,3 +36,34 @@ def test_detection_across_nodes(checkpoint, tmp_path, remove_node):  # noqa: F81
         assert summary["removed"] == [summary["worker_nodes"][1]]
     else:
         assert set(summary["worker_nodes"]) <= set(summary["actor_nodes"])  # an actor on each worker node
+
+
+@pytest.fixture(scope="module")
+def shapes32(tmp_path_factory) -> dict:
+    """32 training images of 64-128 px: 8 steps of 2 images per worker and epoch."""
+    from pipeline.synthetic import SyntheticConfig, make_synthetic
+
+    return make_synthetic(str(tmp_path_factory.mktemp("shapes32")), train=32, val=0, seed=3,
+                          config=SyntheticConfig(min_side=64, max_side=128, max_objects=3, min_object=12,
+                                                 max_object=40))
+
+
+def test_training_on_two_nodes_checkpoints_to_object_storage(shapes32, s3_bucket):
+    summary = run_script("multinode_train.py", shapes32["train_annotations"], shapes32["train_images"],
+                         f"{s3_bucket}/runs", "1")
+    assert sorted(summary["train_nodes"]) == sorted(summary["worker_nodes"])  # one worker on each node
+    assert summary["metrics"]["epoch"] == 1 and summary["metrics"]["steps"] == 8
+    assert summary["checkpoint"].startswith(f"{s3_bucket}/runs/multinode/")
+    _, config = load_checkpoint(summary["checkpoint"])
+    assert config.num_queries == 10
+
+
+def test_training_survives_losing_a_node(shapes32, s3_bucket):
+    summary = run_script("multinode_train.py", shapes32["train_annotations"], shapes32["train_images"],
+                         f"{s3_bucket}/runs", "3", "--remove-node")
+    assert summary["registered_at_removal"] == [1]  # the node went mid-way, before epoch 2's checkpoint
+    assert summary["removed"] in summary["train_nodes"]
+    assert summary["train_nodes"] == sorted(summary["worker_nodes"])  # the restart used the spare node
+    assert summary["metrics"]["epoch"] == 3
+    assert summary["metrics"]["steps"] == 3 * 8  # resumed from epoch 1: no epoch counted twice
+    assert summary["registered"] == [1, 2, 3]

@@ -1,0 +1,57 @@
+"""Bulk detection scaling on one machine: images/s with 2 CPU actors / with 1 (1 thread each).
+
+Both measured in one run, steady state: each setting runs the whole job on N and on 3N
+images and takes 2N / (t(3N) - t(N)), so actor start-up and the last partial batches
+cancel out. Photos are 320x240, the model's input size, so decoding (a few ms an image)
+leaves the cores to the actors. Ray declares 3 logical CPUs so that two 1-CPU actors still
+leave room for the read tasks (on 2 cores a 2-CPU Ray would starve them).
+
+    python -m bench.scaling [--images 96] [--batch-size 8]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+
+import ray
+import torch
+
+from model import build_detr, save_checkpoint
+from pipeline.detection import DetectConfig, run_detection
+
+from .detection import write_photos
+
+
+def seconds(images: str, output: str, checkpoint: str, actors: int, batch_size: int) -> float:
+    summary = run_detection(DetectConfig(images=images, output=output, checkpoint=checkpoint, min_size=240,
+                                         max_size=320, batch_size=batch_size, actors=(actors, actors),
+                                         cpus_per_actor=1.0))
+    assert summary["rows"] == summary["inputs"] and summary["duplicates"] == summary["missing"] == 0
+    return summary["seconds"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=96, help="N of the N vs 3N runs")
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="bench-scaling-")
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(f"{work}/tiny.pt", build_detr("detr-tiny", num_classes=12))
+    n = args.images
+    for count in (n, 3 * n):
+        write_photos(f"{work}/photos{count}", count, seed=count, size=(320, 240))
+    ray.init(num_cpus=3)
+    results: dict = {"images": [n, 3 * n], "batch_size": args.batch_size, "threads_per_actor": 1}
+    for actors in (1, 2):
+        times = [seconds(f"{work}/photos{count}", f"{work}/out{actors}-{count}", checkpoint, actors, args.batch_size)
+                 for count in (n, 3 * n)]
+        results[f"actors_{actors}_images_per_s"] = round(2 * n / (times[1] - times[0]), 2)
+    ray.shutdown()
+    results["scaling_2_vs_1"] = round(results["actors_2_images_per_s"] / results["actors_1_images_per_s"], 3)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
