@@ -6,7 +6,7 @@ cancel out. Photos are 320x240, the model's input size, so decoding (a few ms an
 leaves the cores to the actors. Ray declares 3 logical CPUs so that two 1-CPU actors still
 leave room for the read tasks (on 2 cores a 2-CPU Ray would starve them).
 
-    python -m bench.scaling [--images 96] [--batch-size 8]
+    python -m bench.scaling [--images 480] [--batch-size 8]
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def seconds(images: str, output: str, checkpoint: str, actors: int, batch_size: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=96, help="N of the N vs 3N runs")
+    parser.add_argument("--images", type=int, default=480, help="N of the N vs 3N runs")
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="bench-scaling-")

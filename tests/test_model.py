@@ -104,6 +104,17 @@ def test_trainable_backbone_norms(norm):
     assert model.backbone[0].body.layer2[0].bn1.weight.grad is not None
 
 
+def test_from_scratch_backbone_options():
+    model = build_detr("detr-tiny", backbone_norm="batch_norm", train_stem=True, backbone_stages=3).train()
+    body = model.backbone[0].body
+    assert body.conv1.weight.requires_grad and body.layer1[0].conv1.weight.requires_grad
+    assert not hasattr(body, "layer4")  # never computed, never in the state_dict
+    features, _ = model.backbone[0](torch.zeros(1, 3, 64, 96), torch.zeros(1, 64, 96, dtype=torch.bool))
+    assert features.shape[1:] == (256, 4, 6)  # layer3: stride 16, half of layer4's channels
+    out = model([torch.randn(3, 64, 64)])
+    assert out["pred_boxes"].shape == (1, model.config.num_queries, 4)
+
+
 def test_presets_and_config_validation():
     assert set(PRESETS) == {"detr-r50", "detr-r101", "detr-r50-dc5", "detr-r101-dc5", "detr-tiny"}
     assert build_detr("detr-tiny", num_classes=12).class_embed.out_features == 13
@@ -119,6 +130,8 @@ def test_presets_and_config_validation():
         DetrConfig(hidden_dim=100, nheads=8)
     with pytest.raises(ValueError, match="num_classes"):
         DetrConfig(num_classes=0)
+    with pytest.raises(ValueError, match="backbone_stages"):
+        DetrConfig(backbone_stages=2)
 
 
 def test_matcher_handles_images_without_targets():
