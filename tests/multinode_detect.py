@@ -46,16 +46,18 @@ def main() -> None:
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
-    summary = run_detection(DetectConfig(images=images, output=output, checkpoint=checkpoint, min_size=96,
-                                         max_size=160, score_threshold=0.0, batch_size=2, rows_per_file=4,
-                                         actors=(2, 2), cpus_per_actor=1.0))
-    stop.set()
-    thread.join()
-    summary["actor_nodes"] = sorted(actor_nodes)
-    summary["worker_nodes"] = [w.node_id for w in workers]
-    summary["removed"] = removed
-    ray.shutdown()
-    cluster.shutdown()
+    try:
+        summary = run_detection(DetectConfig(images=images, output=output, checkpoint=checkpoint, min_size=96,
+                                             max_size=160, score_threshold=0.0, batch_size=2, rows_per_file=4,
+                                             actors=(2, 2), cpus_per_actor=1.0))
+        stop.set()
+        thread.join()
+        summary["actor_nodes"] = sorted(actor_nodes)
+        summary["worker_nodes"] = [w.node_id for w in workers]
+        summary["removed"] = removed
+    finally:
+        ray.shutdown()
+        cluster.shutdown()  # also deletes the address file Cluster wrote for ray.init()
     print(json.dumps(summary))
 
 
