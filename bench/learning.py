@@ -4,8 +4,10 @@ Trains on a synthetic shapes set for a fixed time budget on this machine's CPU (
 PyTorch loop over the project's own model, criterion, augmentation and COCO scoring) and
 prints the curve (minutes, AP, AP50, train loss) as JSON. Compare with the reference
 recipe's anchor (AP50 0.002 after 15 minutes, ../shared/reference/LEARNING_ANCHOR.md).
+Defaults are the preset's recipe (pipeline.training.RECIPES); --model changes the network
+(DetrConfig fields as JSON values), e.g. the paper's learned queries: --model two_stage=false.
 
-    python -m bench.learning [--minutes 15] [--eval-every 3] [--backbone-norm batch_norm] ...
+    python -m bench.learning [--minutes 15] [--eval-every 3] [--lr 3e-4] [--model KEY=VALUE ...]
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from pipeline.coco import load_coco
 from pipeline.data import augment_samples, collate
 from pipeline.evaluation import coco_ground_truth
 from pipeline.synthetic import SyntheticConfig, make_synthetic
-from pipeline.training import evaluate
+from pipeline.training import RECIPES, evaluate, warm_up
 from pipeline.transforms import AugmentConfig, decode, train_transform, val_transform
 
 
@@ -34,6 +36,15 @@ def load_split(annotations: str, images: str):
     samples = [(decode(uris.read_bytes(r["path"])), np.array(r["boxes"], np.float32).reshape(-1, 4),
                 np.array(r["labels"], np.int64), r["image_id"]) for r in dataset.records()]
     return dataset, samples
+
+
+def parse_override(item: str) -> tuple[str, object]:
+    """KEY=VALUE with a JSON value (false, 3, 0.1), else the value as a string (resnet18)."""
+    key, _, value = item.partition("=")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def batches(samples, transform, batch_size: int):
@@ -48,14 +59,15 @@ def main() -> None:
     p.add_argument("--train", type=int, default=2000)
     p.add_argument("--val", type=int, default=200)
     p.add_argument("--data", help="existing make_synthetic folder (default: generate one)")
-    p.add_argument("--backbone-norm", default="batch_norm", choices=("frozen_bn", "batch_norm", "group_norm"))
-    p.add_argument("--train-stem", action="store_true", help="train conv1 + layer1 too")
-    p.add_argument("--stages", type=int, default=4, help="ResNet stages: 4 (stride 32) or 3 (stride 16)")
-    p.add_argument("--warmup", type=int, default=0, help="steps of linear learning-rate warm-up")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--lr-backbone", type=float, default=1e-4)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--queries", type=int, default=20)
+    p.add_argument("--preset", default="detr-tiny")
+    p.add_argument("--model", nargs="*", default=[], metavar="KEY=VALUE", help="DetrConfig overrides (JSON values)")
+    recipe = RECIPES["detr-tiny"]
+    p.add_argument("--lr", type=float, default=recipe["lr"])
+    p.add_argument("--lr-backbone", type=float, default=recipe["lr_backbone"])
+    p.add_argument("--warmup", type=int, default=recipe["warmup_steps"], help="steps of linear learning-rate warm-up")
+    p.add_argument("--encoder-matches", type=int, default=recipe["encoder_matches"])
+    p.add_argument("--batch-size", type=int, default=recipe["batch_size"])
+    p.add_argument("--lr-drop-at", type=float, default=0.8, help="fraction of the budget after which lr x0.1")
     p.add_argument("--augment-scale", type=float, default=0.2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -71,18 +83,19 @@ def main() -> None:
         val_set, val_samples = load_split(f"{data}/annotations/val.json", f"{data}/val")
     gt = coco_ground_truth(val_set.raw)
     augment = AugmentConfig().scaled(args.augment_scale)
-    model = build_detr("detr-tiny", num_classes=train_set.num_classes, num_queries=args.queries,
-                       backbone_norm=args.backbone_norm, train_stem=args.train_stem,
-                       backbone_stages=args.stages).train()
-    criterion = build_criterion(model.config.num_classes, model.config.dec_layers)
+    overrides = dict(parse_override(item) for item in args.model)
+    model = build_detr(args.preset, num_classes=train_set.num_classes, **overrides).train()
+    criterion = build_criterion(model.config.num_classes, model.config.dec_layers, two_stage=model.config.two_stage,
+                                encoder_matches=args.encoder_matches)
     backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.") and p.requires_grad]
     rest = [p for n, p in model.named_parameters() if not n.startswith("backbone.") and p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": rest, "lr": args.lr}, {"params": backbone, "lr": args.lr_backbone}],
                                   weight_decay=1e-4)
-    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(args.warmup, 1)))
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
     transform = train_transform(augment)
     device = torch.device("cpu")
-    curve, losses, steps, trained_s, next_eval = [], [], 0, 0.0, args.eval_every * 60
+    curve, losses, steps, trained_s, next_eval, dropped = [], [], 0, 0.0, args.eval_every * 60, False
     print(f"{len(train_samples)} train / {len(val_samples)} val images; recipe {vars(args)}", flush=True)
     while trained_s < args.minutes * 60:
         order = random.sample(range(len(train_samples)), len(train_samples))
@@ -94,8 +107,12 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+            warm_up(optimizer, steps, args.warmup)
+            if not dropped and trained_s >= args.lr_drop_at * args.minutes * 60:
+                dropped = True  # the paper's step drop, placed by time here
+                for group in optimizer.param_groups:
+                    group["lr"] *= 0.1
             optimizer.step()
-            warmup.step()
             trained_s += time.perf_counter() - tick
             steps += 1
             losses.append(loss.item())

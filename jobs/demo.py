@@ -27,7 +27,7 @@ from pipeline.detection import DetectConfig, run_detection  # noqa: E402
 from pipeline.evaluation import evaluate_files  # noqa: E402
 from pipeline.render import render_predictions  # noqa: E402
 from pipeline.synthetic import CATEGORIES, SyntheticConfig, make_synthetic  # noqa: E402
-from pipeline.training import TrainConfig, run_training  # noqa: E402
+from pipeline.training import RECIPES, TrainConfig, run_training  # noqa: E402
 
 
 def main() -> None:
@@ -51,8 +51,8 @@ def main() -> None:
     training = run_training(TrainConfig(
         annotations=data["train_annotations"], images=data["train_images"],
         val_annotations=data["val_annotations"], val_images=data["val_images"],
-        storage=os.path.join(out, "runs"), name="demo", preset="detr-tiny", epochs=args.epochs, batch_size=4,
-        cpus_per_worker=1.0, augment_scale=0.2,
+        storage=os.path.join(out, "runs"), name="demo", preset="detr-tiny", epochs=args.epochs,
+        cpus_per_worker=1.0, augment_scale=0.2, **RECIPES["detr-tiny"],
     ))
     print(f"trained {training['metrics']['epoch']} epochs; last checkpoint {training['checkpoint']}", flush=True)
 

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import ray  # noqa: E402
 
 from pipeline.cluster import init_ray  # noqa: E402
-from pipeline.training import TrainConfig, run_training  # noqa: E402
+from pipeline.training import RECIPES, TrainConfig, run_training  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -34,15 +34,22 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--backbone-norm", choices=("frozen_bn", "batch_norm", "group_norm"),
                    help="override the preset's backbone normalisation")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"total epochs (default {d.epochs})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per worker per step")
+    p.add_argument("--batch-size", type=int,
+                   help=f"images per worker per step (default {d.batch_size}, or the recipe's)")
     p.add_argument("--workers", type=int, default=d.workers, help="Ray Train workers (data parallel)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker, bf16 autocast")
     p.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker, help="logical CPUs per worker")
     p.add_argument("--placement", default=d.placement, choices=("PACK", "SPREAD", "STRICT_SPREAD"),
                    help="workers over nodes: PACK fills nodes, STRICT_SPREAD puts each on its own node")
     p.add_argument("--data-cpus", type=float, default=d.data_cpus, help="logical CPUs per decode/augment task")
-    p.add_argument("--lr", type=float, default=d.lr, help="learning rate of the transformer and heads")
-    p.add_argument("--lr-backbone", type=float, default=d.lr_backbone, help="learning rate of the backbone")
+    p.add_argument("--lr", type=float,
+                   help=f"learning rate of the transformer and heads (default {d.lr}, or the recipe's)")
+    p.add_argument("--lr-backbone", type=float,
+                   help=f"learning rate of the backbone (default {d.lr_backbone}, or the recipe's)")
+    p.add_argument("--warmup-steps", type=int,
+                   help="optimizer steps of linear learning-rate warm-up (default 0, or the recipe's)")
+    p.add_argument("--encoder-matches", type=int,
+                   help="two-stage presets: encoder proposals matched to each object (default 1, or the recipe's)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--clip-max-norm", type=float, default=d.clip_max_norm, help="gradient clipping (0: off)")
     p.add_argument("--lr-drop", type=int, default=d.lr_drop, help="epochs between learning-rate drops (x0.1)")
@@ -53,16 +60,20 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--keep", type=int, default=None, help="checkpoints to keep (default: all)")
     p.add_argument("--seed", type=int, default=d.seed)
     a = p.parse_args(argv)
+    # Without --init the preset trains from scratch: its recipe (pipeline.training.RECIPES)
+    # replaces the paper's defaults, which assume a pretrained backbone; explicit flags win.
+    tuned = {k: v for k, v in vars(a).items() if k in ("lr", "lr_backbone", "warmup_steps", "encoder_matches",
+                                                       "batch_size") and v is not None}
+    recipe = {} if a.init else RECIPES.get(a.preset, {})
     return TrainConfig(
         annotations=a.annotations, images=a.images, val_annotations=a.val_annotations, val_images=a.val_images,
         storage=a.storage, name=a.name, preset=a.preset, init=a.init,
         model_overrides={"backbone_norm": a.backbone_norm} if a.backbone_norm else {},
-        epochs=a.epochs, batch_size=a.batch_size, workers=a.workers, use_gpu=a.gpu,
-        cpus_per_worker=a.cpus_per_worker, placement=a.placement, data_cpus=a.data_cpus, lr=a.lr,
-        lr_backbone=a.lr_backbone,
+        epochs=a.epochs, workers=a.workers, use_gpu=a.gpu,
+        cpus_per_worker=a.cpus_per_worker, placement=a.placement, data_cpus=a.data_cpus,
         weight_decay=a.weight_decay, clip_max_norm=a.clip_max_norm, lr_drop=a.lr_drop,
         augment_scale=a.augment_scale, eval_every=a.eval_every, max_failures=a.max_failures,
-        num_to_keep=a.keep, seed=a.seed,
+        num_to_keep=a.keep, seed=a.seed, **{**recipe, **tuned},
     )
 
 

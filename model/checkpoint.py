@@ -29,6 +29,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _BOTTLENECK_DEPTHS = {6: "resnet50", 23: "resnet101"}  # blocks in layer3
 _BASIC_DEPTHS = {2: "resnet18", 6: "resnet34"}
+CLASS_HEADS = ("class_embed.", "query_selection.class_embed.")  # re-initialised for other label sets
 
 
 class CheckpointError(ValueError):
@@ -94,10 +95,10 @@ def load_checkpoint(
             source, config.num_classes, num_classes,
         )
         config = config.replace(num_classes=num_classes)
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("class_embed.")}
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(CLASS_HEADS)}
     model = DETR(config)
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict and not (drop_head and k.startswith("class_embed."))]
+    missing = [k for k in expected if k not in state_dict and not (drop_head and k.startswith(CLASS_HEADS))]
     unexpected = [k for k in state_dict if k not in expected]
     mismatched = [
         f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}"

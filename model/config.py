@@ -5,7 +5,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "small_cnn")
+SMALL_CNN_WIDTHS = (16, 32, 64, 128)  # channels of small_cnn's four stages (model/backbone.py)
 BACKBONE_NORMS = ("frozen_bn", "batch_norm", "group_norm")
 
 
@@ -23,6 +24,9 @@ class DetrConfig:
     # ResNet stages used: 4 is the reference (stride 32); 3 stops at layer3 (stride 16,
     # a finer and cheaper feature map for small images, at the cost of layer4's depth).
     backbone_stages: int = 4
+    # Object queries chosen from the encoder's own box proposals (model/query_selection.py)
+    # instead of the paper's learned embeddings: what lets a small DETR learn from scratch.
+    two_stage: bool = False
     hidden_dim: int = 256
     nheads: int = 8
     enc_layers: int = 6
@@ -41,7 +45,7 @@ class DetrConfig:
             raise ValueError(f"backbone {self.backbone!r} is not one of {BACKBONES}")
         if self.backbone_norm not in BACKBONE_NORMS:
             raise ValueError(f"backbone_norm {self.backbone_norm!r} is not one of {BACKBONE_NORMS}")
-        if self.dilation and self.backbone in ("resnet18", "resnet34"):
+        if self.dilation and self.backbone in ("resnet18", "resnet34", "small_cnn"):
             raise ValueError(f"dilation (DC5) needs a bottleneck ResNet, not {self.backbone}")
         if self.backbone_stages not in (3, 4):
             raise ValueError(f"backbone_stages must be 3 or 4, got {self.backbone_stages}")
@@ -53,6 +57,8 @@ class DetrConfig:
 
     @property
     def backbone_channels(self) -> int:
+        if self.backbone == "small_cnn":
+            return SMALL_CNN_WIDTHS[self.backbone_stages - 1]
         last = 512 if self.backbone in ("resnet18", "resnet34") else 2048
         return last if self.backbone_stages == 4 else last // 2
 
@@ -82,9 +88,13 @@ PRESETS: dict[str, DetrConfig] = {
     "detr-r101": DetrConfig(backbone="resnet101"),
     "detr-r50-dc5": DetrConfig(dilation=True),
     "detr-r101-dc5": DetrConfig(backbone="resnet101", dilation=True),
-    # Small CPU preset for tests, demos and CI.
+    # Small CPU preset for tests, demos and CI, trained from scratch (README, "Learning from
+    # scratch"): a small plain CNN with batch norm, all of it trained, and two-stage queries.
     "detr-tiny": DetrConfig(
-        backbone="resnet18",
+        backbone="small_cnn",
+        backbone_norm="batch_norm",
+        train_stem=True,
+        two_stage=True,
         hidden_dim=128,
         nheads=8,
         enc_layers=2,

@@ -10,11 +10,17 @@ from torchvision.ops import box_convert, generalized_box_iou
 from .matcher import HungarianMatcher
 
 
-def default_weight_dict(num_decoder_layers: int, ce: float = 1.0, bbox: float = 5.0, giou: float = 2.0) -> dict[str, float]:
-    """Loss weights for the final layer and every auxiliary decoder layer (suffix _i)."""
+def default_weight_dict(
+    num_decoder_layers: int, ce: float = 1.0, bbox: float = 5.0, giou: float = 2.0, encoder: bool = False
+) -> dict[str, float]:
+    """Loss weights for the final layer, every auxiliary decoder layer (suffix _i) and,
+    for two-stage models, the encoder's proposals (suffix _enc)."""
     weights = {"loss_ce": ce, "loss_bbox": bbox, "loss_giou": giou}
+    final = list(weights.items())
     for i in range(num_decoder_layers - 1):
-        weights.update({f"{k}_{i}": v for k, v in list(weights.items())[:3]})
+        weights.update({f"{k}_{i}": v for k, v in final})
+    if encoder:
+        weights.update({f"{k}_enc": v for k, v in final})
     return weights
 
 
@@ -22,8 +28,8 @@ class SetCriterion(nn.Module):
     """Losses of matched predictions; unmatched queries learn the "no object" class.
 
     Returns a dict: loss_ce, loss_bbox, loss_giou (weighted by weight_dict in the total),
-    class_error and cardinality_error (logged only), and the same losses with suffix _i
-    for every auxiliary decoder output i.
+    class_error and cardinality_error (logged only), the same losses with suffix _i
+    for every auxiliary decoder output i, and with suffix _enc for the encoder's proposals.
     """
 
     def __init__(
@@ -32,8 +38,10 @@ class SetCriterion(nn.Module):
         matcher: HungarianMatcher,
         weight_dict: dict[str, float],
         eos_coef: float = 0.1,
+        encoder_matches: int = 1,
     ):
         super().__init__()
+        self.encoder_matches = encoder_matches
         self.num_classes = num_classes
         self.matcher = matcher
         self.weight_dict = weight_dict
@@ -50,6 +58,11 @@ class SetCriterion(nn.Module):
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
             aux_losses = self._losses(aux, targets, num_boxes, log=False)
             losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
+        if "enc_outputs" in outputs:
+            k = self.encoder_matches  # one-to-many: each object matched to k proposals
+            repeated = [{"labels": t["labels"].repeat(k), "boxes": t["boxes"].repeat(k, 1)} for t in targets]
+            enc_losses = self._losses(outputs["enc_outputs"], repeated, num_boxes * k, log=False)
+            losses.update({f"{k}_enc": v for k, v in enc_losses.items()})
         return losses
 
     @staticmethod
@@ -112,7 +125,12 @@ def build_criterion(
     cost_giou: float = 2.0,
     eos_coef: float = 0.1,
     aux_loss: bool = True,
+    two_stage: bool = False,
+    encoder_matches: int = 1,
 ) -> SetCriterion:
-    """The paper's loss: matcher costs 1/5/2, loss weights 1/5/2, no-object weight 0.1."""
-    weight_dict = default_weight_dict(num_decoder_layers if aux_loss else 1, cost_class, cost_bbox, cost_giou)
-    return SetCriterion(num_classes, HungarianMatcher(cost_class, cost_bbox, cost_giou), weight_dict, eos_coef)
+    """The paper's loss: matcher costs 1/5/2, loss weights 1/5/2, no-object weight 0.1;
+    two_stage adds the same loss on the encoder's proposals."""
+    weight_dict = default_weight_dict(num_decoder_layers if aux_loss else 1, cost_class, cost_bbox, cost_giou,
+                                      encoder=two_stage)
+    return SetCriterion(num_classes, HungarianMatcher(cost_class, cost_bbox, cost_giou), weight_dict, eos_coef,
+                        encoder_matches)

@@ -9,22 +9,10 @@ from torch import nn
 
 from .backbone import Backbone
 from .config import DetrConfig, get_config
+from .mlp import MLP
 from .position_encoding import PositionEmbeddingSine
+from .query_selection import QuerySelection, inverse_sigmoid
 from .transformer import build_transformer
-
-
-class MLP(nn.Module):
-    """A few fully connected layers with ReLU between them (the box head)."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
-        super().__init__()
-        dims = [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip([input_dim] + dims, dims + [output_dim]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, layer in enumerate(self.layers):
-            x = F.relu(layer(x)) if i < len(self.layers) - 1 else layer(x)
-        return x
 
 
 def pad_images(images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +33,8 @@ class DETR(nn.Module):
 
     Outputs: pred_logits [B,Q,num_classes+1] (the last logit is "no object"),
     pred_boxes [B,Q,4] normalised (cx, cy, w, h), and aux_outputs, the same two
-    for every decoder layer but the last (when config.aux_loss).
+    for every decoder layer but the last (when config.aux_loss). With config.two_stage also
+    enc_outputs: the encoder tokens' proposals (pred_logits, pred_boxes, padding [B,L]).
     """
 
     def __init__(self, config: DetrConfig, backbone_weights: str | None = None):
@@ -58,9 +47,15 @@ class DETR(nn.Module):
         )
         self.transformer = build_transformer(config)
         self.input_proj = nn.Conv2d(config.backbone_channels, hidden_dim, kernel_size=1)
-        self.query_embed = nn.Embedding(config.num_queries, hidden_dim)
+        if config.two_stage:
+            self.query_selection = QuerySelection(hidden_dim, config.num_classes, config.num_queries)
+        else:
+            self.query_embed = nn.Embedding(config.num_queries, hidden_dim)
         self.class_embed = nn.Linear(hidden_dim, config.num_classes + 1)
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
+        if config.two_stage:  # the box head refines a reference box: it starts by predicting it
+            nn.init.zeros_(self.bbox_embed.layers[-1].weight)
+            nn.init.zeros_(self.bbox_embed.layers[-1].bias)
 
     def forward(
         self, images: torch.Tensor | Sequence[torch.Tensor], mask: torch.Tensor | None = None
@@ -70,14 +65,23 @@ class DETR(nn.Module):
         images, mask = self._as_batch(images, mask)
         features, mask = self.backbone[0](images, mask)
         pos = self.backbone[1](mask).to(features.dtype)
-        hs, _ = self.transformer(self.input_proj(features), mask, self.query_embed.weight, pos)
+        src = self.input_proj(features)
+        if self.config.two_stage:
+            memory, pos, key_mask = self.transformer.encode(src, mask, pos)
+            proposals, content, query_pos, reference = self.query_selection(memory, mask)
+            hs = self.transformer.decoder(content, memory, pos, query_pos, key_mask)
+            boxes = (self.bbox_embed(hs) + inverse_sigmoid(reference)).sigmoid()
+        else:
+            hs, _ = self.transformer(src, mask, self.query_embed.weight, pos)
+            boxes = self.bbox_embed(hs).sigmoid()
         logits = self.class_embed(hs)
-        boxes = self.bbox_embed(hs).sigmoid()
         out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
         if self.config.aux_loss:
             out["aux_outputs"] = [
                 {"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])
             ]
+        if self.config.two_stage:
+            out["enc_outputs"] = proposals
         return out
 
     @staticmethod

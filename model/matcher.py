@@ -6,12 +6,15 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou
 
+PADDING_COST = 1e6  # far above any real cost (|L1| <= 4, |GIoU| <= 1, p <= 1 per term)
+
 
 class HungarianMatcher(nn.Module):
     """One-to-one assignment of queries to targets minimising
     cost_class * (-p(class)) + cost_bbox * L1(boxes) + cost_giou * (-GIoU(boxes)).
 
     targets: one dict per image with "labels" [T] and "boxes" [T,4] normalised cxcywh.
+    outputs may hold "padding" [B,Q] (True = a query on padding, e.g. an encoder token): never matched.
     Returns, per image, (query indices, target indices) as int64 tensors.
     """
 
@@ -27,8 +30,9 @@ class HungarianMatcher(nn.Module):
     def forward(self, outputs: dict, targets: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         prob = outputs["pred_logits"].float().softmax(-1)  # [B,Q,C+1]
         pred_boxes = outputs["pred_boxes"].float()
+        padding = outputs.get("padding", torch.zeros(prob.shape[:2], dtype=torch.bool, device=prob.device))
         indices = []
-        for image_prob, image_boxes, target in zip(prob, pred_boxes, targets):
+        for image_prob, image_boxes, image_padding, target in zip(prob, pred_boxes, padding, targets):
             labels, boxes = target["labels"], target["boxes"].float()
             if len(labels) == 0:
                 empty = torch.empty(0, dtype=torch.int64)
@@ -40,6 +44,7 @@ class HungarianMatcher(nn.Module):
                 - self.cost_giou
                 * generalized_box_iou(box_convert(image_boxes, "cxcywh", "xyxy"), box_convert(boxes, "cxcywh", "xyxy"))
             )
+            cost[image_padding] = PADDING_COST
             rows, cols = linear_sum_assignment(cost.cpu().numpy())
             indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
         return indices

@@ -164,15 +164,22 @@ class Transformer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """src/pos_embed [B,C,h,w], mask [B,h,w], query_embed [Q,C] -> hs [L,B,Q,C], memory [B,C,h,w]."""
         batch, channels, height, width = src.shape
-        src = src.flatten(2).transpose(1, 2)
-        pos_embed = pos_embed.flatten(2).transpose(1, 2)
+        memory, pos, key_mask = self.encode(src, mask, pos_embed)
         query_pos = query_embed.unsqueeze(0).expand(batch, -1, -1)
+        hs = self.decoder(torch.zeros_like(query_pos), memory, pos, query_pos, key_mask)
+        return hs, memory.transpose(1, 2).reshape(batch, channels, height, width)
+
+    def encode(
+        self, src: torch.Tensor, mask: torch.Tensor, pos_embed: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """src/pos_embed [B,C,h,w], mask [B,h,w] -> memory and pos [B,h*w,C], and the key
+        padding mask [B,h*w] the decoder attends with (None when nothing is padded)."""
+        src = src.flatten(2).transpose(1, 2)
+        pos = pos_embed.flatten(2).transpose(1, 2)
         mask = mask.flatten(1)
         # An all-False mask changes nothing; dropping it lets attention use its fastest kernels.
         key_mask = mask if bool(mask.any()) else None
-        memory = self.encoder(src, pos_embed, key_mask)
-        hs = self.decoder(torch.zeros_like(query_pos), memory, pos_embed, query_pos, key_mask)
-        return hs, memory.transpose(1, 2).reshape(batch, channels, height, width)
+        return self.encoder(src, pos, key_mask), pos, key_mask
 
 
 def build_transformer(config) -> Transformer:

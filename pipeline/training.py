@@ -35,6 +35,13 @@ from .transforms import AugmentConfig
 
 LOGGED_LOSSES = ("loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error")
 
+# Hyper-parameters of presets trained from scratch, where they differ from the paper's
+# (TrainConfig's defaults, made for a pretrained backbone). Measured with bench/learning.py;
+# see README, "Learning from scratch". Flags given explicitly win.
+RECIPES: dict[str, dict[str, Any]] = {
+    "detr-tiny": {"lr": 3e-4, "lr_backbone": 3e-4, "warmup_steps": 200, "encoder_matches": 4, "batch_size": 8},
+}
+
 
 @dataclass
 class TrainConfig:
@@ -60,7 +67,9 @@ class TrainConfig:
     clip_max_norm: float = 0.1
     lr_drop: int = 200  # epochs between learning-rate drops
     lr_drop_gamma: float = 0.1
+    warmup_steps: int = 0  # linear learning-rate warm-up from 0 over the first optimizer steps
     eos_coef: float = 0.1
+    encoder_matches: int = 1  # two-stage presets: proposals matched to each object (one-to-many)
     augment_scale: float = 1.0  # multiplies the paper's image sizes (480-800, max 1333)
     eval_every: int = 1
     max_failures: int = 0
@@ -87,6 +96,14 @@ def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, An
         if parameter.requires_grad:
             (backbone if name.startswith("backbone.") else rest).append(parameter)
     return [{"params": rest, "lr": cfg.lr}, {"params": backbone, "lr": cfg.lr_backbone}]
+
+
+def warm_up(optimizer: torch.optim.Optimizer, step: int, warmup_steps: int) -> None:
+    """Linear warm-up: step i (from 0) of the first warmup_steps runs at (i + 1) / warmup_steps
+    of each group's initial learning rate (StepLR's drops come later, per epoch)."""
+    if step < warmup_steps:
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * (step + 1) / warmup_steps
 
 
 def _restore(model, optimizer, scheduler) -> tuple[int, int]:
@@ -135,7 +152,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     model, config = _build_model(cfg, loop_config["num_classes"])
     model.to(device)  # before the optimizer state is restored, so that state lands on the device too
     criterion = build_criterion(config.num_classes, config.dec_layers, eos_coef=cfg.eos_coef,
-                                aux_loss=config.aux_loss).to(device)
+                                aux_loss=config.aux_loss, two_stage=config.two_stage,
+                                encoder_matches=cfg.encoder_matches).to(device)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_drop, cfg.lr_drop_gamma)
     start_epoch, steps = _restore(model, optimizer, scheduler)
@@ -163,6 +181,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             loss.backward()
             if cfg.clip_max_norm > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_max_norm)
+            warm_up(optimizer, steps, cfg.warmup_steps)
             optimizer.step()
             steps += 1
             batches += 1

@@ -89,6 +89,18 @@ def test_fine_tune_with_other_num_classes_drops_class_head(tmp_path, small_fixtu
             assert torch.equal(state[key], value), key
 
 
+def test_fine_tune_a_two_stage_model_drops_both_class_heads(tmp_path):
+    torch.manual_seed(0)
+    source = build_detr("detr-tiny", num_classes=12)
+    path = save_checkpoint(str(tmp_path / "tiny.pt"), source)
+    model, config = load_checkpoint(path, num_classes=3)
+    assert config.two_stage and model.query_selection.class_embed.out_features == 4
+    state = model.state_dict()
+    for key, value in source.state_dict().items():
+        if "class_embed." not in key:
+            assert torch.equal(state[key], value), key
+
+
 def test_missing_and_unexpected_keys_are_listed(tmp_path, small_fixture):
     state = dict(small_fixture["state_dict"])
     del state["transformer.decoder.norm.weight"]

@@ -21,6 +21,10 @@ from model import (
 )
 
 
+# The reference structure (ResNet-18, frozen stem and batch norm, learned queries) at detr-tiny's size.
+R18 = dict(backbone="resnet18", backbone_norm="frozen_bn", train_stem=False, two_stage=False)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
@@ -79,7 +83,7 @@ def test_bad_inputs_are_explained(tiny):
 
 def test_training_step_updates_only_trainable_parts():
     torch.manual_seed(0)
-    model = build_detr("detr-tiny", num_classes=3).train()
+    model = build_detr("detr-tiny", num_classes=3, **R18).train()
     criterion = build_criterion(3, model.config.dec_layers)
     targets = [
         {"labels": torch.tensor([1, 2]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.6, 0.3, 0.4]])},
@@ -98,14 +102,15 @@ def test_training_step_updates_only_trainable_parts():
 
 @pytest.mark.parametrize("norm", ["batch_norm", "group_norm"])
 def test_trainable_backbone_norms(norm):
-    model = build_detr("detr-tiny", backbone_norm=norm).train()
+    model = build_detr("detr-tiny", **{**R18, "backbone_norm": norm}).train()
     out = model([torch.randn(3, 64, 64), torch.randn(3, 64, 96)])
     out["pred_logits"].sum().backward()
     assert model.backbone[0].body.layer2[0].bn1.weight.grad is not None
 
 
 def test_from_scratch_backbone_options():
-    model = build_detr("detr-tiny", backbone_norm="batch_norm", train_stem=True, backbone_stages=3).train()
+    model = build_detr("detr-tiny", **{**R18, "backbone_norm": "batch_norm", "train_stem": True}, backbone_stages=3)
+    model.train()
     body = model.backbone[0].body
     assert body.conv1.weight.requires_grad and body.layer1[0].conv1.weight.requires_grad
     assert not hasattr(body, "layer4")  # never computed, never in the state_dict
@@ -113,6 +118,67 @@ def test_from_scratch_backbone_options():
     assert features.shape[1:] == (256, 4, 6)  # layer3: stride 16, half of layer4's channels
     out = model([torch.randn(3, 64, 64)])
     assert out["pred_boxes"].shape == (1, model.config.num_queries, 4)
+
+
+def test_two_stage_training_step_reaches_every_part():
+    """detr-tiny trains from scratch: small_cnn (stem included), encoder proposals, queries."""
+    torch.manual_seed(0)
+    model = build_detr("detr-tiny", num_classes=3).train()
+    criterion = build_criterion(3, model.config.dec_layers, two_stage=True, encoder_matches=4)
+    targets = [
+        {"labels": torch.tensor([1, 2]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.6, 0.3, 0.4]])},
+        {"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)},
+    ]
+    outputs = model([torch.randn(3, 96, 96), torch.randn(3, 64, 128)])
+    proposals = outputs["enc_outputs"]
+    assert proposals["pred_logits"].shape == (2, 6 * 8, 4) and proposals["padding"].shape == (2, 48)
+    assert proposals["padding"].sum(1).tolist() == [48 - 36, 48 - 32]  # 6x6 and 4x8 tokens of 6x8
+    losses = criterion(outputs, targets)
+    assert {"loss_ce_enc", "loss_bbox_enc", "loss_giou_enc", "loss_ce_0"} <= set(losses)
+    assert {"loss_ce_enc", "loss_bbox_enc", "loss_giou_enc"} <= set(criterion.weight_dict)
+    criterion.total_loss(losses).backward()
+    assert all(p.grad is not None for p in model.parameters()), "a parameter that never learns"
+    assert model.backbone[0].body.layer1[0][0].weight.requires_grad  # the stem trains from scratch
+
+
+def test_two_stage_queries_start_on_their_proposals():
+    """At initialisation the decoder's boxes are its reference boxes: encoder tokens' anchors."""
+    from model.query_selection import ANCHOR_SIZE, token_anchors
+
+    torch.manual_seed(0)
+    model = build_detr("detr-tiny", num_classes=3).eval()
+    with torch.inference_mode():
+        outputs = model([torch.randn(3, 64, 96)])  # 4x6 tokens -> 20 of 24 selected
+    anchors = token_anchors(torch.zeros(1, 4, 6, dtype=torch.bool))[0]
+    torch.testing.assert_close(outputs["enc_outputs"]["pred_boxes"][0], anchors, atol=1e-4, rtol=0)
+    boxes = outputs["pred_boxes"][0]
+    assert boxes.shape == (20, 4)
+    distances = torch.cdist(boxes, anchors)
+    assert torch.all(distances.min(1).values < 1e-4)  # every query sits on a distinct token's anchor
+    assert len(set(distances.argmin(1).tolist())) == 20
+    torch.testing.assert_close(boxes[:, 2:], torch.full((20, 2), ANCHOR_SIZE), atol=1e-4, rtol=0)
+
+
+def test_encoder_matches_one_to_many():
+    """Each object is matched to k proposals; padding tokens are never matched."""
+    from model import HungarianMatcher
+
+    logits = torch.zeros(1, 6, 3)
+    boxes = torch.tensor([[[0.1, 0.1, 0.1, 0.1], [0.5, 0.5, 0.2, 0.2], [0.52, 0.5, 0.2, 0.2], [0.9, 0.9, 0.1, 0.1],
+                           [0.5, 0.52, 0.2, 0.2], [0.5, 0.5, 0.2, 0.2]]])
+    padding = torch.tensor([[False, False, False, False, False, True]])  # the best match, but padding
+    target = {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}
+    repeated = {"labels": target["labels"].repeat(3), "boxes": target["boxes"].repeat(3, 1)}
+    rows, _ = HungarianMatcher()({"pred_logits": logits, "pred_boxes": boxes, "padding": padding}, [repeated])[0]
+    assert sorted(rows.tolist()) == [1, 2, 4]
+
+
+def test_small_cnn_backbone():
+    model = build_detr("detr-tiny", num_classes=3)
+    features, mask = model.backbone[0](torch.zeros(2, 3, 96, 160), torch.zeros(2, 96, 160, dtype=torch.bool))
+    assert features.shape == (2, 128, 6, 10) and mask.shape == (2, 6, 10)  # stride 16
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        build_detr("detr-tiny", backbone_weights="resnet18.pth")
 
 
 def test_presets_and_config_validation():
@@ -197,12 +263,13 @@ def test_num_boxes_is_averaged_across_data_parallel_ranks():
         assert loss_bbox == pytest.approx(n * 0.8 / 3, rel=1e-5)
 
 
-@pytest.mark.parametrize("norm", ["frozen_bn", "batch_norm"])
-def test_optimize_for_inference_keeps_outputs(norm, tmp_path):
+@pytest.mark.parametrize("backbone,norm", [("resnet18", "frozen_bn"), ("resnet18", "batch_norm"),
+                                           ("small_cnn", "batch_norm")])
+def test_optimize_for_inference_keeps_outputs(backbone, norm, tmp_path):
     from model import optimize_for_inference, save_checkpoint
 
     torch.manual_seed(0)
-    model = build_detr("detr-tiny", backbone_norm=norm).eval()
+    model = build_detr("detr-tiny", backbone=backbone, backbone_norm=norm).eval()
     with torch.no_grad():  # non-trivial normalisation statistics, so folding matters
         for name, buffer in model.backbone.named_buffers():
             if name.endswith("running_mean"):

@@ -15,7 +15,7 @@ import torch
 
 from model import load_checkpoint
 from model.checkpoint import safe_torch_load
-from pipeline.training import TrainConfig, _build_model, run_training
+from pipeline.training import TrainConfig, _build_model, run_training, warm_up
 
 
 def _config(shapes: dict, storage: Path, name: str, **overrides) -> TrainConfig:
@@ -143,3 +143,35 @@ def test_fine_tune_run(ray_cluster, small_fixture, tmp_path, tiny_shapes):
 def test_unknown_val_images_is_explained(tiny_shapes, tmp_path):
     with pytest.raises(ValueError, match="--val-images"):
         run_training(_config(tiny_shapes, tmp_path, "x", val_annotations=tiny_shapes["val_annotations"]))
+
+
+def test_recipe_of_a_from_scratch_preset():
+    """jobs/train.py: detr-tiny trains with its recipe, explicit flags win, --init keeps the paper's."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_job", Path(__file__).parents[1] / "jobs" / "train.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    required = ["--annotations", "a.json", "--images", "img", "--storage", "runs", "--name", "r"]
+    scratch = job.parse_args(required)
+    assert (scratch.lr, scratch.lr_backbone, scratch.warmup_steps, scratch.encoder_matches, scratch.batch_size) == (
+        3e-4, 3e-4, 200, 4, 8)
+    assert job.parse_args(required + ["--lr", "1e-3", "--batch-size", "2"]).lr == 1e-3
+    assert job.parse_args(required + ["--lr", "1e-3", "--batch-size", "2"]).batch_size == 2
+    tuned = job.parse_args(required + ["--init", "ckpt.pt"])
+    paper = TrainConfig("", "", "", "")
+    assert (tuned.lr, tuned.lr_backbone, tuned.warmup_steps, tuned.encoder_matches) == (
+        paper.lr, paper.lr_backbone, 0, 1)
+
+
+def test_warm_up_is_linear_then_hands_over_to_the_step_drop():
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.1)
+    seen = []
+    for step in range(6):
+        warm_up(optimizer, step, 4)
+        seen.append(optimizer.param_groups[0]["lr"])
+    assert seen == pytest.approx([7.5e-5, 1.5e-4, 2.25e-4, 3e-4, 3e-4, 3e-4])
+    scheduler.step()  # an epoch ends after the warm-up: the drop applies
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(3e-5)
