@@ -88,8 +88,8 @@ PRESETS: dict[str, DetrConfig] = {
     "detr-r101": DetrConfig(backbone="resnet101"),
     "detr-r50-dc5": DetrConfig(dilation=True),
     "detr-r101-dc5": DetrConfig(backbone="resnet101", dilation=True),
-    # Small CPU preset for tests, demos and CI, trained from scratch (README, "Learning from
-    # scratch"): a small plain CNN with batch norm, all of it trained, and two-stage queries.
+    # Small CPU preset for tests, demos and CI, trained from scratch (README, Benchmarks,
+    # `learning`): a small plain CNN with batch norm, all of it trained, and two-stage queries.
     "detr-tiny": DetrConfig(
         backbone="small_cnn",
         backbone_norm="batch_norm",

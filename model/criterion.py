@@ -59,9 +59,10 @@ class SetCriterion(nn.Module):
             aux_losses = self._losses(aux, targets, num_boxes, log=False)
             losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
         if "enc_outputs" in outputs:
-            k = self.encoder_matches  # one-to-many: each object matched to k proposals
-            repeated = [{"labels": t["labels"].repeat(k), "boxes": t["boxes"].repeat(k, 1)} for t in targets]
-            enc_losses = self._losses(outputs["enc_outputs"], repeated, num_boxes * k, log=False)
+            matches = self.encoder_matches  # one-to-many: each object matched to that many proposals
+            repeated = [{"labels": t["labels"].repeat(matches), "boxes": t["boxes"].repeat(matches, 1)}
+                        for t in targets]
+            enc_losses = self._losses(outputs["enc_outputs"], repeated, num_boxes * matches, log=False)
             losses.update({f"{k}_enc": v for k, v in enc_losses.items()})
         return losses
 

@@ -1,7 +1,7 @@
 """Two-stage query selection: the encoder's tokens propose boxes, the best become object queries.
 
 The paper's learned object queries must discover, by slow trial, where to look; trained from
-scratch in minutes they never do (see README, "Learning from scratch"). Here, as in
+scratch in minutes they never do (README: Benchmarks, `learning`). Here, as in
 Deformable DETR's two-stage variant (Zhu et al., 2021, sec. 4.1) and Efficient DETR (Yao et
 al., 2021), every encoder token predicts a class and a box relative to its own grid cell, a
 dense detector supervised by the same set loss; the num_queries best tokens then seed the
@@ -63,7 +63,9 @@ class QuerySelection(nn.Module):
         nn.init.zeros_(self.bbox_embed.layers[-1].weight)
         nn.init.zeros_(self.bbox_embed.layers[-1].bias)
 
-    def forward(self, memory: torch.Tensor, mask: torch.Tensor) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, memory: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor]:
         """memory [B,L,C] (L = h*w tokens), mask [B,h,w] -> (proposals, content [B,K,C],
         query_pos [B,K,C], reference boxes [B,K,4]); proposals are the loss's dict of
         pred_logits / pred_boxes over all L tokens with their padding mask."""

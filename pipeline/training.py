@@ -37,7 +37,7 @@ LOGGED_LOSSES = ("loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinalit
 
 # Hyper-parameters of presets trained from scratch, where they differ from the paper's
 # (TrainConfig's defaults, made for a pretrained backbone). Measured with bench/learning.py;
-# see README, "Learning from scratch". Flags given explicitly win.
+# see README, Benchmarks, `learning`. Flags given explicitly win.
 RECIPES: dict[str, dict[str, Any]] = {
     "detr-tiny": {"lr": 3e-4, "lr_backbone": 3e-4, "warmup_steps": 200, "encoder_matches": 4, "batch_size": 8},
 }

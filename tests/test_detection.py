@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -20,12 +21,18 @@ from torchvision.io import decode_image
 from model import PostProcess, build_detr, load_checkpoint, save_checkpoint
 from model import uri as uris
 from pipeline import predictions
-from pipeline.detection import DetectConfig, Detector, list_inputs, load_images, run_detection
+from pipeline.detection import DetectConfig, Detector, list_inputs, load_images, resize, run_detection
 
 from .corpus import rotated_photo, write_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"min_size": 96, "max_size": 160}  # resize for fast CPU tests
+
+
+def _tokens(row: dict) -> int:
+    """Feature-map cells (stride 16) of an image as detect() resizes it (SMALL's sizes)."""
+    _, height, width = resize(torch.zeros(3, row["height"], row["width"]), **SMALL).shape
+    return math.ceil(height / 16) * math.ceil(width / 16)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +70,9 @@ def test_bad_inputs_each_get_exactly_one_row(ray_cluster, checkpoint, tmp_path):
         row = rows[name]
         if kind is None:
             assert row["error"] is None, (name, row["error"])
-            assert len(row["boxes"]) == len(row["scores"]) == len(row["labels"]) == 20  # threshold 0: every query
+            # threshold 0: every query. Two-stage detr-tiny has min(20, feature-map tokens of the
+            # padded batch): fewer than 20 only for an image too small for 20 tokens
+            assert len(row["boxes"]) == len(row["scores"]) == len(row["labels"]) in (20, min(20, _tokens(row)))
             assert row["width"] > 0 and row["height"] > 0
         else:
             assert row["error"].startswith(kind + ":"), (name, row["error"])

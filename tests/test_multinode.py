@@ -9,11 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from model import load_checkpoint
+import torch
 
-from .test_detection import checkpoint, write_pictures  # noqa: F401 (fixture)
+from model import build_detr, load_checkpoint, save_checkpoint
+
+from .test_detection import write_pictures
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    """A ResNet-18 detr-tiny: slow enough that a node can be removed while images remain."""
+    torch.manual_seed(0)
+    model = build_detr("detr-tiny", num_classes=12, backbone="resnet18")
+    return save_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "r18.pt"), model)
 
 
 def run_script(script: str, *args: str) -> dict:
@@ -26,7 +36,7 @@ def run_script(script: str, *args: str) -> dict:
 
 
 @pytest.mark.parametrize("remove_node", [False, True], ids=["all-nodes", "node-removed-mid-run"])
-def test_detection_across_nodes(checkpoint, tmp_path, remove_node):  # noqa: F811
+def test_detection_across_nodes(checkpoint, tmp_path, remove_node):
     write_pictures(tmp_path / "images", 40, seed=4)
     summary = run_script("multinode_detect.py", str(tmp_path / "images"), str(tmp_path / "out"), checkpoint,
                          *(["--remove-node"] if remove_node else []))

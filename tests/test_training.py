@@ -93,7 +93,9 @@ def _train_worker_pids() -> list[int]:
 
 
 def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, tiny_shapes, tmp_path):
-    config = _config(tiny_shapes, tmp_path, "faults", epochs=3, batch_size=1, max_failures=1)
+    # ResNet-18 backbone: an epoch long enough (~7 s) for the kill to land inside epoch 2
+    config = _config(tiny_shapes, tmp_path, "faults", epochs=3, batch_size=1, max_failures=1,
+                     model_overrides={"num_queries": 10, "backbone": "resnet18"})
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.update(summary=run_training(config)), daemon=True)
     thread.start()
