@@ -30,15 +30,18 @@ def main() -> None:
     removed: list[str] = []
     stop = threading.Event()
 
+    def record_actor_nodes(alive_only: bool) -> None:
+        filters = [("class_name", "=", "MapWorker(MapBatches(Detector))")]
+        try:
+            actors = list_actors(filters=filters + ([("state", "=", "ALIVE")] if alive_only else []),
+                                 address=cluster.address)
+            actor_nodes.update(a.node_id for a in actors)
+        except Exception:
+            pass
+
     def watch() -> None:
         while not stop.is_set():
-            try:
-                actors = list_actors(filters=[("class_name", "=", "MapWorker(MapBatches(Detector))"),
-                                              ("state", "=", "ALIVE")],
-                                     address=cluster.address)
-                actor_nodes.update(a.node_id for a in actors)
-            except Exception:
-                pass
+            record_actor_nodes(alive_only=True)
             if remove and not removed and len(predictions.part_files(output)) >= 1:
                 removed.append(workers[1].node_id)
                 cluster.remove_node(workers[1], allow_graceful=False)
@@ -52,6 +55,7 @@ def main() -> None:
                                              actors=(2, 2), cpus_per_actor=1.0))
         stop.set()
         thread.join()
+        record_actor_nodes(alive_only=False)  # finished actors too: a short run can end between polls
         summary["actor_nodes"] = sorted(actor_nodes)
         summary["worker_nodes"] = [w.node_id for w in workers]
         summary["removed"] = removed
