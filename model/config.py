@@ -27,6 +27,10 @@ class DetrConfig:
     # Object queries chosen from the encoder's own box proposals (model/query_selection.py)
     # instead of the paper's learned embeddings: what lets a small DETR learn from scratch.
     two_stage: bool = False
+    # With two_stage (ignored without): proposals overlapping a better one by more than this IoU
+    # are skipped when choosing the queries (distinct queries, model/query_selection.py);
+    # None: the plain top-k.
+    distinct_query_iou: float | None = None
     hidden_dim: int = 256
     nheads: int = 8
     enc_layers: int = 6
@@ -49,6 +53,8 @@ class DetrConfig:
             raise ValueError(f"dilation (DC5) needs a bottleneck ResNet, not {self.backbone}")
         if self.backbone_stages not in (3, 4):
             raise ValueError(f"backbone_stages must be 3 or 4, got {self.backbone_stages}")
+        if self.distinct_query_iou is not None and not 0 < self.distinct_query_iou <= 1:
+            raise ValueError(f"distinct_query_iou must be in (0, 1], got {self.distinct_query_iou}")
         if self.hidden_dim % self.nheads or self.hidden_dim % 2:
             raise ValueError(f"hidden_dim {self.hidden_dim} must be even and divisible by nheads {self.nheads}")
         for name in ("num_classes", "num_queries", "enc_layers", "dec_layers", "dim_feedforward"):
@@ -95,6 +101,7 @@ PRESETS: dict[str, DetrConfig] = {
         backbone_norm="batch_norm",
         train_stem=True,
         two_stage=True,
+        distinct_query_iou=0.7,
         hidden_dim=128,
         nheads=8,
         enc_layers=2,

@@ -47,7 +47,8 @@ class DETR(nn.Module):
         self.transformer = build_transformer(config)
         self.input_proj = nn.Conv2d(config.backbone_channels, hidden_dim, kernel_size=1)
         if config.two_stage:
-            self.query_selection = QuerySelection(hidden_dim, config.num_classes, config.num_queries)
+            self.query_selection = QuerySelection(hidden_dim, config.num_classes, config.num_queries,
+                                                  config.distinct_query_iou)
         else:
             self.query_embed = nn.Embedding(config.num_queries, hidden_dim)
         self.class_embed = nn.Linear(hidden_dim, config.num_classes + 1)

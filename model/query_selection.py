@@ -7,6 +7,11 @@ al., 2021), every encoder token predicts a class and a box relative to its own g
 dense detector supervised by the same set loss; the num_queries best tokens then seed the
 decoder: their features as content, their boxes (detached) as reference boxes that the
 decoder's box head refines.
+
+With distinct_iou set, the top-k skip proposals that overlap a better one (class-agnostic
+NMS, as DDQ selects its "distinct queries": Zhang et al., 2023): the encoder's one-to-many
+matching trains several tokens onto each object, and duplicate queries both waste the few
+query slots and leave the decoder to learn to suppress them (README: Benchmarks, `learning`).
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import math
 
 import torch
 from torch import nn
+from torchvision.ops import batched_nms, box_convert
 
 from .mlp import MLP
 
@@ -48,12 +54,28 @@ def sine_box_embedding(boxes: torch.Tensor, num_feats: int, temperature: float =
     return torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-3)
 
 
+def distinct_top_k(scores: torch.Tensor, boxes: torch.Tensor, k: int, iou: float | None) -> torch.Tensor:
+    """scores [B,L] (padding < 0), boxes [B,L,4] cxcywh -> [B,k] token indices, best first.
+    With iou, tokens whose box overlaps a better-scoring token's by more than iou come only
+    after every distinct token (they fill what the distinct ones leave); padding comes last."""
+    if iou is None:
+        return scores.topk(k, dim=1).indices
+    batch, length = scores.shape
+    image = torch.arange(batch, device=scores.device).repeat_interleave(length)
+    keep = batched_nms(box_convert(boxes.flatten(0, 1).float(), "cxcywh", "xyxy"), scores.flatten(), image, iou)
+    distinct = torch.zeros(batch * length, dtype=torch.bool, device=scores.device)
+    distinct[keep] = True
+    priority = scores + 2.0 * (distinct.view(batch, length) & (scores >= 0))  # scores lie in [0, 1]
+    return priority.topk(k, dim=1).indices
+
+
 class QuerySelection(nn.Module):
     """Encoder-token proposals and the top-k of them as decoder queries."""
 
-    def __init__(self, hidden_dim: int, num_classes: int, num_queries: int):
+    def __init__(self, hidden_dim: int, num_classes: int, num_queries: int, distinct_iou: float | None = None):
         super().__init__()
         self.num_queries = num_queries
+        self.distinct_iou = distinct_iou
         self.output = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.LayerNorm(hidden_dim))
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
@@ -76,7 +98,7 @@ class QuerySelection(nn.Module):
         proposals = {"pred_logits": logits, "pred_boxes": boxes, "padding": padding}
 
         scores = logits.detach().float().softmax(-1)[..., :-1].max(-1).values.masked_fill(padding, -1.0)
-        top = scores.topk(min(self.num_queries, scores.shape[1]), dim=1).indices  # [B,K]
+        top = distinct_top_k(scores, boxes.detach(), min(self.num_queries, scores.shape[1]), self.distinct_iou)  # [B,K]
         content = memory.gather(1, top[..., None].expand(-1, -1, memory.shape[-1]))
         reference = boxes.detach().gather(1, top[..., None].expand(-1, -1, 4))
         num_feats = self.query_pos.layers[0].in_features // 4

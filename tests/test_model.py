@@ -159,6 +159,24 @@ def test_two_stage_queries_start_on_their_proposals():
     torch.testing.assert_close(boxes[:, 2:], torch.full((20, 2), ANCHOR_SIZE), atol=1e-4, rtol=0)
 
 
+def test_distinct_queries_skip_duplicate_proposals():
+    """With distinct_iou, a proposal overlapping a better one waits until the distinct ones are
+    taken; padding tokens come last; without it, the plain top-k."""
+    from model.query_selection import distinct_top_k
+
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.51, 0.5, 0.2, 0.2], [0.2, 0.2, 0.1, 0.1], [0.8, 0.8, 0.1, 0.1]]])
+    scores = torch.tensor([[0.9, 0.8, 0.3, -1.0]])  # token 1 duplicates token 0; token 3 is padding
+    assert distinct_top_k(scores, boxes, 2, None).tolist() == [[0, 1]]
+    assert distinct_top_k(scores, boxes, 2, 0.7).tolist() == [[0, 2]]
+    assert distinct_top_k(scores, boxes, 4, 0.7).tolist() == [[0, 2, 1, 3]]
+    assert distinct_top_k(scores, boxes, 2, 0.95).tolist() == [[0, 1]]  # IoU 0.9: not a duplicate at 0.95
+    # images are independent: the second image's tokens never suppress the first's
+    two = distinct_top_k(torch.cat([scores, scores]), torch.cat([boxes, boxes]), 2, 0.7)
+    assert two.tolist() == [[0, 2], [0, 2]]
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        get_config("detr-tiny", distinct_query_iou=0.0)
+
+
 def test_encoder_matches_one_to_many():
     """Each object is matched to k proposals; padding tokens are never matched."""
     from model import HungarianMatcher
