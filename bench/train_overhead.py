@@ -34,7 +34,9 @@ def plain_loop_images_per_s(cfg: TrainConfig, epochs: int) -> float:
         batches.append(_load_and_augment(columns, cfg.augment, train=True))
     config = get_config(cfg.preset, num_classes=dataset.num_classes, **cfg.model_overrides)
     model = build_detr(config).train()
-    criterion = build_criterion(config.num_classes, config.dec_layers)
+    criterion = build_criterion(config.num_classes, config.dec_layers, eos_coef=cfg.eos_coef,  # as the worker's
+                                aux_loss=config.aux_loss, two_stage=config.two_stage,
+                                encoder_matches=cfg.encoder_matches)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     device = torch.device("cpu")
     rates = []
