@@ -1,17 +1,28 @@
 """Ray Train overhead: images/s of one Ray Train worker / images/s of a plain PyTorch loop.
 
-Both train the same model (same preset, batch size, threads) on the same synthetic set.
-The plain loop runs over batches decoded and augmented beforehand, so the ratio prices
-everything Ray adds: streaming ingest (decode + augment in Ray Data tasks, on the same
-cores here), the worker process, reporting and checkpoints.
+Both train the same model (same preset, loss, batch size, torch threads) on the same
+synthetic set for the same epochs, timed over every epoch but the first (warm-up). The
+plain loop runs over batches read, decoded and augmented beforehand, a fresh augmentation
+per epoch as the worker gets, so the ratio prices what Ray adds to the training loop:
+streaming ingest and the worker process (the worker times its epochs without the
+end-of-epoch report and checkpoint). Machines drift (a shared 2-core VM by 10-15% from one
+minute to the next), so the runs alternate: plain, Ray, plain, Ray, ..., plain; each Ray
+run is divided by the mean of the plain runs either side, and the median ratio is reported.
 
-    python -m bench.train_overhead [--images 96] [--epochs 3] [--batch-size 4] [--threads 2]
+The Ray cluster declares threads + 1 CPUs: the worker reserves `threads`, and Ray Data's
+decode/augment tasks run on the one left. With --threads 1 on a 2-core machine those tasks
+have a core of their own, as on a GPU node or a machine with cores to spare; with
+--threads 2 they compete with the training step for the same two cores.
+
+    python -m bench.train_overhead [--images 480] [--epochs 3] [--rounds 3] [--batch-size 4] [--threads 1]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import statistics
 import tempfile
 import time
 
@@ -21,17 +32,21 @@ from model import build_criterion, get_config, build_detr
 from pipeline.coco import load_coco
 from pipeline.data import _load_and_augment, _records, collate
 from pipeline.synthetic import make_synthetic
-from pipeline.training import TrainConfig, _param_groups, run_training
+from pipeline.training import TrainConfig, _param_groups, fit
 
 
-def plain_loop_images_per_s(cfg: TrainConfig, epochs: int) -> float:
+def _augmented_batches(cfg: TrainConfig, records: list[dict]) -> list[dict]:
+    batches = []
+    for start in range(0, len(records), cfg.batch_size):
+        chunk = records[start : start + cfg.batch_size]
+        batches.append(_load_and_augment({k: [r[k] for r in chunk] for k in chunk[0]}, cfg.augment, train=True))
+    return batches
+
+
+def plain_loop_images_per_s(cfg: TrainConfig) -> float:
     dataset = load_coco(cfg.annotations, cfg.images)
     records = _records(dataset)
-    batches = []
-    for start in range(0, len(records), cfg.batch_size):  # read, decode and augment up front
-        chunk = records[start : start + cfg.batch_size]
-        columns = {k: [r[k] for r in chunk] for k in chunk[0]}
-        batches.append(_load_and_augment(columns, cfg.augment, train=True))
+    epochs = [_augmented_batches(cfg, records) for _ in range(cfg.epochs)]  # all up front, untimed
     config = get_config(cfg.preset, num_classes=dataset.num_classes, **cfg.model_overrides)
     model = build_detr(config).train()
     criterion = build_criterion(config.num_classes, config.dec_layers, eos_coef=cfg.eos_coef,  # as the worker's
@@ -39,9 +54,9 @@ def plain_loop_images_per_s(cfg: TrainConfig, epochs: int) -> float:
                                 encoder_matches=cfg.encoder_matches)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     device = torch.device("cpu")
-    rates = []
-    for _ in range(epochs):
-        started, seen = time.perf_counter(), 0
+    seen, seconds = 0, 0.0
+    for epoch, batches in enumerate(epochs):
+        started = time.perf_counter()
         for batch in batches:
             images, mask, targets = collate(batch, device, config.image_mean, config.image_std)
             loss = criterion.total_loss(criterion(model(images, mask), targets))
@@ -49,18 +64,31 @@ def plain_loop_images_per_s(cfg: TrainConfig, epochs: int) -> float:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_max_norm)
             optimizer.step()
-            seen += len(images)
-        rates.append(seen / (time.perf_counter() - started))
-    return max(rates[1:] or rates)  # skip the warm-up epoch
+            if epoch > 0:
+                seen += len(images)
+        if epoch > 0:
+            seconds += time.perf_counter() - started
+    return seen / seconds
+
+
+def ray_worker_images_per_s(cfg: TrainConfig) -> float:
+    """From the epochs the worker reported (its own timing, reporting excluded)."""
+    result, _ = fit(cfg)
+    epochs = result.metrics_dataframe.sort_values("epoch").iloc[1:]
+    return float((epochs["images_per_s"] * epochs["epoch_seconds"]).sum() / epochs["epoch_seconds"].sum())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=96)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--images", type=int, default=480)
+    parser.add_argument("--epochs", type=int, default=3, help="the first is warm-up, not timed")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads in both loops")
+    parser.add_argument("--rounds", type=int, default=3, help="Ray runs, each between two plain runs")
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                        help="torch threads in both loops (default: cores - 1)")
     args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2 (the first is not timed)")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
@@ -71,15 +99,20 @@ def main() -> None:
                           batch_size=args.batch_size, cpus_per_worker=float(args.threads), data_cpus=0.5,
                           augment_scale=0.25, model_overrides={"num_queries": 20})
         torch.set_num_threads(args.threads)
-        plain = plain_loop_images_per_s(cfg, args.epochs)
-        print(f"plain PyTorch loop (pre-decoded): {plain:.2f} images/s", flush=True)
-        ray.init(num_cpus=args.threads + 1, include_dashboard=False)
-        summary = run_training(cfg)
-        ray.shutdown()
-    ray_ips = summary["metrics"]["images_per_s"]  # last epoch, as the worker measured it
-    print(f"Ray Train worker (streamed ingest): {ray_ips:.2f} images/s", flush=True)
-    print(json.dumps({"plain_images_per_s": plain, "ray_train_images_per_s": ray_ips,
-                      "ratio": ray_ips / plain, "threads": args.threads, "batch_size": args.batch_size}))
+        plain = [plain_loop_images_per_s(cfg)]
+        print(f"plain PyTorch loop (pre-decoded): {plain[-1]:.2f} images/s", flush=True)
+        workers, ratios = [], []
+        for round_ in range(args.rounds):
+            ray.init(num_cpus=args.threads + 1, include_dashboard=False)
+            workers.append(ray_worker_images_per_s(dataclasses.replace(cfg, name=f"overhead{round_}")))
+            ray.shutdown()
+            print(f"Ray Train worker (streamed ingest): {workers[-1]:.2f} images/s", flush=True)
+            plain.append(plain_loop_images_per_s(cfg))
+            print(f"plain PyTorch loop (pre-decoded): {plain[-1]:.2f} images/s", flush=True)
+            ratios.append(workers[-1] / statistics.mean(plain[-2:]))  # the plain runs either side
+    print(json.dumps({"ratio": statistics.median(ratios), "ratios": ratios, "ray_train_images_per_s": workers,
+                      "plain_images_per_s": plain, "threads": args.threads, "batch_size": args.batch_size,
+                      "images": args.images}))
 
 
 if __name__ == "__main__":

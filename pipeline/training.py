@@ -28,7 +28,7 @@ from torchvision.ops import box_convert
 from model import PostProcess, build_criterion, build_detr, get_config, load_checkpoint, save_checkpoint
 from model.checkpoint import CHECKPOINT_FILE, safe_torch_load
 
-from .coco import load_coco
+from .coco import CocoDataset, load_coco
 from .data import build_dataset, collate, shuffle_buffer
 from .evaluation import coco_bbox_stats, coco_ground_truth
 from .transforms import AugmentConfig
@@ -226,8 +226,14 @@ def _storage(uri: str) -> str:
     return uri if "://" in uri else os.path.abspath(uri)
 
 
-def run_training(cfg: TrainConfig) -> dict[str, Any]:
-    """Validate the data, train on the current Ray cluster, and summarise the run."""
+def _score(cfg: TrainConfig) -> tuple[str, str]:
+    """The metric that ranks checkpoints: val AP when there is a val split, else the loss."""
+    return ("AP", "max") if cfg.val_annotations else ("loss", "min")
+
+
+def fit(cfg: TrainConfig) -> tuple[ray.train.Result, CocoDataset]:
+    """Validate the data and train on the current Ray cluster. Returns Ray's Result (its
+    metrics_dataframe: one row per kept checkpoint, i.e. per epoch) and the training set."""
     ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
     train_set = load_coco(cfg.annotations, cfg.images)
     num_classes = train_set.num_classes
@@ -237,7 +243,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
             raise ValueError("--val-annotations needs --val-images")
         val_set = load_coco(cfg.val_annotations, cfg.val_images)
         datasets["val"] = build_dataset(val_set, cfg.augment, train=False, num_cpus=cfg.data_cpus)
-    score = ("AP", "max") if cfg.val_annotations else ("loss", "min")
+    attribute, order = _score(cfg)
     trainer = ray.train.torch.TorchTrainer(
         train_loop,
         train_loop_config={"train": dataclasses.asdict(cfg), "num_classes": num_classes},
@@ -250,23 +256,29 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
             storage_path=_storage(cfg.storage),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=cfg.num_to_keep, checkpoint_score_attribute=score[0], checkpoint_score_order=score[1]
+                num_to_keep=cfg.num_to_keep, checkpoint_score_attribute=attribute, checkpoint_score_order=order
             ),
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
-    result = trainer.fit()
+    return trainer.fit(), train_set
+
+
+def run_training(cfg: TrainConfig) -> dict[str, Any]:
+    """Train (see fit) and summarise the run: path, last and best checkpoint, final metrics."""
+    result, train_set = fit(cfg)
     summary: dict[str, Any] = {
         "run": result.path,
         "checkpoint": checkpoint_uri(result.checkpoint) if result.checkpoint else None,
         "best_checkpoint": None,
         "metrics": result.metrics,
-        "num_classes": num_classes,
+        "num_classes": train_set.num_classes,
         "dropped_boxes": train_set.dropped_boxes,
     }
     if result.best_checkpoints:
-        pick = max if score[1] == "max" else min
-        best, _ = pick(result.best_checkpoints, key=lambda cm: cm[1].get(score[0], float("nan")))
+        attribute, order = _score(cfg)
+        pick = max if order == "max" else min
+        best, _ = pick(result.best_checkpoints, key=lambda cm: cm[1].get(attribute, float("nan")))
         summary["best_checkpoint"] = checkpoint_uri(best)
     return summary
