@@ -8,6 +8,9 @@ streaming ingest and the worker process (the worker times its epochs without the
 end-of-epoch report and checkpoint). Machines drift (a shared 2-core VM by 10-15% from one
 minute to the next), so the runs alternate: plain, Ray, plain, Ray, ..., plain; each Ray
 run is divided by the mean of the plain runs either side, and the median ratio is reported.
+Each loop also reports the CPU time its training thread spent per image: equal in both
+while the ratio is below 1 says the worker does the same work but spends time off its core
+(waiting for the next batch, or preempted by other processes).
 
 The Ray cluster declares threads + 1 CPUs: the worker reserves `threads`, and Ray Data's
 decode/augment tasks run on the one left. With --threads 1 on a 2-core machine those tasks
@@ -43,7 +46,8 @@ def _augmented_batches(cfg: TrainConfig, records: list[dict]) -> list[dict]:
     return batches
 
 
-def plain_loop_images_per_s(cfg: TrainConfig) -> float:
+def plain_loop(cfg: TrainConfig) -> tuple[float, float]:
+    """Images/s and CPU ms per image of the training thread."""
     dataset = load_coco(cfg.annotations, cfg.images)
     records = _records(dataset)
     epochs = [_augmented_batches(cfg, records) for _ in range(cfg.epochs)]  # all up front, untimed
@@ -54,9 +58,9 @@ def plain_loop_images_per_s(cfg: TrainConfig) -> float:
                                 encoder_matches=cfg.encoder_matches)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     device = torch.device("cpu")
-    seen, seconds = 0, 0.0
+    seen, seconds, cpu_seconds = 0, 0.0, 0.0
     for epoch, batches in enumerate(epochs):
-        started = time.perf_counter()
+        started, cpu0 = time.perf_counter(), time.thread_time()
         for batch in batches:
             images, mask, targets = collate(batch, device, config.image_mean, config.image_std)
             loss = criterion.total_loss(criterion(model(images, mask), targets))
@@ -68,14 +72,17 @@ def plain_loop_images_per_s(cfg: TrainConfig) -> float:
                 seen += len(images)
         if epoch > 0:
             seconds += time.perf_counter() - started
-    return seen / seconds
+            cpu_seconds += time.thread_time() - cpu0
+    return seen / seconds, 1000 * cpu_seconds / seen
 
 
-def ray_worker_images_per_s(cfg: TrainConfig) -> float:
-    """From the epochs the worker reported (its own timing, reporting excluded)."""
+def ray_worker(cfg: TrainConfig) -> tuple[float, float]:
+    """Images/s and CPU ms per image of the training thread, from the epochs the worker
+    reported (its own timing, reporting excluded)."""
     result, _ = fit(cfg)
     epochs = result.metrics_dataframe.sort_values("epoch").iloc[1:]
-    return float((epochs["images_per_s"] * epochs["epoch_seconds"]).sum() / epochs["epoch_seconds"].sum())
+    images = float((epochs["images_per_s"] * epochs["epoch_seconds"]).sum())
+    return images / epochs["epoch_seconds"].sum(), 1000 * epochs["cpu_seconds"].sum() / images
 
 
 def main() -> None:
@@ -99,20 +106,28 @@ def main() -> None:
                           batch_size=args.batch_size, cpus_per_worker=float(args.threads), data_cpus=0.5,
                           augment_scale=0.25, model_overrides={"num_queries": 20})
         torch.set_num_threads(args.threads)
-        plain = [plain_loop_images_per_s(cfg)]
-        print(f"plain PyTorch loop (pre-decoded): {plain[-1]:.2f} images/s", flush=True)
-        workers, ratios = [], []
+        plain, plain_cpu, workers, workers_cpu, ratios = [], [], [], [], []
+
+        def run_plain() -> None:
+            speed, cpu = plain_loop(cfg)
+            plain.append(speed)
+            plain_cpu.append(cpu)
+            print(f"plain PyTorch loop (pre-decoded): {speed:.2f} images/s, {cpu:.1f} CPU ms/image", flush=True)
+
+        run_plain()
         for round_ in range(args.rounds):
             ray.init(num_cpus=args.threads + 1, include_dashboard=False)
-            workers.append(ray_worker_images_per_s(dataclasses.replace(cfg, name=f"overhead{round_}")))
+            speed, cpu = ray_worker(dataclasses.replace(cfg, name=f"overhead{round_}"))
             ray.shutdown()
-            print(f"Ray Train worker (streamed ingest): {workers[-1]:.2f} images/s", flush=True)
-            plain.append(plain_loop_images_per_s(cfg))
-            print(f"plain PyTorch loop (pre-decoded): {plain[-1]:.2f} images/s", flush=True)
+            workers.append(speed)
+            workers_cpu.append(cpu)
+            print(f"Ray Train worker (streamed ingest): {speed:.2f} images/s, {cpu:.1f} CPU ms/image", flush=True)
+            run_plain()
             ratios.append(workers[-1] / statistics.mean(plain[-2:]))  # the plain runs either side
     print(json.dumps({"ratio": statistics.median(ratios), "ratios": ratios, "ray_train_images_per_s": workers,
-                      "plain_images_per_s": plain, "threads": args.threads, "batch_size": args.batch_size,
-                      "images": args.images}))
+                      "plain_images_per_s": plain, "ray_train_cpu_ms_per_image": workers_cpu,
+                      "plain_cpu_ms_per_image": plain_cpu, "threads": args.threads,
+                      "batch_size": args.batch_size, "images": args.images}))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,12 @@ from .data import build_dataset, collate, shuffle_buffer
 from .evaluation import coco_bbox_stats, coco_ground_truth
 from .transforms import AugmentConfig
 
+# Ray starts workers at niceness 15, below its own daemons (raylet, GCS, agents), whose
+# frequent short wake-ups then preempt the training step. At 0, as a driver runs, the
+# training workers keep their cores; Ray Data's decode/augment tasks stay at 15 and so
+# take what the step leaves. Measured with bench/train_overhead.py (README, Benchmarks).
+WORKER_RUNTIME_ENV = {"env_vars": {"RAY_worker_niceness": "0"}}
+
 LOGGED_LOSSES = ("loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error")
 
 # Hyper-parameters of presets trained from scratch, where they differ from the paper's
@@ -169,6 +175,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         batches = images_seen = 0
         data_seconds = 0.0  # blocked waiting for the next batch: input-bound when large
         started = waited = time.perf_counter()
+        cpu0 = time.thread_time()
         for batch in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy", prefetch_batches=2,
                                         local_shuffle_buffer_size=shuffle_buffer(cfg.batch_size)):
             data_seconds += time.perf_counter() - waited
@@ -195,7 +202,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         metrics: dict[str, Any] = {k: v / max(batches, 1) for k, v in sums.items()}
         metrics.update(epoch=epoch + 1, steps=steps, lr=optimizer.param_groups[0]["lr"],
                        images_per_s=images_seen * world_size / max(elapsed, 1e-9), epoch_seconds=elapsed,
-                       data_seconds=data_seconds)
+                       data_seconds=data_seconds, cpu_seconds=time.thread_time() - cpu0)
         if val_shard is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             last_eval = evaluate(model, val_shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"),
                                  gt, device)
@@ -231,6 +238,20 @@ def _score(cfg: TrainConfig) -> tuple[str, str]:
     return ("AP", "max") if cfg.val_annotations else ("loss", "min")
 
 
+def _run_config(cfg: TrainConfig) -> ray.train.RunConfig:
+    """Where the run lives, how often it may restart, which checkpoints it keeps."""
+    attribute, order = _score(cfg)
+    return ray.train.RunConfig(
+        name=cfg.name,
+        storage_path=_storage(cfg.storage),
+        worker_runtime_env=WORKER_RUNTIME_ENV,
+        failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(
+            num_to_keep=cfg.num_to_keep, checkpoint_score_attribute=attribute, checkpoint_score_order=order
+        ),
+    )
+
+
 def fit(cfg: TrainConfig) -> tuple[ray.train.Result, CocoDataset]:
     """Validate the data and train on the current Ray cluster. Returns Ray's Result (its
     metrics_dataframe: one row per kept checkpoint, i.e. per epoch) and the training set."""
@@ -243,7 +264,6 @@ def fit(cfg: TrainConfig) -> tuple[ray.train.Result, CocoDataset]:
             raise ValueError("--val-annotations needs --val-images")
         val_set = load_coco(cfg.val_annotations, cfg.val_images)
         datasets["val"] = build_dataset(val_set, cfg.augment, train=False, num_cpus=cfg.data_cpus)
-    attribute, order = _score(cfg)
     trainer = ray.train.torch.TorchTrainer(
         train_loop,
         train_loop_config={"train": dataclasses.asdict(cfg), "num_classes": num_classes},
@@ -251,14 +271,7 @@ def fit(cfg: TrainConfig) -> tuple[ray.train.Result, CocoDataset]:
             num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker},
             placement_strategy=cfg.placement,
         ),
-        run_config=ray.train.RunConfig(
-            name=cfg.name,
-            storage_path=_storage(cfg.storage),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=cfg.num_to_keep, checkpoint_score_attribute=attribute, checkpoint_score_order=order
-            ),
-        ),
+        run_config=_run_config(cfg),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )

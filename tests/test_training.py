@@ -15,7 +15,7 @@ import torch
 
 from model import load_checkpoint
 from model.checkpoint import safe_torch_load
-from pipeline.training import TrainConfig, _build_model, run_training, warm_up
+from pipeline.training import TrainConfig, _build_model, _run_config, run_training, warm_up
 
 
 def _config(shapes: dict, storage: Path, name: str, **overrides) -> TrainConfig:
@@ -72,6 +72,24 @@ def test_two_workers_step_count_and_validation(ray_cluster, tiny_shapes, tmp_pat
     model, config = load_checkpoint(summary["checkpoint"])
     assert config.num_classes == 12 and config.num_queries == 10  # synthetic ids go up to 11
     assert summary["best_checkpoint"] is not None
+
+
+def test_training_workers_are_not_deprioritised(ray_cluster, tmp_path):
+    """Ray starts worker processes at niceness 15; the training workers run at 0, as a driver does."""
+    import ray.train.torch
+
+    seen = tmp_path / "niceness"
+
+    def loop() -> None:
+        seen.write_text(str(os.nice(0)))  # Ray keeps only checkpointed metrics: report through a file
+
+    trainer = ray.train.torch.TorchTrainer(
+        loop, scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+        run_config=_run_config(_config({"train_annotations": "", "train_images": ""}, tmp_path, "nice")),
+    )
+    trainer.fit()
+    assert seen.read_text() == "0"
+    assert ray_cluster.get(ray_cluster.remote(lambda: os.nice(0)).remote()) > 0  # other workers: Ray's default
 
 
 def test_resume_continues_at_the_next_epoch(ray_cluster, tiny_shapes, tmp_path):
