@@ -8,8 +8,8 @@ streaming ingest and the worker process (the worker times its epochs without the
 end-of-epoch report and checkpoint). Machines drift (a shared 2-core VM by 10-15% from one
 minute to the next), so the runs alternate: plain, Ray, plain, Ray, ..., plain; each Ray
 run is divided by the mean of the plain runs either side, and the median ratio is reported.
-Each loop also reports the CPU time its training thread spent per image: equal in both
-while the ratio is below 1 says the worker does the same work but spends time off its core
+Each loop also reports the CPU time its training thread spent per image: about equal in
+both while the ratio is below 1 says the worker does the same work but spends time off its core
 (waiting for the next batch, or preempted by other processes).
 
 The Ray cluster declares threads + 1 CPUs: the worker reserves `threads`, and Ray Data's

@@ -36,7 +36,8 @@ from .transforms import AugmentConfig
 # Ray starts workers at niceness 15, below its own daemons (raylet, GCS, agents), whose
 # frequent short wake-ups then preempt the training step. At 0, as a driver runs, the
 # training workers keep their cores; Ray Data's decode/augment tasks stay at 15 and so
-# take what the step leaves. Measured with bench/train_overhead.py (README, Benchmarks).
+# take what the step leaves. On a 2-core VM the gain in bench/train_overhead.py was
+# within its noise (README, Benchmarks).
 WORKER_RUNTIME_ENV = {"env_vars": {"RAY_worker_niceness": "0"}}
 
 LOGGED_LOSSES = ("loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error")
