@@ -2,33 +2,45 @@
 
 Both train the same model (same preset, loss, batch size, torch threads) on the same
 synthetic set for the same epochs, timed over every epoch but the first (warm-up). The
-plain loop runs over batches read, decoded and augmented beforehand, a fresh augmentation
-per epoch as the worker gets, so the ratio prices what Ray adds to the training loop:
-streaming ingest and the worker process (the worker times its epochs without the
-end-of-epoch report and checkpoint). Machines drift (a shared 2-core VM by 10-15% from one
-minute to the next), so the runs alternate: plain, Ray, plain, Ray, ..., plain; each Ray
-run is divided by the mean of the plain runs either side, and the median ratio is reported.
-Each loop also reports the CPU time its training thread spent per image: about equal in
-both while the ratio is below 1 says the worker does the same work but spends time off its core
-(waiting for the next batch, or preempted by other processes).
+plain loop always runs over samples decoded and augmented beforehand. The worker's input
+is one of two (--ingest):
+- streamed (default): the worker streams its data through Ray Data, reading, decoding and
+  augmenting as it trains, as `jobs/train.py` does; the plain loop gets a fresh augmentation
+  per epoch, as the worker does. The ratio prices Ray Train plus streaming ingest.
+- pre-decoded: the worker gets the plain loop's samples, augmented once and materialised in
+  Ray's object store, so both loops train on the same pre-decoded samples (each shuffled
+  into batches afresh per epoch). The ratio prices Ray Train itself: the worker process,
+  its data shard, and Ray's daemons beside it.
+The worker times its epochs without the end-of-epoch report and checkpoint.
+
+Machines drift (a shared 2-core VM by 10-15% from one minute to the next), so the runs
+alternate: plain, Ray, plain, Ray, ..., plain; each Ray run is divided by the mean of the
+plain runs either side, and the median ratio is reported. Each loop also reports the CPU
+time its training thread spent per image: about equal in both while the ratio is below 1
+says the worker does the same work but spends time off its core (waiting for the next
+batch, or preempted by other processes).
 
 The Ray cluster declares threads + 1 CPUs: the worker reserves `threads`, and Ray Data's
-decode/augment tasks run on the one left. With --threads 1 on a 2-core machine those tasks
-have a core of their own, as on a GPU node or a machine with cores to spare; with
---threads 2 they compete with the training step for the same two cores.
+tasks run on the one left. With --threads 1 on a 2-core machine those tasks have a core of
+their own, as on a GPU node or a machine with cores to spare; with --threads 2 they compete
+with the training step for the same two cores.
 
-    python -m bench.train_overhead [--images 480] [--epochs 3] [--rounds 3] [--batch-size 4] [--threads 1]
+    python -m bench.train_overhead [--ingest streamed|pre-decoded] [--images 480] [--epochs 3]
+        [--rounds 3] [--batch-size 4] [--threads 1]
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import math
 import os
+import random
 import statistics
 import tempfile
 import time
 
+import ray
 import torch
 
 from model import build_criterion, get_config, build_detr
@@ -38,20 +50,21 @@ from pipeline.synthetic import make_synthetic
 from pipeline.training import TrainConfig, _param_groups, fit
 
 
-def _augmented_batches(cfg: TrainConfig, records: list[dict]) -> list[dict]:
-    batches = []
-    for start in range(0, len(records), cfg.batch_size):
-        chunk = records[start : start + cfg.batch_size]
-        batches.append(_load_and_augment({k: [r[k] for r in chunk] for k in chunk[0]}, cfg.augment, train=True))
-    return batches
+def _samples(cfg: TrainConfig, records: list[dict]) -> list[dict]:
+    """One augmentation of every record, a row per sample, as the worker's stream makes them."""
+    batch = _load_and_augment({k: [r[k] for r in records] for k in records[0]}, cfg.augment, train=True)
+    return [dict(zip(batch, values)) for values in zip(*batch.values())]
 
 
-def plain_loop(cfg: TrainConfig) -> tuple[float, float]:
-    """Images/s and CPU ms per image of the training thread."""
-    dataset = load_coco(cfg.annotations, cfg.images)
-    records = _records(dataset)
-    epochs = [_augmented_batches(cfg, records) for _ in range(cfg.epochs)]  # all up front, untimed
-    config = get_config(cfg.preset, num_classes=dataset.num_classes, **cfg.model_overrides)
+def _batches(samples: list[dict], batch_size: int, seed: int) -> list[dict[str, list]]:
+    samples = random.Random(seed).sample(samples, len(samples))
+    return [{k: [s[k] for s in samples[i : i + batch_size]] for k in samples[0]}
+            for i in range(0, len(samples), batch_size)]
+
+
+def plain_loop(cfg: TrainConfig, epochs: list[list[dict]], num_classes: int) -> tuple[float, float]:
+    """Images/s and CPU ms per image of the training thread over the given batches."""
+    config = get_config(cfg.preset, num_classes=num_classes, **cfg.model_overrides)
     model = build_detr(config).train()
     criterion = build_criterion(config.num_classes, config.dec_layers, eos_coef=cfg.eos_coef,  # as the worker's
                                 aux_loss=config.aux_loss, two_stage=config.two_stage,
@@ -76,10 +89,15 @@ def plain_loop(cfg: TrainConfig) -> tuple[float, float]:
     return seen / seconds, 1000 * cpu_seconds / seen
 
 
-def ray_worker(cfg: TrainConfig) -> tuple[float, float]:
+def ray_worker(cfg: TrainConfig, samples: list[dict] | None) -> tuple[float, float]:
     """Images/s and CPU ms per image of the training thread, from the epochs the worker
-    reported (its own timing, reporting excluded)."""
-    result, _ = fit(cfg)
+    reported (its own timing, reporting excluded). With samples, the worker trains on them
+    (materialised in the object store) instead of streaming its own."""
+    datasets = None
+    if samples is not None:
+        blocks = math.ceil(len(samples) / 32)  # as build_dataset's
+        datasets = {"train": ray.data.from_items(samples, override_num_blocks=blocks).materialize()}
+    result, _ = fit(cfg, datasets)
     epochs = result.metrics_dataframe.sort_values("epoch").iloc[1:]
     images = float((epochs["images_per_s"] * epochs["epoch_seconds"]).sum())
     return images / epochs["epoch_seconds"].sum(), 1000 * epochs["cpu_seconds"].sum() / images
@@ -87,6 +105,8 @@ def ray_worker(cfg: TrainConfig) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ingest", choices=("streamed", "pre-decoded"), default="streamed",
+                        help="the worker's input: its own Ray Data stream, or the plain loop's samples")
     parser.add_argument("--images", type=int, default=480)
     parser.add_argument("--epochs", type=int, default=3, help="the first is warm-up, not timed")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -97,7 +117,6 @@ def main() -> None:
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (the first is not timed)")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
 
     with tempfile.TemporaryDirectory() as folder:
         data = make_synthetic(os.path.join(folder, "data"), train=args.images, val=0, seed=0)
@@ -105,11 +124,16 @@ def main() -> None:
                           storage=os.path.join(folder, "runs"), name="overhead", epochs=args.epochs,
                           batch_size=args.batch_size, cpus_per_worker=float(args.threads), data_cpus=0.5,
                           augment_scale=0.25, model_overrides={"num_queries": 20})
+        dataset = load_coco(cfg.annotations, cfg.images)
+        records = _records(dataset)
+        shared = _samples(cfg, records) if args.ingest == "pre-decoded" else None
         torch.set_num_threads(args.threads)
         plain, plain_cpu, workers, workers_cpu, ratios = [], [], [], [], []
 
         def run_plain() -> None:
-            speed, cpu = plain_loop(cfg)
+            # prepared untimed: the worker's samples, or a fresh augmentation per epoch as the stream gives
+            epochs = [_batches(shared or _samples(cfg, records), cfg.batch_size, seed=e) for e in range(cfg.epochs)]
+            speed, cpu = plain_loop(cfg, epochs, dataset.num_classes)
             plain.append(speed)
             plain_cpu.append(cpu)
             print(f"plain PyTorch loop (pre-decoded): {speed:.2f} images/s, {cpu:.1f} CPU ms/image", flush=True)
@@ -117,17 +141,18 @@ def main() -> None:
         run_plain()
         for round_ in range(args.rounds):
             ray.init(num_cpus=args.threads + 1, include_dashboard=False)
-            speed, cpu = ray_worker(dataclasses.replace(cfg, name=f"overhead{round_}"))
+            speed, cpu = ray_worker(dataclasses.replace(cfg, name=f"overhead{round_}"), shared)
             ray.shutdown()
             workers.append(speed)
             workers_cpu.append(cpu)
-            print(f"Ray Train worker (streamed ingest): {speed:.2f} images/s, {cpu:.1f} CPU ms/image", flush=True)
+            print(f"Ray Train worker ({args.ingest} ingest): {speed:.2f} images/s, {cpu:.1f} CPU ms/image",
+                  flush=True)
             run_plain()
             ratios.append(workers[-1] / statistics.mean(plain[-2:]))  # the plain runs either side
-    print(json.dumps({"ratio": statistics.median(ratios), "ratios": ratios, "ray_train_images_per_s": workers,
-                      "plain_images_per_s": plain, "ray_train_cpu_ms_per_image": workers_cpu,
-                      "plain_cpu_ms_per_image": plain_cpu, "threads": args.threads,
-                      "batch_size": args.batch_size, "images": args.images}))
+    print(json.dumps({"ingest": args.ingest, "ratio": statistics.median(ratios), "ratios": ratios,
+                      "ray_train_images_per_s": workers, "plain_images_per_s": plain,
+                      "ray_train_cpu_ms_per_image": workers_cpu, "plain_cpu_ms_per_image": plain_cpu,
+                      "threads": args.threads, "batch_size": args.batch_size, "images": args.images}))
 
 
 if __name__ == "__main__":

@@ -253,27 +253,35 @@ def _run_config(cfg: TrainConfig) -> ray.train.RunConfig:
     )
 
 
-def fit(cfg: TrainConfig) -> tuple[ray.train.Result, CocoDataset]:
-    """Validate the data and train on the current Ray cluster. Returns Ray's Result (its
-    metrics_dataframe: one row per kept checkpoint, i.e. per epoch) and the training set."""
-    ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
-    train_set = load_coco(cfg.annotations, cfg.images)
-    num_classes = train_set.num_classes
+def _datasets(cfg: TrainConfig, train_set: CocoDataset) -> dict[str, ray.data.Dataset]:
+    """The augmenting train stream, and the resized val stream when cfg names a val split."""
     datasets = {"train": build_dataset(train_set, cfg.augment, train=True, num_cpus=cfg.data_cpus, seed=cfg.seed)}
     if cfg.val_annotations:
         if not cfg.val_images:
             raise ValueError("--val-annotations needs --val-images")
         val_set = load_coco(cfg.val_annotations, cfg.val_images)
         datasets["val"] = build_dataset(val_set, cfg.augment, train=False, num_cpus=cfg.data_cpus)
+    return datasets
+
+
+def fit(
+    cfg: TrainConfig, datasets: dict[str, ray.data.Dataset] | None = None
+) -> tuple[ray.train.Result, CocoDataset]:
+    """Validate the data and train on the current Ray cluster. Returns Ray's Result (its
+    metrics_dataframe: one row per kept checkpoint, i.e. per epoch) and the training set.
+    `datasets` ("train", and "val" when cfg names a val split) replaces the augmenting
+    streams built from cfg, e.g. with samples decoded once and materialised."""
+    ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
+    train_set = load_coco(cfg.annotations, cfg.images)
     trainer = ray.train.torch.TorchTrainer(
         train_loop,
-        train_loop_config={"train": dataclasses.asdict(cfg), "num_classes": num_classes},
+        train_loop_config={"train": dataclasses.asdict(cfg), "num_classes": train_set.num_classes},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker},
             placement_strategy=cfg.placement,
         ),
         run_config=_run_config(cfg),
-        datasets=datasets,
+        datasets=datasets or _datasets(cfg, train_set),
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
     return trainer.fit(), train_set

@@ -15,7 +15,7 @@ import torch
 
 from model import load_checkpoint
 from model.checkpoint import safe_torch_load
-from pipeline.training import TrainConfig, _build_model, _run_config, run_training, warm_up
+from pipeline.training import TrainConfig, _build_model, _run_config, fit, run_training, warm_up
 
 
 def _config(shapes: dict, storage: Path, name: str, **overrides) -> TrainConfig:
@@ -72,6 +72,19 @@ def test_two_workers_step_count_and_validation(ray_cluster, tiny_shapes, tmp_pat
     model, config = load_checkpoint(summary["checkpoint"])
     assert config.num_classes == 12 and config.num_queries == 10  # synthetic ids go up to 11
     assert summary["best_checkpoint"] is not None
+
+
+def test_fit_trains_on_the_datasets_it_is_given(ray_cluster, tiny_shapes, tmp_path):
+    """A prepared dataset (here 8 of the 16 samples, decoded once and materialised) replaces
+    the stream fit would build from the annotations."""
+    from pipeline.coco import load_coco
+    from pipeline.data import build_dataset
+
+    cfg = _config(tiny_shapes, tmp_path, "prepared")
+    samples = build_dataset(load_coco(cfg.annotations, cfg.images), cfg.augment, train=True).limit(8).materialize()
+    result, train_set = fit(cfg, {"train": samples})
+    assert train_set.num_classes == 12  # the model's classes still come from the annotations
+    assert result.metrics["steps"] == 8 // cfg.batch_size  # not 16 // 4: the stream was not built
 
 
 def test_training_workers_are_not_deprioritised(ray_cluster, tmp_path):
