@@ -147,7 +147,10 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, tiny_shapes, tm
     assert pids[0] not in _train_worker_pids()
     # resumed from epoch 1's checkpoint: epoch 1 was not trained (and stored) a second time
     assert _registered_epochs(summary["run"]) == [1, 2, 3]
-    assert _loadable_epochs(summary["run"]) == [1, 2, 3]
+    stored = _loadable_epochs(summary["run"])
+    # a kill between epoch 2's file landing and its registration leaves that file behind, and
+    # epoch 2 is rightly trained again: only epochs after the registered checkpoint may repeat
+    assert stored.count(1) == 1 and set(stored) == {1, 2, 3}
 
 
 def test_fine_tune_from_reference_weights_reinitialises_the_class_head(small_fixture, tmp_path, tiny_shapes):
