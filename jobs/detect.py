@@ -4,9 +4,10 @@
     ray job submit --working-dir . -- python jobs/detect.py ...
 
 --images is a folder or s3:// prefix (searched recursively for image files), a COCO
-annotation .json (its images, with their ids), or a manifest (.txt of URIs, or .parquet
-with a `path` column). Every input becomes one row. Re-running the same command over
-the same --output skips the images already done.
+annotation .json (its images, with their ids), or a manifest (.txt of URIs, or .parquet /
+a folder of .parquet with a `path` column; an S3 Inventory in Parquet works once its
+`bucket` and `key` are joined into `path`). Every input becomes one row. Re-running the
+same command over the same --output skips the shards already done.
 """
 from __future__ import annotations
 
@@ -33,14 +34,26 @@ def parse_args(argv: list[str] | None = None) -> tuple[DetectConfig, argparse.Na
     p.add_argument("--image-root", help="for a COCO .json: folder of its file_names (default: the JSON's folder)")
     p.add_argument("--score-threshold", type=float, default=d.score_threshold,
                    help=f"keep boxes scoring at least this (default {d.score_threshold}; 0 keeps all, for evaluation)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per model call")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per model call, at most")
+    p.add_argument("--window", type=int, help="images an actor groups by canvas at once (default 32 x batch size)")
     p.add_argument("--min-size", type=int, default=d.min_size, help="shorter side after resizing")
     p.add_argument("--max-size", type=int, default=d.max_size, help="longer side cap after resizing")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="larger images get an error row")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=d.device,
+                   help="auto: GPU actors when the cluster has GPUs now; cuda: ask the autoscaler for GPU nodes "
+                        "and wait for them; cpu: CPU actors")
     p.add_argument("--actors", help="MIN,MAX model actors (default: one per GPU, or half the CPUs)")
-    p.add_argument("--gpus-per-actor", type=float, help="default: 1 when the cluster has GPUs, else 0")
+    p.add_argument("--gpus-per-actor", type=float, help="default: 1 on a GPU (--device), else 0")
     p.add_argument("--cpus-per-actor", type=float, default=d.cpus_per_actor, help="also torch threads on CPU")
-    p.add_argument("--rows-per-file", type=int, default=d.rows_per_file, help="rows per Parquet part file")
+    p.add_argument("--shard-size", type=int, default=d.shard_size, help="inputs per shard (the unit of resumption)")
+    p.add_argument("--rows-per-file", type=int, default=d.rows_per_file,
+                   help="rows a write task gathers before writing (a file holds one shard's rows)")
+    p.add_argument("--no-retry-errors", dest="retry_errors", action="store_false",
+                   help="on a re-run, keep rows whose error is transient (unreadable, inference) instead of "
+                        "running their shard again")
+    p.add_argument("--resource-wait", type=float, metavar="SECONDS",
+                   help="how long to wait for the autoscaler to add what the run needs "
+                        "(default: 600 on a cluster with an autoscaler, else 0)")
     p.add_argument("--overwrite", action="store_true", help="delete the output's part files and start fresh")
     p.add_argument("--render", nargs=2, metavar=("K", "DIR"), help="also draw K images with their boxes into DIR")
     args = p.parse_args(argv)
@@ -49,9 +62,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[DetectConfig, argparse.Na
         p.error("--actors takes MIN,MAX with 1 <= MIN <= MAX")
     config = DetectConfig(
         images=args.images, output=args.output, checkpoint=args.checkpoint, image_root=args.image_root,
-        score_threshold=args.score_threshold, batch_size=args.batch_size, min_size=args.min_size,
-        max_size=args.max_size, max_pixels=args.max_pixels, actors=actors, gpus_per_actor=args.gpus_per_actor,
-        cpus_per_actor=args.cpus_per_actor, rows_per_file=args.rows_per_file, overwrite=args.overwrite,
+        score_threshold=args.score_threshold, batch_size=args.batch_size, window=args.window,
+        min_size=args.min_size, max_size=args.max_size, max_pixels=args.max_pixels, device=args.device,
+        actors=actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
+        shard_size=args.shard_size, rows_per_file=args.rows_per_file, retry_errors=args.retry_errors,
+        resource_wait_s=args.resource_wait, overwrite=args.overwrite,
     )
     return config, args
 
@@ -59,8 +74,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[DetectConfig, argparse.Na
 def main(argv: list[str] | None = None) -> None:
     config, args = parse_args(argv)
     init_ray()
-    summary = run_detection(config)
-    ray.shutdown()
+    try:
+        summary = run_detection(config)
+    except (ValueError, RuntimeError, OSError) as e:  # bad input or a cluster too small: one line, no traceback
+        sys.exit(f"detect: {e}")
+    finally:
+        ray.shutdown()
     if args.render:
         summary["rendered"] = render_predictions(config.output, int(args.render[0]), args.render[1])
     print(json.dumps(summary))

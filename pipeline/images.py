@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -25,8 +26,37 @@ class ImageError(ValueError):
         self.kind = kind
 
 
-def decode_rgb(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """uint8 HxWx3 RGB in the displayed orientation (EXIF applied)."""
+@dataclass(frozen=True)
+class Header:
+    """What the first bytes of a file say: displayed size, EXIF orientation, format, mode."""
+    width: int
+    height: int
+    orientation: int  # EXIF 1-8 (1: as stored)
+    format: str  # Pillow's name: JPEG, PNG, ...
+    mode: str  # Pillow's mode: RGB, L, CMYK, P, ...
+
+    @property
+    def plain_jpeg(self) -> bool:
+        """A JPEG that torchvision's decoder (nvJPEG on a GPU) decodes as Pillow would."""
+        return self.format == "JPEG" and self.mode in ("RGB", "L")
+
+
+def probe(data: bytes, max_pixels: int = MAX_PIXELS) -> Header:
+    """Read the header only (no pixels): the size after EXIF orientation, or an ImageError."""
+    with _open(data, max_pixels) as image:
+        width, height = image.size
+        try:
+            orientation = int(image.getexif().get(0x0112, 1))
+        except Exception:  # a malformed EXIF block: show the pixels as stored
+            orientation = 1
+        if orientation not in range(1, 9):
+            orientation = 1
+        if orientation in (5, 6, 7, 8):
+            width, height = height, width
+        return Header(width, height, orientation, image.format or "", image.mode)
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise ImageError("empty", "zero-byte file")
     with warnings.catch_warnings():
@@ -39,9 +69,17 @@ def decode_rgb(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             raise ImageError("undecodable", "not a recognised image format") from e
         except Exception as e:  # Pillow raises several types for "not an image"
             raise ImageError("undecodable", f"not a readable image ({type(e).__name__}: {e})") from e
-        width, height = image.size
-        if width * height > max_pixels:
-            raise ImageError("too_large", f"{width}x{height} exceeds the limit of {max_pixels} pixels")
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError("too_large", f"{width}x{height} exceeds the limit of {max_pixels} pixels")
+    return image
+
+
+def decode_rgb(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """uint8 HxWx3 RGB in the displayed orientation (EXIF applied)."""
+    image = _open(data, max_pixels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             image.load()
             image = ImageOps.exif_transpose(image)

@@ -1,8 +1,10 @@
 """The predictions table (DESIGN.md): one row per input image, written as Parquet part files.
 
-Part files are named by a hash of the paths they hold and written whole (local rename,
-one S3 PUT), so a file is either complete or absent: the set of paths already in an
-output folder is exactly the work already done.
+A part file holds rows of one input shard (pipeline/inputs.py) and is named after it, its
+row count and a hash of its paths (`part-000042-00512-<hash>.parquet`); it is written whole
+(local rename, one S3 PUT), so it is either complete or absent, and listing the names says
+how many rows of each shard are done without opening a file. Each file's key-value metadata
+holds the run's parameters and its error counts by kind.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ SCHEMA = pa.schema([
     ("model", pa.string()),
 ])
 METADATA_KEY = b"detr.run"  # JSON of the run's parameters in each file's key-value metadata
+COUNTS_KEY = b"detr.errors"  # JSON of the file's error rows by kind
 PART_PREFIX = "part-"
 
 
@@ -69,21 +72,36 @@ def detections_table(
     return pa.Table.from_arrays(columns, schema=SCHEMA)
 
 
-def part_name(paths: Sequence[str]) -> str:
-    """Deterministic: the same images always land in the same file name."""
+def part_name(shard: int, paths: Sequence[str]) -> str:
+    """Deterministic: the same images of a shard always land in the same file name."""
     digest = hashlib.sha256("\n".join(sorted(paths)).encode()).hexdigest()[:20]
-    return f"{PART_PREFIX}{digest}.parquet"
+    return f"{PART_PREFIX}{shard:06d}-{len(paths):05d}-{digest}.parquet"
 
 
-def write_part(output: str, table: pa.Table, run: dict[str, Any]) -> str:
-    """Write one complete part file (sorted by path, run parameters in its metadata)."""
+def parse_part_name(name: str) -> tuple[int, int]:
+    """(shard, rows) from a part file's base name."""
+    _, shard, rows, _ = name.split("-", 3)
+    return int(shard), int(rows)
+
+
+def write_part(output: str, shard: int, table: pa.Table, run: dict[str, Any]) -> str:
+    """Write one complete part file of a shard's rows (sorted by path; run parameters and
+    error counts in its metadata)."""
     table = table.cast(SCHEMA).sort_by("path")
-    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(run, sort_keys=True).encode()})
+    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(run, sort_keys=True).encode(),
+                                           COUNTS_KEY: json.dumps(error_kinds(table["error"])).encode()})
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
-    target = uris.join(output, part_name(table.column("path").to_pylist()))
+    target = uris.join(output, part_name(shard, table.column("path").to_pylist()))
     uris.write_bytes(target, buffer.getvalue())
     return target
+
+
+def file_error_kinds(fs: pafs.FileSystem, path: str) -> dict[str, int]:
+    """The error counts a part file's footer records (one small read)."""
+    with fs.open_input_file(path) as f:
+        metadata = pq.read_schema(f).metadata or {}
+    return json.loads(metadata.get(COUNTS_KEY, b"{}"))
 
 
 def part_files(output: str) -> list[str]:

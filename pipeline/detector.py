@@ -1,0 +1,166 @@
+"""The model actor of bulk detection: decode, pad onto canvases, run DETR, keep the boxes.
+
+Ray Data hands an actor a window of rows (encoded bytes + header facts); the actor groups
+them by canvas into model batches of up to `batch_size`, decodes the next batch on a thread
+while the model runs the current one (JPEGs with torchvision: nvJPEG in one batched call on
+a GPU, libjpeg-turbo on a CPU; other formats with Pillow), and returns one row per input.
+
+Faults: a batch that runs out of memory is split in halves and re-run; a batch that fails
+otherwise is re-run image by image, so one bad image never costs its neighbours their rows;
+a CUDA error (the context is unusable afterwards) ends the process, and Ray restarts the
+actor and re-runs the window.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+import torch
+
+from model import DETR, DetrConfig, PostProcess, optimize_for_inference
+
+from . import predictions
+from .canvas import decode_jpegs, orient, to_canvas
+from .images import ImageError, decode_rgb
+
+Batch = tuple[tuple[int, int], list[int]]  # (canvas, row indices)
+
+
+def model_batches(canvas_heights: list, canvas_widths: list, errors: list, batch_size: int) -> list[Batch]:
+    """Rows without an error grouped by canvas (in first-seen order), cut into batches."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (h, w, error) in enumerate(zip(canvas_heights, canvas_widths, errors)):
+        if error is None:
+            groups.setdefault((h, w), []).append(i)
+    return [(canvas, rows[k:k + batch_size]) for canvas, rows in groups.items()
+            for k in range(0, len(rows), batch_size)]
+
+
+class Detector:
+    """One model replica (an actor): a GPU where Ray gave it one, else CPU threads."""
+
+    def __init__(self, weights: Any, model_id: str, score_threshold: float, batch_size: int,
+                 min_size: int, max_size: int, cpus: float):
+        """weights: (config dict, state_dict), or an object ref of it (shared by all actors)."""
+        config_dict, state_dict = ray.get(weights) if isinstance(weights, ray.ObjectRef) else weights
+        config = DetrConfig.from_dict(config_dict)
+        on_gpu = torch.cuda.is_available() and ray.is_initialized() and bool(ray.get_gpu_ids())
+        self.device = torch.device("cuda" if on_gpu else "cpu")
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, int(cpus)))
+        model = DETR(config)
+        model.load_state_dict(state_dict)
+        self.model = optimize_for_inference(model.eval()).to(self.device)
+        self.mean = torch.tensor(config.image_mean, device=self.device).view(3, 1, 1)
+        self.std = torch.tensor(config.image_std, device=self.device).view(3, 1, 1)
+        self.postprocess = PostProcess(score_threshold, top_k=config.num_queries)
+        self.model_id, self.batch_size, self.sizes = model_id, batch_size, (min_size, max_size)
+        self.decoder = ThreadPoolExecutor(1)  # decodes batch k+1 while the model runs batch k
+
+    def __call__(self, rows: pa.Table) -> pa.Table:
+        n = rows.num_rows
+        errors: list[str | None] = rows["error"].to_pylist()
+        detections: list[dict | None] = [None] * n
+        share = [0.0] * n  # 1 / images in the row's model call: sums to the number of calls
+        batches = model_batches(rows["canvas_height"].to_pylist(), rows["canvas_width"].to_pylist(), errors,
+                                self.batch_size)
+        pending: Future | None = self.decoder.submit(self.decode, rows, batches[0]) if batches else None
+        for k, (canvas, indices) in enumerate(batches):
+            images, failed = pending.result()
+            pending = self.decoder.submit(self.decode, rows, batches[k + 1]) if k + 1 < len(batches) else None
+            for i, error in failed.items():
+                errors[i] = error
+            kept = [i for i in indices if i not in failed]
+            for i, found, calls in self.run(kept, [images[i] for i in kept], canvas, rows):
+                if isinstance(found, str):
+                    errors[i] = found
+                else:
+                    detections[i], share[i] = found, 1.0 / calls
+        table = predictions.detections_table(
+            rows["path"].to_pylist(), rows["image_id"].to_pylist(), rows["width"].to_pylist(),
+            rows["height"].to_pylist(), detections, errors, self.model_id)
+        return table.append_column("shard", rows["shard"]).append_column("call_share", pa.array(share, pa.float32()))
+
+    # ------------------------------------------------------------ decoding
+
+    def decode(self, rows: pa.Table, batch: Batch) -> tuple[dict[int, torch.Tensor], dict[int, str]]:
+        """Displayed uint8 3xHxW images on the model's device, and the rows that failed."""
+        _, indices = batch
+        images: dict[int, torch.Tensor] = {}
+        failed: dict[int, str] = {}
+        jpegs = [i for i in indices if rows["plain_jpeg"][i].as_py()]
+        encoded = {i: torch.frombuffer(bytearray(rows["data"][i].as_buffer()), dtype=torch.uint8) for i in jpegs}
+        try:
+            decoded = dict(zip(jpegs, decode_jpegs([encoded[i] for i in jpegs], self.device))) if jpegs else {}
+        except RuntimeError:  # a corrupt file in the batch: find it
+            decoded = {}
+            for i in jpegs:
+                try:
+                    decoded[i] = decode_jpegs([encoded[i]], self.device)[0]
+                except RuntimeError as e:
+                    failed[i] = f"undecodable: JPEG data is corrupt ({str(e).rsplit(', ', 1)[-1]})"
+        for i, image in decoded.items():
+            images[i] = orient(image, rows["orientation"][i].as_py())
+        for i in indices:
+            if i in images or i in failed:
+                continue
+            try:
+                pixels = torch.from_numpy(decode_rgb(rows["data"][i].as_py())).permute(2, 0, 1)
+                images[i] = self._to_device(pixels)
+            except ImageError as e:
+                failed[i] = str(e)
+        for i, image in images.items():  # the header's size decides the canvas: it must be the truth
+            if (image.shape[2], image.shape[1]) != (rows["width"][i].as_py(), rows["height"][i].as_py()):
+                failed[i] = f"undecodable: decoded size {image.shape[2]}x{image.shape[1]} differs from the header's"
+        return {i: v for i, v in images.items() if i not in failed}, failed
+
+    def _to_device(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cpu":
+            return pixels.contiguous()
+        return pixels.contiguous().pin_memory().to(self.device, non_blocking=True)
+
+    # ------------------------------------------------------------ the model
+
+    def run(self, indices: list[int], images: list[torch.Tensor], canvas: tuple[int, int],
+            rows: pa.Table) -> list[tuple[int, dict | str, int]]:
+        """(row, detections or error, images in its model call) for each image."""
+        if not indices:
+            return []
+        try:
+            found = self.forward(images, canvas, [(rows["height"][i].as_py(), rows["width"][i].as_py())
+                                                  for i in indices])
+            return [(i, d, len(indices)) for i, d in zip(indices, found)]
+        except torch.OutOfMemoryError:
+            if len(indices) == 1:
+                return [(indices[0], "inference: out of memory for one image", 1)]
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = len(indices) // 2
+            return (self.run(indices[:half], images[:half], canvas, rows)
+                    + self.run(indices[half:], images[half:], canvas, rows))
+        except Exception as e:
+            if self.device.type == "cuda" and _is_cuda_fault(e):
+                print(f"Detector: CUDA fault ({e}); exiting so that Ray restarts this actor", file=sys.stderr)
+                os._exit(1)
+            if len(indices) > 1:  # find the image that fails; the others keep their detections
+                return [r for i, image in zip(indices, images) for r in self.run([i], [image], canvas, rows)]
+            return [(indices[0], f"inference: {type(e).__name__}: {e}", 1)]
+
+    @torch.inference_mode()
+    def forward(self, images: list[torch.Tensor], canvas: tuple[int, int],
+                sizes: list[tuple[int, int]]) -> list[dict[str, np.ndarray]]:
+        pixels, mask = to_canvas(images, canvas, *self.sizes, self.mean, self.std)
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            outputs = self.model(pixels, mask)
+        found = self.postprocess(outputs, torch.tensor(sizes))
+        return [{k: v.cpu().numpy() for k, v in d.items()} for d in found]
+
+
+def _is_cuda_fault(error: Exception) -> bool:
+    return isinstance(error, getattr(torch, "AcceleratorError", ())) or "CUDA error" in str(error)
