@@ -254,9 +254,11 @@ def _has_autoscaler() -> bool:
 def build_dataset(todo: list[int], config: DetectConfig, run: dict[str, Any], weights, gpus: float,
                   low: int, high: int) -> ray.data.Dataset:
     fs, _ = uris.resolve(config.output)
+    per_task = min(config.images_per_read_task, config.images_per_window)
     return (
         ray.data.read_parquet(inputs.shard_files(config.output, todo), filesystem=fs)
-        .map_batches(fetch, batch_size=config.images_per_read_task, batch_format="pyarrow", num_cpus=FETCH_CPUS,
+        .repartition(target_num_rows_per_block=per_task)  # streamed: a read task's share of a shard
+        .map_batches(fetch, batch_size=per_task, batch_format="pyarrow", num_cpus=FETCH_CPUS,
                      fn_kwargs={"min_size": config.min_size, "max_size": config.max_size,
                                 "max_pixels": config.max_pixels})
         .map_batches(Detector, batch_size=config.images_per_window, batch_format="pyarrow",

@@ -51,7 +51,7 @@ def main() -> None:
     thread.start()
     try:
         summary = run_detection(DetectConfig(images=images, output=output, checkpoint=checkpoint, min_size=96,
-                                             max_size=160, score_threshold=0.0, batch_size=2, rows_per_file=4,
+                                             max_size=160, score_threshold=0.0, batch_size=2, window=4, shard_size=8, rows_per_file=4,
                                              actors=(2, 2), cpus_per_actor=1.0))
         stop.set()
         thread.join()

@@ -1,4 +1,4 @@
-"""Bulk detection: every input exactly once, bad files as error rows, resume, S3, invariance."""
+"""Bulk detection: every input exactly once, bad files as error rows, resume, S3, canvases, invariance."""
 from __future__ import annotations
 
 import json
@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -21,18 +22,15 @@ from torchvision.io import decode_image
 from model import PostProcess, build_detr, load_checkpoint, save_checkpoint
 from model import uri as uris
 from pipeline import predictions
-from pipeline.detection import DetectConfig, Detector, list_inputs, load_images, resize, run_detection
+from pipeline.canvas import canvas_size, resized_size
+from pipeline.detection import DetectConfig, run_detection
+from pipeline.detector import Detector
+from pipeline.fetch import fetch
 
 from .corpus import rotated_photo, write_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"min_size": 96, "max_size": 160}  # resize for fast CPU tests
-
-
-def _tokens(row: dict) -> int:
-    """Feature-map cells (stride 16) of an image as detect() resizes it (SMALL's sizes)."""
-    _, height, width = resize(torch.zeros(3, row["height"], row["width"]), **SMALL).shape
-    return math.ceil(height / 16) * math.ceil(width / 16)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +52,7 @@ def write_pictures(folder: Path, count: int, seed: int = 0) -> list[Path]:
 
 
 def detect(images: str, output: str, checkpoint: str, **overrides) -> dict:
-    settings = dict(SMALL, score_threshold=0.0, actors=(1, 1), batch_size=4, rows_per_file=5)
+    settings = dict(SMALL, score_threshold=0.0, actors=(1, 1), batch_size=4, window=8, rows_per_file=5)
     settings.update(overrides)
     return run_detection(DetectConfig(images=images, output=output, checkpoint=checkpoint, **settings))
 
@@ -70,9 +68,8 @@ def test_bad_inputs_each_get_exactly_one_row(ray_cluster, checkpoint, tmp_path):
         row = rows[name]
         if kind is None:
             assert row["error"] is None, (name, row["error"])
-            # threshold 0: every query. Two-stage detr-tiny has min(20, feature-map tokens of the
-            # padded batch): fewer than 20 only for an image too small for 20 tokens
-            assert len(row["boxes"]) == len(row["scores"]) == len(row["labels"]) in (20, min(20, _tokens(row)))
+            # threshold 0: every query (the smallest canvas, 96x128, has 48 stride-16 tokens for 20 queries)
+            assert len(row["boxes"]) == len(row["scores"]) == len(row["labels"]) == 20
             assert row["width"] > 0 and row["height"] > 0
         else:
             assert row["error"].startswith(kind + ":"), (name, row["error"])
@@ -82,6 +79,7 @@ def test_bad_inputs_each_get_exactly_one_row(ray_cluster, checkpoint, tmp_path):
     boxes = np.array(rows["rotated.jpg"]["boxes"])
     assert boxes[:, [0, 2]].max() <= 60 + 1e-3 and boxes[:, [1, 3]].max() <= 120 + 1e-3  # in displayed pixels
     assert summary["errors"] == {"empty": 1, "undecodable": 2, "too_large": 1}
+    assert 0 < summary["batch_fill"] <= 1
 
 
 def test_rows_equal_the_model_called_directly(ray_cluster, checkpoint, tmp_path):
@@ -94,8 +92,12 @@ def test_rows_equal_the_model_called_directly(ray_cluster, checkpoint, tmp_path)
         image = decode_image(str(row["path"]))  # torchvision's own decoder and resize, not the pipeline's
         resized = TF.resize(image, [SMALL["min_size"]], max_size=SMALL["max_size"], antialias=True)
         pixels = TF.normalize(TF.to_dtype(resized, torch.float32, scale=True), config.image_mean, config.image_std)
+        height, width = canvas_size(*pixels.shape[1:], **SMALL)  # zero padding bottom/right, DETR's mask
+        batch = torch.nn.functional.pad(pixels, (0, width - pixels.shape[2], 0, height - pixels.shape[1]))[None]
+        mask = torch.ones(1, height, width, dtype=torch.bool)
+        mask[0, : pixels.shape[1], : pixels.shape[2]] = False
         with torch.inference_mode():
-            (want,) = postprocess(model(pixels), torch.tensor([image.shape[1:]]))
+            (want,) = postprocess(model(batch, mask), torch.tensor([image.shape[1:]]))
         assert (row["width"], row["height"]) == (image.shape[2], image.shape[1])
         assert row["labels"] == want["labels"].tolist()
         np.testing.assert_allclose(row["scores"], want["scores"].numpy(), atol=1e-4)
@@ -103,35 +105,79 @@ def test_rows_equal_the_model_called_directly(ray_cluster, checkpoint, tmp_path)
     assert len(table) == len(paths)
 
 
+def test_canvases_depend_on_the_image_alone_and_fill_batches(reference_dir):
+    coco = json.loads((reference_dir / "coco" / "instances_val2014_100.json").read_text())
+    resized = [resized_size(i["height"], i["width"], 800, 1333) for i in coco["images"]]
+    canvases = [canvas_size(h, w, 800, 1333) for h, w in resized]
+    for (h, w), (ch, cw) in zip(resized, canvases):
+        assert h <= ch and w <= cw and ch % 32 == 0 and cw % 32 == 0
+        assert (cw >= ch) == (w >= h)  # landscape stays landscape
+    assert len(set(resized)) == 45 and len(set(canvases)) == 4  # real photo sizes: 45 shapes, 4 canvases
+    padding = sum(ch * cw for ch, cw in canvases) / sum(h * w for h, w in resized)
+    assert padding < 1.1
+    assert canvas_size(1, 1333, 800, 1333) == (800, 1344)  # extreme shapes still get a canvas
+    assert canvas_size(6, 160, 96, 160) == (96, 160)
+
+
+def _fetched(folder: Path) -> pa.Table:
+    paths = sorted(str(p) for p in folder.iterdir())
+    rows = pa.table({"path": pa.array(paths, pa.large_string()), "image_id": pa.nulls(len(paths), pa.int64()),
+                     "shard": pa.array([0] * len(paths), pa.int32())})
+    return fetch(rows, **SMALL, max_pixels=10**8)
+
+
+def _by_box(row: dict) -> np.ndarray:
+    """[label, score, x0, y0, x1, y1] per detection, in the order of their (rounded) boxes."""
+    table = np.column_stack([row["labels"], row["scores"], np.array(row["boxes"]).reshape(-1, 4)])
+    return table[np.lexsort(np.round(table[:, 2:], 1).T[::-1])]
+
+
 def test_batch_invariance(checkpoint, tmp_path):
-    paths = write_pictures(tmp_path / "images", 3, seed=1)
-    Image.open(paths[0]).save(tmp_path / "images" / "same_shape.png")  # a same-shape neighbour
-    inputs = list_inputs(str(tmp_path / "images"))
-    batch = load_images({k: np.array(v, dtype=object) for k, v in inputs.to_pydict().items()}, **SMALL,
-                        max_pixels=10**8)
+    write_pictures(tmp_path / "images", 7, seed=1)  # 7 sizes, mixed orientations: a few canvases
+    rows = _fetched(tmp_path / "images")
     saved = torch.load(checkpoint, weights_only=True)
-    detector = Detector((saved["config"], saved["model"]), "test", score_threshold=0.0, cpus=1)
-    together = detector(batch).to_pylist()
+    detector = Detector((saved["config"], saved["model"]), "test", score_threshold=0.0, batch_size=8, cpus=1, **SMALL)
+    together = detector(rows).to_pylist()
+    assert len(set(zip(rows["canvas_height"].to_pylist(), rows["canvas_width"].to_pylist()))) < len(together)
+    calls = sum(r["call_share"] for r in together)
+    assert calls < len(together)  # images of one canvas shared a model call
     for i in range(len(together)):
-        alone = detector({k: v[i:i + 1] for k, v in batch.items()}).to_pylist()[0]
-        np.testing.assert_allclose(alone["scores"], together[i]["scores"], atol=1e-4)
-        np.testing.assert_allclose(np.array(alone["boxes"]), np.array(together[i]["boxes"]), atol=1e-4)
-    # the check can fail: zero padding (what batching mixed sizes would do) moves the scores
-    net = detector.model
-    first, second = (torch.from_numpy(batch["image"][i]).float() / 255 for i in (0, 1))
-    norm = lambda x: (x - detector.mean[0]) / detector.std[0]  # noqa: E731
+        alone = detector(rows.slice(i, 1)).to_pylist()[0]
+        assert alone["call_share"] == 1.0
+        a, b = _by_box(alone), _by_box(together[i])  # a random model ties scores: compare as sets
+        np.testing.assert_array_equal(a[:, 0], b[:, 0])
+        np.testing.assert_allclose(a[:, 1], b[:, 1], atol=1e-5)
+        np.testing.assert_allclose(a[:, 2:], b[:, 2:], atol=1e-2)
+    # the check can fail: padding an image onto another canvas (what batching by the largest
+    # image would do) moves its scores
+    image = torch.rand(3, 96, 120)
+    wide = torch.nn.functional.pad(image, (0, 160 - 120))
+    mask = torch.zeros(1, 96, 160, dtype=torch.bool)
+    mask[..., 120:] = True
     with torch.inference_mode():
-        padded = net([norm(first), norm(second)])["pred_logits"][0]
-        single = net(norm(first))["pred_logits"][0]
-    assert (padded - single).abs().max() > 1e-4
+        on_canvas = detector.model(torch.nn.functional.pad(image, (0, 128 - 120))[None],
+                                   mask[..., :128])["pred_logits"]
+        on_larger = detector.model(wide[None], mask)["pred_logits"]
+    assert (on_canvas - on_larger).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_batches_of_only_failed_images(ray_cluster, checkpoint, tmp_path, batch_size):
+    """Windows in which no image could be read (all-null columns) still give a row each."""
+    manifest = tmp_path / "gone.parquet"
+    paths = [f"{tmp_path}/gone/{i:03d}.jpg" for i in range(20)] + [f"{tmp_path}/empty.jpg"]
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    pq.write_table(pa.table({"path": paths}), manifest)
+    summary = detect(str(manifest), str(tmp_path / "out"), checkpoint, batch_size=batch_size, window=4)
+    assert summary["inputs"] == summary["rows"] == 21 and summary["missing"] == summary["duplicates"] == 0
+    assert summary["errors"] == {"missing": 20, "empty": 1} and summary["batch_fill"] is None
+    rows = predictions.read_predictions(str(tmp_path / "out")).to_pylist()
+    assert sorted(r["path"] for r in rows) == sorted(paths) and all(r["boxes"] is None for r in rows)
 
 
 def test_coco_and_manifest_inputs(ray_cluster, checkpoint, tiny_shapes, tmp_path):
-    val = list_inputs(tiny_shapes["val_annotations"], tiny_shapes["val_images"]).to_pylist()
     annotation = json.loads(Path(tiny_shapes["val_annotations"]).read_text())
     ids = {img["file_name"]: img["id"] for img in annotation["images"]}
-    assert {Path(r["path"]).name: r["image_id"] for r in val} == ids
-
     summary = detect(tiny_shapes["val_annotations"], str(tmp_path / "coco"), checkpoint,
                      image_root=tiny_shapes["val_images"])
     rows = predictions.read_predictions(str(tmp_path / "coco")).to_pylist()
@@ -139,10 +185,25 @@ def test_coco_and_manifest_inputs(ray_cluster, checkpoint, tiny_shapes, tmp_path
     assert {Path(r["path"]).name: r["image_id"] for r in rows} == ids
 
     manifest = tmp_path / "list.txt"
-    first, second = (r["path"] for r in val[:2])
+    first, second = (f"{tiny_shapes['val_images']}/{name}" for name in list(ids)[:2])
     manifest.write_text(f"# a comment\n{first}\n{second}\n{first}\n\n{tmp_path}/gone.jpg\n")
     summary = detect(str(manifest), str(tmp_path / "manifest"), checkpoint)
     assert summary["inputs"] == summary["rows"] == 3 and summary["errors"] == {"missing": 1}
+
+    table = pq.read_table(str(tmp_path / "coco"))  # the output itself as a Parquet manifest (a folder)
+    summary = detect(str(tmp_path / "coco"), str(tmp_path / "again"), checkpoint, shard_size=3)
+    assert summary["inputs"] == summary["rows"] == 8 and summary["shards"] == 3 and summary["errors"] == {}
+    again = predictions.read_predictions(str(tmp_path / "again")).to_pylist()
+    assert {r["path"]: r["image_id"] for r in again} == dict(zip(table["path"].to_pylist(),
+                                                                 table["image_id"].to_pylist()))
+
+
+def _complete_shards(output: Path, size: int) -> int:
+    rows: dict[int, int] = {}
+    for path in predictions.part_files(str(output)):
+        shard, count = predictions.parse_part_name(Path(path).name)
+        rows[shard] = rows.get(shard, 0) + count
+    return sum(count == size for count in rows.values())
 
 
 def test_resume_after_the_driver_is_killed(ray_cluster, checkpoint, tmp_path):
@@ -153,20 +214,24 @@ def test_resume_after_the_driver_is_killed(ray_cluster, checkpoint, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "jobs/detect.py", "--images", str(tmp_path / "images"), "--output", str(out),
          "--checkpoint", checkpoint, "--min-size", "128", "--max-size", "200", "--batch-size", "2",
-         "--rows-per-file", "4", "--actors", "1,1"],
+         "--window", "4", "--shard-size", "8", "--rows-per-file", "4", "--actors", "1,1"],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
-    while len(predictions.part_files(str(out))) < 2 and proc.poll() is None and time.time() < deadline:
+    while not _complete_shards(out, 8) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = predictions.read_predictions(str(out), ["path"]).num_rows
     assert 0 < before < 60, f"the run should have been cut midway ({before} rows)"
 
-    summary = detect(str(tmp_path / "images"), str(out), checkpoint, min_size=128, max_size=200, score_threshold=0.5)
-    assert summary["skipped"] == before and summary["processed"] == 60 - before
+    summary = detect(str(tmp_path / "images"), str(out), checkpoint, min_size=128, max_size=200, score_threshold=0.5,
+                     shard_size=1000)  # the saved plan's 8-input shards apply
+    assert summary["shards"] == 8 and 0 < summary["skipped"] <= before and summary["skipped"] % 8 == 0
+    assert summary["processed"] == 60 - summary["skipped"]
     assert summary["rows"] == summary["inputs"] == 60 and summary["duplicates"] == summary["missing"] == 0
+    rows = predictions.read_predictions(str(out), ["path"])["path"].to_pylist()
+    assert len(rows) == len(set(rows)) == 60
 
 
 def test_refuses_to_mix_runs_unless_overwrite(ray_cluster, checkpoint, tmp_path):
