@@ -58,11 +58,19 @@ def fixture_model(small_fixture, fixture_config):
 
 
 @pytest.fixture(scope="session")
-def s3_server():
-    """A real S3-compatible server (moto) on 127.0.0.1; AWS_* variables point at it.
+def s3_server(s3_faults):
+    """The endpoint URL of a real S3-compatible server on 127.0.0.1, as everything in the test
+    run reaches it (through s3_faults, which passes requests on unless a test says otherwise).
+    Tests create their own buckets with s3_bucket."""
+    return s3_faults.endpoint
 
-    Yields its endpoint URL. Tests create their own buckets with s3_bucket.
-    """
+
+@pytest.fixture(scope="session")
+def s3_faults():
+    """A real S3-compatible server (moto) on 127.0.0.1 behind a proxy that can fail reads
+    (tests/flaky_s3.py); AWS_* variables point at the proxy. Yields the proxy."""
+    from .flaky_s3 import FlakyProxy
+
     import socket
     import subprocess
     import sys
@@ -88,16 +96,18 @@ def s3_server():
                 proc.kill()
                 raise RuntimeError("moto server did not start")
             time.sleep(0.2)
+    proxy = FlakyProxy(endpoint)
     saved = {k: os.environ.get(k) for k in _S3_ENV}
     os.environ.update(
-        AWS_ENDPOINT_URL=endpoint,
+        AWS_ENDPOINT_URL=proxy.endpoint,
         AWS_ACCESS_KEY_ID="testing",
         AWS_SECRET_ACCESS_KEY="testing",
         AWS_DEFAULT_REGION="us-east-1",
     )
     try:
-        yield endpoint
+        yield proxy
     finally:
+        proxy.close()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -272,3 +272,32 @@ def test_job_reads_and_writes_s3(s3_bucket, checkpoint, tmp_path):
     files = predictions.part_files(f"{s3_bucket}/preds")
     fs, _ = uris.resolve(s3_bucket)
     assert pq.read_schema(fs.open_input_file(files[0])).field("boxes").type == predictions.SCHEMA.field("boxes").type
+
+
+def test_transient_store_faults_are_retried(ray_cluster, s3_faults, s3_bucket, checkpoint, tmp_path):
+    """Object reads that fail (503 SlowDown, connection reset) more often than the S3 client's
+    own retries allow still end with detections; a file that stays unreachable is recorded as
+    `unreadable`, and the next run over the same output reads it again."""
+    for path in write_pictures(tmp_path / "images", 5, seed=5):
+        uris.write_bytes(f"{s3_bucket}/photos/{path.name}", path.read_bytes())
+    failed = s3_faults.failed
+    s3_faults.fail_first(4)  # the S3 client tries 3 times; the read task's own retries do the rest
+    try:
+        summary = detect(f"{s3_bucket}/photos", str(tmp_path / "flaky"), checkpoint)
+    finally:
+        s3_faults.heal()
+    assert s3_faults.failed - failed >= 5 * 4
+    assert summary["rows"] == summary["inputs"] == 5 and summary["errors"] == {}
+    rows = predictions.read_predictions(str(tmp_path / "flaky")).to_pylist()
+    assert all(r["error"] is None and len(r["scores"]) == 20 for r in rows)
+
+    s3_faults.take_down(f"{s3_bucket.removeprefix('s3://')}/photos/img0002.png")
+    try:
+        summary = detect(f"{s3_bucket}/photos", str(tmp_path / "down"), checkpoint)
+    finally:
+        s3_faults.heal()
+    assert summary["rows"] == 5 and summary["errors"] == {"unreadable": 1}
+    again = detect(f"{s3_bucket}/photos", str(tmp_path / "down"), checkpoint)
+    assert again["processed"] == again["rows"] == 5 and again["errors"] == {}  # its shard ran again
+    again = detect(f"{s3_bucket}/photos", str(tmp_path / "down"), checkpoint)
+    assert again["processed"] == 0 and again["skipped"] == 5
