@@ -1,145 +1,183 @@
-"""Bulk detection efficiency and memory.
+"""Bulk detection at scale, measured by its proxies on this machine (and on a GPU when present).
 
-1. images/s of the whole pipeline (list -> read -> decode -> resize -> model actor ->
-   Parquet), from local disk and from a local S3 server, / images/s of the bare model
-   loop (the same Detector on pre-decoded, pre-resized images), same model, batch and
-   threads (1 actor of 1 thread; decoding gets the other core), one run.
-   The in-process runs include Ray Data's start (actor creation, ~5 s), which a short
-   run cannot amortise; the steady-state ratio comes from two job runs of N and 10N.
-2. Peak memory (PSS, all processes of the job incl. its Ray) at N and 10N images: it streams.
+Images are JPEGs with the sizes of the 100 COCO val2014 photos in ../shared/reference/coco/
+(45 shapes after resizing), scaled by --scale with the detection sizes (default 0.25: a
+640x480 photo is 160x120, resized to 267x200 instead of 1067x800), drawn at random.
 
-    python -m bench.detection [--images 240] [--batch-size 8]
+1. batch_fill (mean images per model call / --batch-size) of whole job runs, at batch 8 and 32.
+2. Object-store bytes per image / file bytes per image: the Arrow bytes of the read tasks'
+   output (what crosses Ray's object store to the actors), and what decoded pixels would be.
+3. images/s of the whole job ÷ images/s of the bare model on the same canvases (decoded,
+   resized and padded beforehand, same batches, same threads): steady state from job runs
+   of N and 3N images, so start-up cancels; one actor of --threads threads.
+4. The driver's peak RSS with a manifest of 20,000 and of 200,000 paths that do not exist
+   (each must become one `missing` row).
+
+    python -m bench.detection [--images 512] [--threads 1] [--preset detr-tiny] [--device cpu|cuda]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
+from pathlib import Path
 
 import numpy as np
 import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 import torch
 from PIL import Image
 
 from model import build_detr, save_checkpoint
-from model import uri as uris
-from pipeline.detection import DetectConfig, Detector, list_inputs, load_images, run_detection
+from pipeline.canvas import canvas_size, resized_size
+from pipeline.detection import DetectConfig, run_detection
+from pipeline.detector import Detector, model_batches
+from pipeline.fetch import fetch
 
-SIZE = dict(min_size=240, max_size=400)  # 640x480 photos -> 320x240 model inputs
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "coco" / "instances_val2014_100.json"
+REPO = Path(__file__).resolve().parents[1]
 
 
-def write_photos(folder: str, count: int, seed: int = 0, size: tuple[int, int] = (640, 480)) -> None:
+def coco_sizes(scale: float) -> list[tuple[int, int]]:
+    images = json.loads(REFERENCE.read_text())["images"]
+    return [(max(1, round(i["height"] * scale)), max(1, round(i["width"] * scale))) for i in images]
+
+
+def write_photos(folder: str, count: int, sizes: list[tuple[int, int]], seed: int = 0) -> None:
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(seed)
     for i in range(count):
+        height, width = sizes[rng.integers(len(sizes))]
         coarse = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
-        Image.fromarray(coarse).resize(size, Image.BILINEAR).save(f"{folder}/photo{i:05d}.jpg", quality=90)
+        Image.fromarray(coarse).resize((width, height), Image.BILINEAR).save(f"{folder}/photo{i:05d}.jpg", quality=90)
 
 
-def bare_images_per_s(folder: str, checkpoint: str, batch_size: int) -> float:
-    inputs = list_inputs(folder)
-    batch = load_images({k: np.array(v, dtype=object) for k, v in inputs.to_pydict().items()}, **SIZE,
-                        max_pixels=10**8)
-    saved = torch.load(checkpoint, weights_only=True)
-    detector = Detector((saved["config"], saved["model"]), "bench", score_threshold=0.5, cpus=1)
-    detector({k: v[:batch_size] for k, v in batch.items()})  # warm-up
+def fetched(folder: str, sizes: dict) -> pa.Table:
+    paths = sorted(str(p) for p in Path(folder).iterdir())
+    rows = pa.table({"path": pa.array(paths, pa.large_string()), "image_id": pa.nulls(len(paths), pa.int64()),
+                     "shard": pa.array([0] * len(paths), pa.int32())})
+    return fetch(rows, **sizes, max_pixels=10**9)
+
+
+def bytes_per_image(table: pa.Table, sizes: dict) -> dict:
+    files = sum(len(b) for b in table["data"].to_pylist())
+    pixels = sum(3 * h * w for h, w in (resized_size(h, w, **sizes) for h, w in
+                                        zip(table["height"].to_pylist(), table["width"].to_pylist())))
+    n = table.num_rows
+    return {"file_bytes_per_image": round(files / n), "object_store_bytes_per_image": round(table.nbytes / n),
+            "object_store_over_file_bytes": round(table.nbytes / files, 3),
+            "decoded_pixels_over_file_bytes": round(pixels / files, 2)}
+
+
+def bare_images_per_s(table: pa.Table, detector: Detector, batch_size: int, window: int) -> float:
+    """The model alone on the job's own canvas batches, decoded and padded beforehand."""
+    prepared = []
+    for start in range(0, table.num_rows, window):
+        rows = table.slice(start, window)
+        batches = model_batches(rows["canvas_height"].to_pylist(), rows["canvas_width"].to_pylist(),
+                                rows["error"].to_pylist(), batch_size)
+        for canvas, indices in batches:
+            images, _ = detector.decode(rows, (canvas, indices))
+            sizes = [(rows["height"][i].as_py(), rows["width"][i].as_py()) for i in indices]
+            prepared.append(([images[i] for i in indices], canvas, sizes))
+    detector.forward(*prepared[0])  # warm-up
+    if detector.device.type == "cuda":
+        torch.cuda.synchronize()
     started = time.perf_counter()
-    for i in range(0, len(inputs), batch_size):
-        detector({k: v[i:i + batch_size] for k, v in batch.items()})
-    return len(inputs) / (time.perf_counter() - started)
+    for images, canvas, sizes in prepared:
+        detector.forward(images, canvas, sizes)
+    if detector.device.type == "cuda":
+        torch.cuda.synchronize()
+    return table.num_rows / (time.perf_counter() - started)
 
 
-def start_s3() -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(endpoint, timeout=1)
-            break
-        except OSError:
-            time.sleep(0.2)
-    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                      AWS_DEFAULT_REGION="us-east-1")
-    import pyarrow.fs as pafs
-    pafs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True, region="us-east-1").create_dir("bench")
-    return proc, "s3://bench"
+def job(images: str, output: str, checkpoint: str, sizes: dict, batch_size: int, threads: int, device: str) -> dict:
+    summary = run_detection(DetectConfig(images=images, output=output, checkpoint=checkpoint, **sizes,
+                                         batch_size=batch_size, actors=(1, 1), cpus_per_actor=threads,
+                                         device=device, overwrite=True))
+    assert summary["rows"] == summary["inputs"] and summary["duplicates"] == summary["missing"] == 0, summary
+    return summary
 
 
-def peak_job_memory(args: list[str]) -> tuple[float, float]:
-    """(peak PSS in MiB over the job's process tree, seconds) of jobs/detect.py with its own Ray."""
+def driver_peak_rss(manifest: str, output: str, checkpoint: str) -> tuple[float, dict]:
+    """Peak RSS (MiB) of the job's driver process alone (its Ray runs in other processes)."""
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     env.pop("RAY_ADDRESS", None)
-    proc = psutil.Popen([sys.executable, "jobs/detect.py", *args], env=env,
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak, started = 0.0, time.time()
+    proc = psutil.Popen([sys.executable, "jobs/detect.py", "--images", manifest, "--output", output,
+                         "--checkpoint", checkpoint, "--min-size", "96", "--max-size", "160"],
+                        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    peak = 0.0
     while proc.poll() is None:
-        total = 0
-        for p in [proc, *proc.children(recursive=True)]:
-            try:
-                total += p.memory_full_info().pss
-            except psutil.Error:
-                pass
-        peak = max(peak, total / 2**20)
-        time.sleep(0.5)
+        try:
+            peak = max(peak, proc.memory_info().rss / 2**20)
+        except psutil.Error:
+            pass
+        time.sleep(0.2)
+    out = proc.stdout.read()
     if proc.returncode:
         raise RuntimeError(f"jobs/detect.py failed ({proc.returncode})")
-    return peak, time.time() - started
+    return peak, json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=240)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--memory-images", type=int, default=100, help="N of the N vs 10N memory comparison")
+    parser.add_argument("--images", type=int, default=512, help="N of the N vs 3N runs")
+    parser.add_argument("--scale", type=float, default=0.25, help="of the COCO photo sizes and of 800/1333")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the one actor (CPU)")
+    parser.add_argument("--preset", default="detr-tiny")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--memory-paths", type=int, default=20_000, help="N of the N vs 10N driver-memory runs")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="bench-detect-")
     torch.manual_seed(0)
-    checkpoint = save_checkpoint(f"{work}/tiny.pt", build_detr("detr-tiny", num_classes=12))
-    write_photos(f"{work}/photos", args.images)
-    results: dict = {"images": args.images, "batch_size": args.batch_size, "threads": 1}
+    checkpoint = save_checkpoint(f"{work}/model.pt", build_detr(args.preset, num_classes=91 if args.preset != "detr-tiny" else 12))
+    sizes = {"min_size": round(800 * args.scale), "max_size": round(1333 * args.scale)}
+    photo_sizes = coco_sizes(args.scale)
+    n = args.images
+    for count in (n, 3 * n):
+        write_photos(f"{work}/photos{count}", count, photo_sizes, seed=count)
+    results: dict = {"images": [n, 3 * n], **sizes, "threads": args.threads, "preset": args.preset,
+                     "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"}
+    resized = {resized_size(h, w, **sizes) for h, w in photo_sizes}
+    results["shapes"], results["canvases"] = len(resized), len({canvas_size(h, w, **sizes) for h, w in resized})
 
-    results["bare_images_per_s"] = round(bare_images_per_s(f"{work}/photos", checkpoint, args.batch_size), 2)
-    s3, bucket = start_s3()
-    try:
-        for name in sorted(os.listdir(f"{work}/photos")):
-            uris.write_bytes(f"{bucket}/photos/{name}", open(f"{work}/photos/{name}", "rb").read())
-        ray.init(num_cpus=2, runtime_env={"env_vars": {k: os.environ[k] for k in os.environ if k.startswith("AWS_")}})
-        for source, images, output in (("local", f"{work}/photos", f"{work}/out"),
-                                       ("s3", f"{bucket}/photos", f"{bucket}/out")):
-            summary = run_detection(DetectConfig(images=images, output=output, checkpoint=checkpoint, **SIZE,
-                                                 batch_size=args.batch_size, actors=(1, 1), cpus_per_actor=1))
-            assert summary["rows"] == args.images and summary["duplicates"] == 0
-            results[f"pipeline_{source}_images_per_s"] = summary["images_per_second"]
-            results[f"ratio_{source}"] = round(summary["images_per_second"] / results["bare_images_per_s"], 3)
-        ray.shutdown()
-    finally:
-        s3.terminate()
+    table = fetched(f"{work}/photos{n}", sizes)
+    results.update(bytes_per_image(table, sizes))
+    torch.set_num_threads(args.threads)
+    saved = torch.load(checkpoint, weights_only=True)
+    ray.init(num_cpus=2 + args.threads, num_gpus=1 if args.device == "cuda" else 0)  # 1 actor + read/write tasks
+    detector = Detector((saved["config"], saved["model"]), "bench", 0.5, 8, cpus=args.threads, **sizes)
+    results["bare_images_per_s"] = round(bare_images_per_s(table, detector, 8, 256), 2)
+    del detector
 
-    for count in (args.memory_images, 10 * args.memory_images):
-        write_photos(f"{work}/mem{count}", count, seed=1)
-        peak, seconds = peak_job_memory(["--images", f"{work}/mem{count}", "--output", f"{work}/memout{count}",
-                                         "--checkpoint", checkpoint, "--min-size", "240", "--max-size", "400",
-                                         "--actors", "1,1"])
-        results[f"peak_pss_mib_{count}"] = round(peak)
-        results[f"seconds_{count}"] = round(seconds, 1)
-    n = args.memory_images  # the two job runs differ by 9N images: start-up costs cancel out
-    steady = 9 * n / (results[f"seconds_{10 * n}"] - results[f"seconds_{n}"])
-    results["pipeline_steady_images_per_s"] = round(steady, 2)
-    results["ratio_steady"] = round(steady / results["bare_images_per_s"], 3)
-    results["memory_ratio_10x"] = round(results[f"peak_pss_mib_{10 * args.memory_images}"]
-                                        / results[f"peak_pss_mib_{args.memory_images}"], 3)
+    times = []
+    for count in (n, 3 * n):
+        summary = job(f"{work}/photos{count}", f"{work}/out{count}", checkpoint, sizes, 8, args.threads, args.device)
+        times.append(summary["seconds"])
+        results[f"batch_fill_8_{count}"] = summary["batch_fill"]
+    steady = 2 * n / (times[1] - times[0])
+    results["pipeline_images_per_s"] = round(steady, 2)
+    results["pipeline_over_bare"] = round(steady / results["bare_images_per_s"], 3)
+    summary = job(f"{work}/photos{3 * n}", f"{work}/out32", checkpoint, sizes, 32, args.threads, args.device)
+    results[f"batch_fill_32_{3 * n}"] = summary["batch_fill"]
+    ray.shutdown()
+
+    for count in (args.memory_paths, 10 * args.memory_paths):
+        manifest = f"{work}/missing{count}.parquet"
+        pq.write_table(pa.table({"path": [f"{work}/nowhere/{i:09d}.jpg" for i in range(count)]}), manifest)
+        peak, summary = driver_peak_rss(manifest, f"{work}/missing-out{count}", checkpoint)
+        assert summary["rows"] == summary["inputs"] == count and summary["errors"] == {"missing": count}, summary
+        results[f"driver_peak_rss_mib_{count}"] = round(peak)
+        results[f"seconds_{count}_missing"] = summary["seconds"]
+    m = args.memory_paths
+    results["driver_rss_ratio_10x"] = round(results[f"driver_peak_rss_mib_{10 * m}"]
+                                            / results[f"driver_peak_rss_mib_{m}"], 3)
     print(json.dumps(results))
 
 

@@ -7,7 +7,7 @@ recipe's anchor (AP50 0.002 after 15 minutes, ../shared/reference/LEARNING_ANCHO
 Defaults are the preset's recipe (pipeline.training.RECIPES); --model changes the network
 (DetrConfig fields as JSON values), e.g. the paper's learned queries: --model two_stage=false.
 
-    python -m bench.learning [--minutes 15] [--eval-every 3] [--lr 3e-4] [--model KEY=VALUE ...]
+    python -m bench.learning [--minutes 15] [--eval-every 3] [--lr 3e-4] [--model KEY=VALUE ...] [--save CKPT]
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from model import build_criterion, build_detr
+from model import build_criterion, build_detr, save_checkpoint
 from model import uri as uris
 from pipeline.coco import load_coco
 from pipeline.data import augment_samples, collate
@@ -71,6 +71,7 @@ def main() -> None:
     p.add_argument("--augment-scale", type=float, default=0.2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", help="write the trained model here (a checkpoint the detection job reads)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -125,6 +126,8 @@ def main() -> None:
                 next_eval += args.eval_every * 60
                 if trained_s >= args.minutes * 60:
                     break
+    if args.save:
+        save_checkpoint(args.save, model.eval())
     print(json.dumps({"recipe": vars(args), "curve": curve,
                       "images_per_s": steps * args.batch_size / trained_s}))
 

@@ -41,7 +41,7 @@ def main() -> None:
     checkpoint = save_checkpoint(f"{work}/tiny.pt", build_detr("detr-tiny", num_classes=12))
     n = args.images
     for count in (n, 3 * n):
-        write_photos(f"{work}/photos{count}", count, seed=count, size=(320, 240))
+        write_photos(f"{work}/photos{count}", count, [(240, 320)], seed=count)
     ray.init(num_cpus=3)
     results: dict = {"images": [n, 3 * n], "batch_size": args.batch_size, "threads_per_actor": 1}
     for actors in (1, 2):

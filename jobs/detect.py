@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[DetectConfig, argparse.Na
                         "running their shard again")
     p.add_argument("--resource-wait", type=float, metavar="SECONDS",
                    help="how long to wait for the autoscaler to add what the run needs "
-                        "(default: 600 on a cluster with an autoscaler, else 0)")
+                        "(default: 600 with GPU actors, else 0: stop at once with what is short)")
     p.add_argument("--overwrite", action="store_true", help="delete the output's part files and start fresh")
     p.add_argument("--render", nargs=2, metavar=("K", "DIR"), help="also draw K images with their boxes into DIR")
     args = p.parse_args(argv)

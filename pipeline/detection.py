@@ -58,7 +58,7 @@ class DetectConfig:
     shard_size: int = 8192  # inputs per shard: the unit of resumption
     rows_per_file: int = 4096  # a write task gathers at least this many rows (or a shard's end)
     retry_errors: bool = True  # a re-run runs again the shards with transient error rows
-    resource_wait_s: float | None = None  # how long to wait for the autoscaler; default 0 locally, 600 else
+    resource_wait_s: float | None = None  # how long to wait for the autoscaler; default 600 with cuda, else 0
     overwrite: bool = False
 
     @property
@@ -91,13 +91,15 @@ def run_detection(config: DetectConfig) -> dict[str, Any]:
     log(f"{plan.inputs} inputs in {len(plan.shard_rows)} shards; {len(done)} shards already done, {len(todo)} to run")
 
     sink = PartSink(config.output, run, config.rows_per_file)
+    gpus = None
     if todo:
         gpus, (low, high) = resources(config)
         weights = ray.put((model_config.to_dict(), state_dict))
         del state_dict
         build_dataset(todo, config, run, weights, gpus, low, high).write_datasink(
             sink, ray_remote_args={"num_cpus": WRITE_CPUS})
-    return summarize(config, plan, sink.totals, previous_errors, time.time() - started, run)
+    summary = summarize(config, plan, sink.totals, previous_errors, time.time() - started, run)
+    return {**summary, "gpus_per_actor": gpus}
 
 
 def run_parameters(config: DetectConfig, model_config: DetrConfig, model_id: str) -> dict[str, Any]:
@@ -194,7 +196,8 @@ def resources(config: DetectConfig) -> tuple[float, tuple[int, int]]:
     need = {"CPU": low * config.cpus_per_actor + FETCH_CPUS + WRITE_CPUS}
     if gpus:
         need["GPU"] = low * gpus
-    have = wait_for(need, config.resource_wait_s)
+    wait_s = config.resource_wait_s if config.resource_wait_s is not None else (600.0 if gpus else 0.0)
+    have = wait_for(need, wait_s)
     if high is None:  # one actor per GPU, or CPU actors on half the CPUs (the rest read and decode)
         high = int(have.get("GPU", 0) / gpus) if gpus else int(have["CPU"] / 2 / config.cpus_per_actor)
     spare = int((have["CPU"] - FETCH_CPUS - WRITE_CPUS) / config.cpus_per_actor)
@@ -207,16 +210,12 @@ def resources(config: DetectConfig) -> tuple[float, tuple[int, int]]:
     return gpus, (low, high)
 
 
-def wait_for(need: dict[str, float], wait_s: float | None) -> dict[str, float]:
+def wait_for(need: dict[str, float], wait_s: float) -> dict[str, float]:
     """The cluster's resources once `need` fits; asks the autoscaler (if any) and waits up to
     wait_s, then stops with a message that says what is short."""
     have = ray.cluster_resources()
     short = {k: v for k, v in need.items() if have.get(k, 0) < v}
-    if not short:
-        return have
-    if wait_s is None:
-        wait_s = 600.0 if _has_autoscaler() else 0.0
-    if wait_s > 0:
+    if short and wait_s > 0:
         from ray.autoscaler.sdk import request_resources
         request_resources(bundles=[{k: v} for k, v in need.items()])
         deadline, last = time.time() + wait_s, 0.0
@@ -234,19 +233,9 @@ def wait_for(need: dict[str, float], wait_s: float | None) -> dict[str, float]:
             + ", ".join(f"{v:g} {k}" for k, v in need.items())
             + " (the model actors plus one read and one write task) and has "
             + ", ".join(f"{have.get(k, 0):g} {k}" for k in need)
-            + ". Use fewer --actors or a smaller --cpus-per-actor, --device cpu without GPUs,"
-            " or a larger cluster")
+            + ". Use fewer --actors or a smaller --cpus-per-actor, --device cpu without GPUs, a larger"
+            " cluster, or --resource-wait SECONDS for an autoscaler to add nodes")
     return have
-
-
-def _has_autoscaler() -> bool:
-    from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
-    from ray.experimental.internal_kv import _internal_kv_get
-
-    try:
-        return _internal_kv_get(DEBUG_AUTOSCALING_STATUS) is not None
-    except Exception:
-        return False
 
 
 # ---------------------------------------------------------------- the dataset

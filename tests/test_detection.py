@@ -301,3 +301,15 @@ def test_transient_store_faults_are_retried(ray_cluster, s3_faults, s3_bucket, c
     assert again["processed"] == again["rows"] == 5 and again["errors"] == {}  # its shard ran again
     again = detect(f"{s3_bucket}/photos", str(tmp_path / "down"), checkpoint)
     assert again["processed"] == 0 and again["skipped"] == 5
+
+
+def test_a_run_that_cannot_fit_stops_with_a_message(ray_cluster, checkpoint, tmp_path):
+    """More actors than the cluster's CPUs leave no room for the read tasks: Ray would wait
+    forever; the job stops at once and says what is short. So does a GPU run without GPUs."""
+    write_pictures(tmp_path / "images", 2)
+    cpus = ray_cluster.cluster_resources()["CPU"]
+    with pytest.raises(RuntimeError, match=rf"needs {cpus + 0.75:g} CPU .* has {cpus:g} CPU.*fewer --actors"):
+        detect(str(tmp_path / "images"), str(tmp_path / "out"), checkpoint, actors=(int(cpus), int(cpus)))
+    with pytest.raises(RuntimeError, match="needs .*1 GPU .* has .*0 GPU"):
+        detect(str(tmp_path / "images"), str(tmp_path / "out"), checkpoint, device="cuda", resource_wait_s=1)
+    assert not predictions.part_files(str(tmp_path / "out"))
