@@ -82,6 +82,7 @@ def run_detection(config: DetectConfig) -> dict[str, Any]:
         inputs.remove_plan(config.output)
     else:
         check_same_run(config.output, run)
+    gpus, (low, high) = resources(config)  # before any work: a run that cannot fit stops here
     try:
         plan = inputs.load_or_make_plan(config.images, config.image_root, config.output, config.shard_size)
     except ray.exceptions.RayTaskError as e:  # the planning task's own error, without Ray's wrapping
@@ -91,9 +92,7 @@ def run_detection(config: DetectConfig) -> dict[str, Any]:
     log(f"{plan.inputs} inputs in {len(plan.shard_rows)} shards; {len(done)} shards already done, {len(todo)} to run")
 
     sink = PartSink(config.output, run, config.rows_per_file)
-    gpus = None
     if todo:
-        gpus, (low, high) = resources(config)
         weights = ray.put((model_config.to_dict(), state_dict))
         del state_dict
         build_dataset(todo, config, run, weights, gpus, low, high).write_datasink(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -190,6 +190,3 @@ def shard_files(output: str, shards: list[int]) -> list[str]:
     """The shard files' paths inside the output's filesystem (what read_parquet takes)."""
     return [uris.resolve(shard_uri(output, s))[1] for s in shards]
 
-
-def plan_summary(plan: Plan) -> dict[str, Any]:
-    return {"inputs": plan.inputs, "shards": len(plan.shard_rows)}
