@@ -61,11 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     while True:
         started = time.time()
         summary = reevaluate(config)
+        if args.every is None and ray.is_initialized():
+            ray.shutdown()  # before the JSON line: Ray's own log lines must not follow it
         print(json.dumps(summary), flush=True)
         failed = args.fail_on_regression is not None and summary["regressions"]
         if args.every is None:
-            if ray.is_initialized():
-                ray.shutdown()
             return REGRESSION_EXIT if failed else 0
         time.sleep(max(0.0, args.every - (time.time() - started)))
 

@@ -50,11 +50,11 @@ def main() -> None:
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     try:
-        # half a CPU per actor: when a node goes, Ray restarts its actor on the other one, and
-        # the two must still leave room there for the read and write tasks
+        # 0.6 CPU per actor: when a node goes, Ray restarts its actor on the other one, and the
+        # two must still leave room there for a read (0.5) and a write task (0.25)
         summary = run_detection(DetectConfig(images=images, output=output, checkpoint=checkpoint, min_size=96,
                                              max_size=160, score_threshold=0.0, batch_size=2, window=4,
-                                             shard_size=8, rows_per_file=4, actors=(2, 2), cpus_per_actor=0.5))
+                                             shard_size=8, rows_per_file=4, actors=(2, 2), cpus_per_actor=0.6))
         stop.set()
         thread.join()
         record_actor_nodes(alive_only=False)  # finished actors too: a short run can end between polls
