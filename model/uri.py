@@ -1,6 +1,7 @@
 """Local paths, file:// and s3:// URIs through pyarrow.fs (S3 endpoint from AWS_ENDPOINT_URL)."""
 from __future__ import annotations
 
+import functools
 import os
 
 import pyarrow.fs as pafs
@@ -8,9 +9,18 @@ import pyarrow.fs as pafs
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a local path or a URI such as s3://bucket/key."""
-    if "://" in uri:
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+    scheme, rest = uri.split("://", 1)
+    if scheme == "file":
         return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+    return _filesystem(f"{scheme}://{rest.split('/', 1)[0]}"), rest.rstrip("/")
+
+
+@functools.lru_cache(maxsize=32)
+def _filesystem(scheme_and_bucket: str) -> pafs.FileSystem:
+    """One filesystem per bucket and process: an S3 client (and its region lookup) is costly."""
+    return pafs.FileSystem.from_uri(scheme_and_bucket)[0]
 
 
 def strip_credentials(uri: str) -> str:

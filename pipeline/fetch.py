@@ -3,18 +3,18 @@
 Read tasks pass the file's bytes on (a JPEG is 10-20x smaller than its pixels) with the
 displayed size, EXIF orientation and canvas read from the header; the model actor decodes
 (nvJPEG on a GPU). Reads run on a thread pool (object stores answer in tens of ms) through
-one filesystem object per worker process, and transient failures (throttling, resets,
-timeouts) are retried with backoff; what still fails becomes that row's error.
+one filesystem object per bucket and worker process (model/uri.py), and transient failures
+(throttling, resets, timeouts) are retried with backoff; what still fails becomes that row's error.
 """
 from __future__ import annotations
 
-import functools
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
-import pyarrow.fs as pafs
+
+from model import uri as uris
 
 from .canvas import canvas_size, resized_size
 from .images import ImageError, probe
@@ -31,28 +31,11 @@ COLUMNS = pa.schema([
 ])
 
 
-@functools.lru_cache(maxsize=32)
-def filesystem(scheme_and_authority: str) -> pafs.FileSystem:
-    """One filesystem per (scheme, bucket) and process: an S3 client is costly to create."""
-    if not scheme_and_authority:
-        return pafs.LocalFileSystem()
-    return pafs.FileSystem.from_uri(scheme_and_authority)[0]
-
-
-def split_uri(uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" not in uri:
-        return filesystem(""), uri
-    scheme, rest = uri.split("://", 1)
-    if scheme == "file":
-        return filesystem(""), rest
-    return filesystem(f"{scheme}://{rest.split('/', 1)[0]}"), rest
-
-
 def read_bytes(uri: str, attempts: int = ATTEMPTS) -> bytes:
     """A file's bytes; retries transient failures; ImageError `missing` / `unreadable` else."""
     for attempt in range(attempts):
         try:
-            fs, path = split_uri(uri)
+            fs, path = uris.resolve(uri)
             with fs.open_input_stream(path) as f:
                 return f.read()
         except FileNotFoundError as e:
