@@ -22,6 +22,7 @@ import ray  # noqa: E402
 
 from pipeline.cluster import init_ray  # noqa: E402
 from pipeline.detection import DetectConfig, run_detection  # noqa: E402
+from pipeline.progress import detection_headline  # noqa: E402
 from pipeline.render import render_predictions  # noqa: E402
 
 
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         ray.shutdown()
     if args.render:
         summary["rendered"] = render_predictions(config.output, int(args.render[0]), args.render[1])
+    print(detection_headline(summary))
     print(json.dumps(summary))
 
 

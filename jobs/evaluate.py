@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a working dir
 
 from pipeline.evaluation import evaluate_files, format_tables, write_evaluation  # noqa: E402
+from pipeline.progress import evaluation_headline  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     print(format_tables(result))
     if args.output:
         result["written"] = write_evaluation(args.output, result)
+    print(evaluation_headline(result))
     print(json.dumps(result))
 
 

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import ray  # noqa: E402
 
 from pipeline.history import ReevaluateConfig, reevaluate  # noqa: E402
+from pipeline.progress import reevaluation_headline  # noqa: E402
 
 REGRESSION_EXIT = 3
 
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = reevaluate(config)
         if args.every is None and ray.is_initialized():
             ray.shutdown()  # before the JSON line: Ray's own log lines must not follow it
+        print(reevaluation_headline(summary))
         print(json.dumps(summary), flush=True)
         failed = args.fail_on_regression is not None and summary["regressions"]
         if args.every is None:

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import ray  # noqa: E402
 
 from pipeline.cluster import init_ray  # noqa: E402
+from pipeline.progress import training_headline  # noqa: E402
 from pipeline.training import RECIPES, TrainConfig, run_training  # noqa: E402
 
 
@@ -57,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    help="multiplies the paper's sizes (shorter side 480-800, max 1333); e.g. 0.25 for ~200 px images")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="epochs between validation passes")
     p.add_argument("--max-failures", type=int, default=d.max_failures, help="worker-group restarts allowed")
+    p.add_argument("--log-every", type=int, default=d.log_every,
+                   help="steps between progress lines (there is one at least every minute)")
     p.add_argument("--keep", type=int, default=None, help="checkpoints to keep (default: all)")
     p.add_argument("--seed", type=int, default=d.seed)
     a = p.parse_args(argv)
@@ -72,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         epochs=a.epochs, workers=a.workers, use_gpu=a.gpu,
         cpus_per_worker=a.cpus_per_worker, placement=a.placement, data_cpus=a.data_cpus,
         weight_decay=a.weight_decay, clip_max_norm=a.clip_max_norm, lr_drop=a.lr_drop,
-        augment_scale=a.augment_scale, eval_every=a.eval_every, max_failures=a.max_failures,
+        augment_scale=a.augment_scale, eval_every=a.eval_every, log_every=a.log_every, max_failures=a.max_failures,
         num_to_keep=a.keep, seed=a.seed, **{**recipe, **tuned},
     )
 
@@ -82,6 +85,7 @@ def main() -> None:
     init_ray()
     summary = run_training(config)
     ray.shutdown()  # flush the workers' log lines before the summary
+    print(training_headline(summary))
     print(json.dumps(summary, default=str))
 
 

@@ -17,7 +17,7 @@ class DetrConfig:
     backbone: str = "resnet50"
     dilation: bool = False  # DC5: dilate the last ResNet stage (stride 16 instead of 32)
     # "frozen_bn" is the reference (ImageNet statistics frozen). Presets trained from
-    # scratch may normalise with batch or group statistics instead; see README.
+    # scratch may normalise with batch or group statistics instead; see docs/model.md.
     backbone_norm: str = "frozen_bn"
     # The reference freezes conv1 + layer1 (pretrained); from scratch they must learn too.
     train_stem: bool = False
@@ -94,7 +94,7 @@ PRESETS: dict[str, DetrConfig] = {
     "detr-r101": DetrConfig(backbone="resnet101"),
     "detr-r50-dc5": DetrConfig(dilation=True),
     "detr-r101-dc5": DetrConfig(backbone="resnet101", dilation=True),
-    # Small CPU preset for tests, demos and CI, trained from scratch (README, Benchmarks,
+    # Small CPU preset for tests, demos and CI, trained from scratch (bench/README.md,
     # `learning`): a small plain CNN with batch norm, all of it trained, and two-stage queries.
     "detr-tiny": DetrConfig(
         backbone="small_cnn",

@@ -1,7 +1,7 @@
 """Two-stage query selection: the encoder's tokens propose boxes, the best become object queries.
 
 The paper's learned object queries must discover, by slow trial, where to look; trained from
-scratch in minutes they never do (README: Benchmarks, `learning`). Here, as in
+scratch in minutes they never do (bench/README.md, `learning`). Here, as in
 Deformable DETR's two-stage variant (Zhu et al., 2021, sec. 4.1) and Efficient DETR (Yao et
 al., 2021), every encoder token predicts a class and a box relative to its own grid cell, a
 dense detector supervised by the same set loss; the num_queries best tokens then seed the
@@ -11,7 +11,7 @@ decoder's box head refines.
 With distinct_iou set, the top-k skip proposals that overlap a better one (class-agnostic
 NMS, as DDQ selects its "distinct queries": Zhang et al., 2023): the encoder's one-to-many
 matching trains several tokens onto each object, and duplicate queries both waste the few
-query slots and leave the decoder to learn to suppress them (README: Benchmarks, `learning`).
+query slots and leave the decoder to learn to suppress them (bench/README.md, `learning`).
 """
 from __future__ import annotations
 

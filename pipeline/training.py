@@ -31,20 +31,21 @@ from model.checkpoint import CHECKPOINT_FILE, safe_torch_load
 from .coco import CocoDataset, load_coco
 from .data import build_dataset, collate, shuffle_buffer
 from .evaluation import coco_bbox_stats, coco_ground_truth
+from .progress import StepProgress
 from .transforms import AugmentConfig
 
 # Ray starts workers at niceness 15, below its own daemons (raylet, GCS, agents), whose
 # frequent short wake-ups then preempt the training step. At 0, as a driver runs, the
 # training workers keep their cores; Ray Data's decode/augment tasks stay at 15 and so
 # take what the step leaves. On a 2-core VM the gain in bench/train_overhead.py was
-# within its noise (README, Benchmarks).
+# within its noise (bench/README.md).
 WORKER_RUNTIME_ENV = {"env_vars": {"RAY_worker_niceness": "0"}}
 
 LOGGED_LOSSES = ("loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error")
 
 # Hyper-parameters of presets trained from scratch, where they differ from the paper's
 # (TrainConfig's defaults, made for a pretrained backbone). Measured with bench/learning.py;
-# see README, Benchmarks, `learning`. Flags given explicitly win.
+# see bench/README.md, `learning`. Flags given explicitly win.
 RECIPES: dict[str, dict[str, Any]] = {
     "detr-tiny": {"lr": 3e-4, "lr_backbone": 3e-4, "warmup_steps": 200, "encoder_matches": 4, "batch_size": 8},
 }
@@ -79,6 +80,7 @@ class TrainConfig:
     encoder_matches: int = 1  # two-stage presets: proposals matched to each object (one-to-many)
     augment_scale: float = 1.0  # multiplies the paper's image sizes (480-800, max 1333)
     eval_every: int = 1
+    log_every: int = 100  # steps between progress lines (and at least one a minute)
     max_failures: int = 0
     num_to_keep: int | None = None
     seed: int = 0
@@ -170,8 +172,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     val_shard = ray.train.get_dataset_shard("val") if cfg.val_annotations and rank == 0 else None
     gt = coco_ground_truth(load_coco(cfg.val_annotations, cfg.val_images, check_files=False).raw) if val_shard else None
     last_eval: dict[str, float] = {}
+    steps_per_epoch = -(-(loop_config["train_images"] // world_size) // cfg.batch_size)
 
     for epoch in range(start_epoch, cfg.epochs):
+        progress = StepProgress(epoch + 1, cfg.epochs, steps_per_epoch, cfg.log_every) if rank == 0 else None
         sums: dict[str, float] = defaultdict(float)
         batches = images_seen = 0
         data_seconds = 0.0  # blocked waiting for the next batch: input-bound when large
@@ -197,6 +201,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             sums["loss"] += loss.item()
             for name in LOGGED_LOSSES:
                 sums[name] += losses[name].item()
+            line = progress and progress.line(batches, sums["loss"] / batches, images_seen * world_size)
+            if line:
+                print(line, flush=True)
             waited = time.perf_counter()
         scheduler.step()
         elapsed = time.perf_counter() - started
@@ -275,7 +282,8 @@ def fit(
     train_set = load_coco(cfg.annotations, cfg.images)
     trainer = ray.train.torch.TorchTrainer(
         train_loop,
-        train_loop_config={"train": dataclasses.asdict(cfg), "num_classes": train_set.num_classes},
+        train_loop_config={"train": dataclasses.asdict(cfg), "num_classes": train_set.num_classes,
+                           "train_images": len(train_set.images)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker},
             placement_strategy=cfg.placement,

@@ -1,0 +1,72 @@
+"""Progress lines a person can read: a long loop prints one every so many steps, and at
+least once a minute, with where it is, how fast it goes and when it should end."""
+from __future__ import annotations
+
+import time
+
+
+def duration(seconds: float) -> str:
+    """12s, 4m05s, 2h03m."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class StepProgress:
+    """Training steps of one epoch: `epoch 3/20 step 120/500 loss 4.21 images/s 38.2 eta 2m10s`.
+    The ETA covers the rest of the run (this epoch's pace times the steps left in all)."""
+
+    def __init__(self, epoch: int, epochs: int, steps_per_epoch: int, every_steps: int = 100,
+                 every_s: float = 60.0, prefix: str = "") -> None:
+        self.epoch, self.epochs, self.steps_per_epoch = epoch, epochs, max(1, steps_per_epoch)
+        self.every_steps, self.every_s, self.prefix = max(1, every_steps), every_s, prefix
+        self.started = self.last = time.perf_counter()
+
+    def line(self, step: int, loss: float, images: int) -> str | None:
+        """The line for the step just done (counted from 1 in this epoch), or None when it is
+        not yet time for one."""
+        now = time.perf_counter()
+        if step % self.every_steps and now - self.last < self.every_s:
+            return None
+        self.last = now
+        elapsed = now - self.started
+        left = (self.steps_per_epoch - step) + (self.epochs - self.epoch) * self.steps_per_epoch
+        eta = duration(elapsed / step * max(left, 0))
+        return (f"{self.prefix}epoch {self.epoch}/{self.epochs} step {step}/{self.steps_per_epoch} "
+                f"loss {loss:.4g} images/s {images / max(elapsed, 1e-9):.1f} eta {eta}")
+
+
+# One-line human summaries, printed by each job before its JSON line.
+
+def _errors(errors: dict[str, int]) -> str:
+    return ", ".join(f"{kind} {count}" for kind, count in sorted(errors.items())) or "none"
+
+
+def training_headline(summary: dict) -> str:
+    m = summary.get("metrics") or {}
+    scores = f", val AP {m['AP']:.3f} AP50 {m['AP50']:.3f}" if "AP" in m else ""
+    return (f"trained {m.get('epoch', 0)} epochs: loss {m.get('loss', float('nan')):.3f}{scores}; "
+            f"last checkpoint {summary.get('checkpoint')}")
+
+
+def detection_headline(summary: dict) -> str:
+    fill = f", batch_fill {summary['batch_fill']}" if summary.get("batch_fill") is not None else ""
+    return (f"detected {summary['processed']:,} images ({summary['skipped']:,} already done) in "
+            f"{duration(summary['seconds'])}, {summary['images_per_second'] or 0:,} images/s{fill}; "
+            f"{summary['rows']:,} rows of {summary['inputs']:,} inputs in {summary['output']}; "
+            f"error rows: {_errors(summary['errors'])}")
+
+
+def evaluation_headline(result: dict) -> str:
+    m, report = result["metrics"], result["report"]
+    return (f"AP {m['AP']:.4f} AP50 {m['AP50']:.4f} AR100 {m['AR100']:.4f} over {report['detections']:,} detections; "
+            f"{report['missed_images']:,} images without a row, {report['unknown_rows']:,} rows of unknown images")
+
+
+def reevaluation_headline(summary: dict) -> str:
+    scored = ", ".join(f"{r['checkpoint']} AP {r['AP']:.4f}" for r in summary["evaluated"]) or "nothing new"
+    flagged = f"; REGRESSIONS: {len(summary['regressions'])}" if summary["regressions"] else "; no regression"
+    return f"scored {len(summary['evaluated'])} checkpoints ({scored}); history holds {summary['rows']}{flagged}"
