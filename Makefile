@@ -3,8 +3,12 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-output
+# The token of the Ray clusters you start (`make head`, `ray up cluster.yaml`): made once, kept
+# out of the repository, readable by you alone. Clients send it from RAY_AUTH_TOKEN_PATH.
+RAY_AUTH_TOKEN_PATH ?= $(HOME)/.config/detr-ray/auth_token
+HEAD_ARGS ?=
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install clean token head
 
 install: $(STAMP)
 
@@ -21,6 +25,17 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -e '.[dev]'
 	touch $(STAMP)
+
+token:
+	@test -s $(RAY_AUTH_TOKEN_PATH) || (mkdir -p $(dir $(RAY_AUTH_TOKEN_PATH)) && umask 077 && \
+		$(PYTHON) -c 'import secrets; print(secrets.token_hex(32), end="")' > $(RAY_AUTH_TOKEN_PATH))
+	@echo "token: $(RAY_AUTH_TOKEN_PATH)"
+
+# A Ray head on this machine, from the project's environment (so a submitted job's `python` is
+# the project's), with token authentication and its dashboard / job API on 127.0.0.1:8265.
+head: $(STAMP) token
+	PATH=$(abspath $(VENV))/bin:$$PATH RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$(RAY_AUTH_TOKEN_PATH) \
+		$(VENV)/bin/ray start --head --dashboard-host=127.0.0.1 $(HEAD_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) *.egg-info

@@ -31,3 +31,15 @@ def test_a_typo_fails_validation():
     config["available_node_types"]["gpu_worker"]["max_wokers"] = 2
     with pytest.raises(Exception, match="Additional properties"):
         validate_config(prepare_config(config))
+
+
+def test_every_node_runs_ray_from_the_venv_with_token_auth():
+    config = load()
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = next(c for c in config[key] if "ray start" in c)
+        assert "PATH=$HOME/detr-ray/.venv/bin:$PATH" in start  # a submitted job's `python` is the project's
+        assert "RAY_AUTH_MODE=token" in start and "disabled" not in start
+        assert "RAY_AUTH_TOKEN_PATH=$HOME/.config/detr-ray/auth_token" in start
+    head = next(c for c in config["head_start_ray_commands"] if "ray start" in c)
+    assert "--dashboard-host=127.0.0.1" in head  # the job API only through the launcher's tunnel
+    assert config["file_mounts"]["/home/ubuntu/.config/detr-ray/auth_token"] == "~/.config/detr-ray/auth_token"
