@@ -306,9 +306,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         "num_classes": train_set.num_classes,
         "dropped_boxes": train_set.dropped_boxes,
     }
-    if result.best_checkpoints:
-        attribute, order = _score(cfg)
-        pick = max if order == "max" else min
-        best, _ = pick(result.best_checkpoints, key=lambda cm: cm[1].get(attribute, float("nan")))
+    attribute, order = _score(cfg)
+    scored = [(c, m[attribute]) for c, m in result.best_checkpoints or [] if attribute in m]  # epochs before
+    if scored:  # the first validation pass have no AP
+        best, _ = (max if order == "max" else min)(scored, key=lambda cm: cm[1])
         summary["best_checkpoint"] = checkpoint_uri(best)
     return summary

@@ -70,49 +70,53 @@ def token_head(tmp_path_factory):
         subprocess.run(["rm", "-rf", temp_dir])
 
 
-def _ray(args: list[str], env: dict, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([RAY, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+def _run(args: list[str], env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
-def _with_token(token: Path) -> dict:
-    return dict(_plain_env(), RAY_AUTH_TOKEN_PATH=str(token))
+def _submit(address: str, entrypoint: str, env: dict) -> subprocess.CompletedProcess:
+    """The README's command: jobs/submit.py (`ray job submit --working-dir .` with the token)."""
+    return _run([sys.executable, "jobs/submit.py", "--address", address, "--", *entrypoint.split()], env)
 
 
-def _submit(args: list[str], env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
-    """The head answers HTTP before its job agent has registered; until then a submission gets
-    "No available agent to submit job, please try again later" and nothing is created, so retry."""
-    deadline = time.time() + timeout
-    while True:
-        proc = _ray(args, env)
-        if "No available agent" not in proc.stdout + proc.stderr or time.time() > deadline:
-            return proc
-        time.sleep(2)
+def _anonymous() -> dict:
+    """No token anywhere: not in the environment, not in a home folder."""
+    return dict(_plain_env(), HOME=tempfile.mkdtemp(prefix="home"))
 
 
 def test_train_job_submitted_as_the_readme_says(token_head, tiny_shapes, tmp_path):
     address, token = token_head
-    storage = tmp_path / "runs"
     entrypoint = (
         f"python jobs/train.py --annotations {tiny_shapes['train_annotations']} --images {tiny_shapes['train_images']}"
-        f" --storage {storage} --name submitted --epochs 2 --batch-size 4 --augment-scale 0.15"
+        f" --storage {tmp_path / 'runs'} --name submitted --epochs 2 --batch-size 4 --augment-scale 0.15"
     )
-    submit_id = f"train-{os.getpid()}"
-    env = _with_token(token)
-    proc = _submit(["job", "submit", "--address", address, "--working-dir", ".", "--submission-id", submit_id,
-                    "--no-wait", "--", *entrypoint.split()], env)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    deadline = time.time() + 600
-    status = ""
-    while time.time() < deadline:
-        status = _ray(["job", "status", "--address", address, submit_id], env).stdout.upper()
-        if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
-            break
-        time.sleep(3)
-    logs = _ray(["job", "logs", "--address", address, submit_id], env).stdout
-    assert "SUCCEEDED" in status, logs[-4000:]
-    lines = logs.strip().splitlines()
+    proc = _submit(address, entrypoint, dict(_anonymous(), RAY_AUTH_TOKEN_PATH=str(token)))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
     assert lines[-2].startswith("trained 2 epochs")  # the human summary, then the JSON
     summary = json.loads(lines[-1])
     assert summary["metrics"]["epoch"] == 2
     _, config = load_checkpoint(summary["checkpoint"])
     assert config.num_classes == 12
+
+
+def test_plain_ray_job_submit_needs_the_token_and_runs_the_projects_python(token_head):
+    address, token = token_head
+    command = [RAY, "job", "submit", "--address", address, "--working-dir", ".", "--",
+               "python", "-c", "import ray, sys; print('python', sys.executable)"]
+    refused = _run(command, _anonymous(), timeout=120)
+    assert refused.returncode != 0 and "AuthenticationError" in refused.stdout + refused.stderr
+    ran = _run(command, dict(_anonymous(), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token)), timeout=300)
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-2000:]
+    assert f"python {VENV_BIN / 'python'}" in ran.stdout  # the venv on the head's PATH, not this shell's
+
+
+def test_a_wrong_token_or_a_head_that_is_down_is_one_line(token_head):
+    address, _ = token_head
+    wrong = _submit(address, "python -c print(1)", dict(_anonymous(), RAY_AUTH_TOKEN="0" * 64))
+    missing = _submit(address, "python -c print(1)", _anonymous())
+    down = _submit(f"http://127.0.0.1:{free_port()}", "python -c print(1)", _anonymous())
+    for proc, says in ((wrong, "refused the token from RAY_AUTH_TOKEN: it is not this cluster's token"),
+                       (missing, "requires a token and none was given"), (down, "no Ray head answers at")):
+        assert proc.returncode == 1 and proc.stdout == ""
+        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("submit: ") and says in proc.stderr, proc.stderr
