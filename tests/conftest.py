@@ -9,7 +9,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Every Ray cluster of the test run, and every driver, without token auth (see README).
+# Every Ray cluster of the test run, and every driver, without token auth (docs/training.md),
+# except the authenticated head of test_job_submit.py.
 os.environ["RAY_AUTH_MODE"] = "disabled"
 REFERENCE = Path(os.environ.get("DETR_REFERENCE_DIR", REPO.parent / "shared" / "reference"))
 

@@ -67,6 +67,8 @@ def token_head(tmp_path_factory):
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+        time.sleep(2)  # `ray start --block` stops its processes; any left are found by their temp dir
+        subprocess.run(["pkill", "-9", "-f", temp_dir])
         subprocess.run(["rm", "-rf", temp_dir])
 
 
