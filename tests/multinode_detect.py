@@ -1,8 +1,10 @@
-"""Bulk detection on a 3-node Ray cluster on one host (ray.cluster_utils.Cluster); optionally
-removes a worker node mid-run. Run by tests/test_multinode.py in its own process (a driver
-can join only one cluster); prints one JSON line.
+"""Bulk detection on a 3-node Ray cluster on one host (ray.cluster_utils.Cluster), twice in
+the same cluster: over IMAGES into OUTPUT/all-nodes with every node up, then into
+OUTPUT/node-removed while a worker node is removed mid-run. Run by tests/test_multinode.py in
+its own process (a driver can join only one cluster); prints one JSON line:
+{"all-nodes": summary, "node-removed": summary}.
 
-    python tests/multinode_detect.py IMAGES OUTPUT CHECKPOINT [--remove-node]
+    python tests/multinode_detect.py IMAGES OUTPUT CHECKPOINT
 """
 from __future__ import annotations
 
@@ -22,10 +24,7 @@ from pipeline.detection import DetectConfig, run_detection  # noqa: E402
 from tests.local_cluster import start_cluster  # noqa: E402
 
 
-def main() -> None:
-    images, output, checkpoint = sys.argv[1:4]
-    remove = "--remove-node" in sys.argv
-    cluster, workers = start_cluster(workers=2, cpus=2)
+def detect(cluster, workers: list, images: str, output: str, checkpoint: str, remove: bool) -> dict:
     actor_nodes: set[str] = set()
     removed: list[str] = []
     stop = threading.Event()
@@ -49,22 +48,30 @@ def main() -> None:
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
+    # 0.6 CPU per actor: when a node goes, Ray restarts its actor on the other one, and the
+    # two must still leave room there for a read (0.5) and a write task (0.25)
+    summary = run_detection(DetectConfig(images=images, output=output, checkpoint=checkpoint, min_size=96,
+                                         max_size=160, score_threshold=0.0, batch_size=2, window=4,
+                                         shard_size=8, rows_per_file=4, actors=(2, 2), cpus_per_actor=0.6))
+    stop.set()
+    thread.join()
+    record_actor_nodes(alive_only=False)  # finished actors too: a short run can end between polls
+    summary["actor_nodes"] = sorted(actor_nodes)
+    summary["worker_nodes"] = [w.node_id for w in workers]
+    summary["removed"] = removed
+    return summary
+
+
+def main() -> None:
+    images, output, checkpoint = sys.argv[1:4]
+    cluster, workers = start_cluster(workers=2, cpus=2)
     try:
-        # 0.6 CPU per actor: when a node goes, Ray restarts its actor on the other one, and the
-        # two must still leave room there for a read (0.5) and a write task (0.25)
-        summary = run_detection(DetectConfig(images=images, output=output, checkpoint=checkpoint, min_size=96,
-                                             max_size=160, score_threshold=0.0, batch_size=2, window=4,
-                                             shard_size=8, rows_per_file=4, actors=(2, 2), cpus_per_actor=0.6))
-        stop.set()
-        thread.join()
-        record_actor_nodes(alive_only=False)  # finished actors too: a short run can end between polls
-        summary["actor_nodes"] = sorted(actor_nodes)
-        summary["worker_nodes"] = [w.node_id for w in workers]
-        summary["removed"] = removed
+        runs = {name: detect(cluster, workers, images, f"{output}/{name}", checkpoint, remove=name == "node-removed")
+                for name in ("all-nodes", "node-removed")}
     finally:
         ray.shutdown()
         cluster.shutdown()  # also deletes the address file Cluster wrote for ray.init()
-    print(json.dumps(summary))
+    print(json.dumps(runs))
 
 
 if __name__ == "__main__":

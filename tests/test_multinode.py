@@ -35,11 +35,17 @@ def run_script(script: str, *args: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.fixture(scope="module")
+def detection_runs(checkpoint, tmp_path_factory) -> dict:
+    """Both detection runs, in one 3-node cluster (one start-up for the two tests)."""
+    folder = tmp_path_factory.mktemp("multinode-detect")
+    write_pictures(folder / "images", 40, seed=4)
+    return run_script("multinode_detect.py", str(folder / "images"), str(folder / "out"), checkpoint)
+
+
 @pytest.mark.parametrize("remove_node", [False, True], ids=["all-nodes", "node-removed-mid-run"])
-def test_detection_across_nodes(checkpoint, tmp_path, remove_node):
-    write_pictures(tmp_path / "images", 40, seed=4)
-    summary = run_script("multinode_detect.py", str(tmp_path / "images"), str(tmp_path / "out"), checkpoint,
-                         *(["--remove-node"] if remove_node else []))
+def test_detection_across_nodes(detection_runs, remove_node):
+    summary = detection_runs["node-removed" if remove_node else "all-nodes"]
     assert summary["rows"] == summary["inputs"] == 40 and summary["duplicates"] == summary["missing"] == 0
     assert summary["errors"] == {}
     if remove_node:
@@ -58,19 +64,31 @@ def shapes32(tmp_path_factory) -> dict:
                                                  max_object=40))
 
 
-def test_training_on_two_nodes_checkpoints_to_object_storage(shapes32, s3_bucket):
-    summary = run_script("multinode_train.py", shapes32["train_annotations"], shapes32["train_images"],
-                         f"{s3_bucket}/runs", "1")
+@pytest.fixture(scope="module")
+def training_runs(shapes32, s3_server) -> dict:
+    """Both training runs, in one cluster: 1 epoch on 2 nodes, then 3 epochs losing a node."""
+    import uuid
+
+    import pyarrow.fs as pafs
+
+    bucket = f"multinode-{uuid.uuid4().hex[:8]}"
+    pafs.S3FileSystem(endpoint_override=s3_server, allow_bucket_creation=True, region="us-east-1").create_dir(bucket)
+    runs = run_script("multinode_train.py", shapes32["train_annotations"], shapes32["train_images"],
+                      f"s3://{bucket}/runs", "1", "3")
+    return {"bucket": f"s3://{bucket}", **runs}
+
+
+def test_training_on_two_nodes_checkpoints_to_object_storage(training_runs):
+    summary = training_runs["two_nodes"]
     assert sorted(summary["train_nodes"]) == sorted(summary["worker_nodes"])  # one worker on each node
     assert summary["metrics"]["epoch"] == 1 and summary["metrics"]["steps"] == 8
-    assert summary["checkpoint"].startswith(f"{s3_bucket}/runs/multinode/")
+    assert summary["checkpoint"].startswith(f"{training_runs['bucket']}/runs/multinode/")
     _, config = load_checkpoint(summary["checkpoint"])
     assert config.num_queries == 10
 
 
-def test_training_survives_losing_a_node(shapes32, s3_bucket):
-    summary = run_script("multinode_train.py", shapes32["train_annotations"], shapes32["train_images"],
-                         f"{s3_bucket}/runs", "3", "--remove-node")
+def test_training_survives_losing_a_node(training_runs):
+    summary = training_runs["node_removed"]
     assert summary["registered_at_removal"] == [1]  # the node went mid-way, before epoch 2's checkpoint
     assert summary["removed"] in summary["train_nodes"]
     assert summary["train_nodes"] == sorted(summary["worker_nodes"])  # the restart used the spare node
