@@ -27,9 +27,9 @@ import ray  # noqa: E402
 from pipeline.cluster import init_ray  # noqa: E402
 from pipeline.detection import DetectConfig, run_detection  # noqa: E402
 from pipeline.evaluation import evaluate_files  # noqa: E402
+from pipeline.progress import duration  # noqa: E402
 from pipeline.render import render_predictions  # noqa: E402
 from pipeline.synthetic import CATEGORIES, SyntheticConfig, make_synthetic  # noqa: E402
-from pipeline.progress import duration  # noqa: E402
 from pipeline.training import RECIPES, TrainConfig, run_training  # noqa: E402
 
 SHIPPED = str(Path(__file__).resolve().parents[1] / "checkpoints" / "detr-tiny-shapes.pt")

@@ -20,9 +20,9 @@ class StepProgress:
     The ETA covers the rest of the run (this epoch's pace times the steps left in all)."""
 
     def __init__(self, epoch: int, epochs: int, steps_per_epoch: int, every_steps: int = 100,
-                 every_s: float = 60.0, prefix: str = "") -> None:
+                 every_s: float = 60.0) -> None:
         self.epoch, self.epochs, self.steps_per_epoch = epoch, epochs, max(1, steps_per_epoch)
-        self.every_steps, self.every_s, self.prefix = max(1, every_steps), every_s, prefix
+        self.every_steps, self.every_s = max(1, every_steps), every_s
         self.started = self.last = time.perf_counter()
 
     def line(self, step: int, loss: float, images: int) -> str | None:
@@ -35,7 +35,7 @@ class StepProgress:
         elapsed = now - self.started
         left = (self.steps_per_epoch - step) + (self.epochs - self.epoch) * self.steps_per_epoch
         eta = duration(elapsed / step * max(left, 0))
-        return (f"{self.prefix}epoch {self.epoch}/{self.epochs} step {step}/{self.steps_per_epoch} "
+        return (f"epoch {self.epoch}/{self.epochs} step {step}/{self.steps_per_epoch} "
                 f"loss {loss:.4g} images/s {images / max(elapsed, 1e-9):.1f} eta {eta}")
 
 

@@ -91,10 +91,12 @@ def test_train_job_submitted_as_the_readme_says(token_head, tiny_shapes, tmp_pat
     entrypoint = (
         f"python jobs/train.py --annotations {tiny_shapes['train_annotations']} --images {tiny_shapes['train_images']}"
         f" --storage {tmp_path / 'runs'} --name submitted --epochs 2 --batch-size 4 --augment-scale 0.15"
+        " --log-every 2"
     )
     proc = _submit(address, entrypoint, dict(_anonymous(), RAY_AUTH_TOKEN_PATH=str(token)))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
+    assert any("epoch 2/2 step 4/4 loss " in line and " eta " in line for line in lines)  # progress lines
     assert lines[-2].startswith("trained 2 epochs")  # the human summary, then the JSON
     summary = json.loads(lines[-1])
     assert summary["metrics"]["epoch"] == 2
