@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import ray  # noqa: E402
 
-from pipeline.cluster import init_ray  # noqa: E402
+from pipeline.cluster import ClusterTooSmall, init_ray  # noqa: E402
 from pipeline.progress import training_headline  # noqa: E402
 from pipeline.training import RECIPES, TrainConfig, run_training  # noqa: E402
 
@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--max-failures", type=int, default=d.max_failures, help="worker-group restarts allowed")
     p.add_argument("--log-every", type=int, default=d.log_every,
                    help="steps between progress lines (there is one at least every minute)")
+    p.add_argument("--resource-wait", type=float, default=None, metavar="SECONDS",
+                   help="wait this long for an autoscaler to add what the run needs (default 600 with --gpu, else 0)")
     p.add_argument("--keep", type=int, default=None, help="checkpoints to keep (default: all)")
     p.add_argument("--seed", type=int, default=d.seed)
     a = p.parse_args(argv)
@@ -76,14 +78,18 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         cpus_per_worker=a.cpus_per_worker, placement=a.placement, data_cpus=a.data_cpus,
         weight_decay=a.weight_decay, clip_max_norm=a.clip_max_norm, lr_drop=a.lr_drop,
         augment_scale=a.augment_scale, eval_every=a.eval_every, log_every=a.log_every, max_failures=a.max_failures,
-        num_to_keep=a.keep, seed=a.seed, **{**recipe, **tuned},
+        num_to_keep=a.keep, seed=a.seed, resource_wait_s=a.resource_wait, **{**recipe, **tuned},
     )
 
 
 def main() -> None:
     config = parse_args()
     init_ray()
-    summary = run_training(config)
+    try:
+        summary = run_training(config)
+    except (ValueError, ClusterTooSmall) as e:  # bad input or a cluster too small: one line, no traceback
+        ray.shutdown()
+        sys.exit(f"train: {e}")
     ray.shutdown()  # flush the workers' log lines before the summary
     print(training_headline(summary))
     print(json.dumps(summary, default=str))

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import time
+from typing import Callable
 
 import ray
 
@@ -23,3 +25,33 @@ def init_ray() -> None:
         return
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     ray.init(runtime_env={"env_vars": env} if env else None)
+
+
+class ClusterTooSmall(RuntimeError):
+    """The run's resources do not fit the cluster, even after waiting for an autoscaler."""
+
+
+def wait_for(need: dict[str, float], wait_s: float, what: str, advice: str,
+             log: Callable[[str], None] = print) -> dict[str, float]:
+    """The cluster's resources once `need` (what the run holds at once: `what`) fits; asks the
+    autoscaler (if any) and waits up to wait_s, then raises ClusterTooSmall saying what is short
+    and what to change (`advice`). Ray itself would wait in silence."""
+    have = ray.cluster_resources()
+    short = {k: v for k, v in need.items() if have.get(k, 0) < v}
+    if short and wait_s > 0:
+        from ray.autoscaler.sdk import request_resources
+        request_resources(bundles=[{k: v} for k, v in need.items()])
+        deadline, last = time.time() + wait_s, 0.0
+        while short and time.time() < deadline:
+            if time.time() - last > 30:
+                log(f"waiting up to {deadline - time.time():.0f} s for the autoscaler: need {need}, cluster has "
+                    f"{ {k: have.get(k, 0) for k in need} }")
+                last = time.time()
+            time.sleep(2)
+            have = ray.cluster_resources()
+            short = {k: v for k, v in need.items() if have.get(k, 0) < v}
+    if short:
+        raise ClusterTooSmall(
+            "the cluster cannot hold this run: it needs " + ", ".join(f"{v:g} {k}" for k, v in need.items())
+            + f" ({what}) and has " + ", ".join(f"{have.get(k, 0):g} {k}" for k in need) + f". {advice}")
+    return have

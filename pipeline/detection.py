@@ -29,6 +29,7 @@ from model import uri as uris
 
 from . import inputs, predictions
 from .canvas import CANVAS_ASPECTS, STRIDE
+from .cluster import wait_for
 from .detector import Detector
 from .fetch import TRANSIENT_ERRORS, fetch
 from .images import MAX_PIXELS
@@ -196,7 +197,9 @@ def resources(config: DetectConfig) -> tuple[float, tuple[int, int]]:
     if gpus:
         need["GPU"] = low * gpus
     wait_s = config.resource_wait_s if config.resource_wait_s is not None else (600.0 if gpus else 0.0)
-    have = wait_for(need, wait_s)
+    have = wait_for(need, wait_s, "the model actors plus one read and one write task",
+                    "Use fewer --actors or a smaller --cpus-per-actor, --device cpu without GPUs, a larger cluster, "
+                    "or --resource-wait SECONDS for an autoscaler to add nodes", log)
     if high is None:  # one actor per GPU, or CPU actors on half the CPUs (the rest read and decode)
         high = int(have.get("GPU", 0) / gpus) if gpus else int(have["CPU"] / 2 / config.cpus_per_actor)
     spare = int((have["CPU"] - FETCH_CPUS - WRITE_CPUS) / config.cpus_per_actor)
@@ -207,34 +210,6 @@ def resources(config: DetectConfig) -> tuple[float, tuple[int, int]]:
     log(f"{low}-{high} model actors on {where}; batches of {config.batch_size}, "
         f"windows of {config.images_per_window} images")
     return gpus, (low, high)
-
-
-def wait_for(need: dict[str, float], wait_s: float) -> dict[str, float]:
-    """The cluster's resources once `need` fits; asks the autoscaler (if any) and waits up to
-    wait_s, then stops with a message that says what is short."""
-    have = ray.cluster_resources()
-    short = {k: v for k, v in need.items() if have.get(k, 0) < v}
-    if short and wait_s > 0:
-        from ray.autoscaler.sdk import request_resources
-        request_resources(bundles=[{k: v} for k, v in need.items()])
-        deadline, last = time.time() + wait_s, 0.0
-        while short and time.time() < deadline:
-            if time.time() - last > 30:
-                log(f"waiting up to {deadline - time.time():.0f} s for the autoscaler: need {need}, cluster has "
-                    f"{ {k: have.get(k, 0) for k in need} }")
-                last = time.time()
-            time.sleep(2)
-            have = ray.cluster_resources()
-            short = {k: v for k, v in need.items() if have.get(k, 0) < v}
-    if short:
-        raise RuntimeError(
-            "the cluster cannot hold this run: it needs "
-            + ", ".join(f"{v:g} {k}" for k, v in need.items())
-            + " (the model actors plus one read and one write task) and has "
-            + ", ".join(f"{have.get(k, 0):g} {k}" for k in need)
-            + ". Use fewer --actors or a smaller --cpus-per-actor, --device cpu without GPUs, a larger"
-            " cluster, or --resource-wait SECONDS for an autoscaler to add nodes")
-    return have
 
 
 # ---------------------------------------------------------------- the dataset

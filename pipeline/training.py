@@ -28,6 +28,7 @@ from torchvision.ops import box_convert
 from model import PostProcess, build_criterion, build_detr, get_config, load_checkpoint, save_checkpoint
 from model.checkpoint import CHECKPOINT_FILE, safe_torch_load
 
+from .cluster import wait_for
 from .coco import CocoDataset, load_coco
 from .data import build_dataset, collate, shuffle_buffer
 from .evaluation import coco_bbox_stats, coco_ground_truth
@@ -81,6 +82,7 @@ class TrainConfig:
     augment_scale: float = 1.0  # multiplies the paper's image sizes (480-800, max 1333)
     eval_every: int = 1
     log_every: int = 100  # steps between progress lines (and at least one a minute)
+    resource_wait_s: float | None = None  # for an autoscaler to add nodes; default 600 with GPUs, else 0
     max_failures: int = 0
     num_to_keep: int | None = None
     seed: int = 0
@@ -271,6 +273,19 @@ def _datasets(cfg: TrainConfig, train_set: CocoDataset) -> dict[str, ray.data.Da
     return datasets
 
 
+def check_fit(cfg: TrainConfig) -> None:
+    """Stop at once, saying what is short, when the workers plus one decode/augment task cannot
+    all run on the cluster: Ray would start the workers and wait for the data tasks forever."""
+    need = {"CPU": cfg.workers * cfg.cpus_per_worker + cfg.data_cpus}
+    if cfg.use_gpu:
+        need["GPU"] = float(cfg.workers)
+    wait_s = cfg.resource_wait_s if cfg.resource_wait_s is not None else (600.0 if cfg.use_gpu else 0.0)
+    wait_for(need, wait_s, f"{cfg.workers} training workers of {cfg.cpus_per_worker:g} CPU"
+             + (" and 1 GPU" if cfg.use_gpu else "") + f" plus one decode/augment task of {cfg.data_cpus:g} CPU",
+             "Use fewer --workers, a smaller --cpus-per-worker or --data-cpus, a larger cluster, or "
+             "--resource-wait SECONDS for an autoscaler to add nodes")
+
+
 def fit(
     cfg: TrainConfig, datasets: dict[str, ray.data.Dataset] | None = None
 ) -> tuple[ray.train.Result, CocoDataset]:
@@ -280,6 +295,7 @@ def fit(
     streams built from cfg, e.g. with samples decoded once and materialised."""
     ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
     train_set = load_coco(cfg.annotations, cfg.images)
+    check_fit(cfg)
     trainer = ray.train.torch.TorchTrainer(
         train_loop,
         train_loop_config={"train": dataclasses.asdict(cfg), "num_classes": train_set.num_classes,

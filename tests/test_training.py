@@ -211,3 +211,25 @@ def test_warm_up_is_linear_then_hands_over_to_the_step_drop():
     assert seen == pytest.approx([7.5e-5, 1.5e-4, 2.25e-4, 3e-4, 3e-4, 3e-4])
     scheduler.step()  # an epoch ends after the warm-up: the drop applies
     assert optimizer.param_groups[0]["lr"] == pytest.approx(3e-5)
+
+
+def test_as_many_workers_as_cores_stops_with_a_message(tiny_shapes, tmp_path):
+    """`jobs/train.py --workers N` on an N-core machine (its own local Ray): the workers would
+    take every CPU and the decode/augment tasks would never run, so Ray would wait forever.
+    The job stops at once, saying what is short and what to change."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cores = os.cpu_count()
+    proc = subprocess.run(
+        [sys.executable, "jobs/train.py", "--annotations", tiny_shapes["train_annotations"],
+         "--images", tiny_shapes["train_images"], "--storage", str(tmp_path), "--name", "full",
+         "--workers", str(cores), "--epochs", "1"],
+        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("train: the cluster cannot hold this run: it needs ")
+    assert f"({cores} training workers of 1 CPU plus one decode/augment task of 0.5 CPU)" in last
+    assert f"has {cores:g} CPU" in last and "fewer --workers" in last
+    assert not list(tmp_path.glob("full/checkpoint_*"))
