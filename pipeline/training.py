@@ -311,8 +311,18 @@ def fit(
     return trainer.fit(), train_set
 
 
+def learning_rate_line(cfg: TrainConfig) -> str:
+    """The learning rates used and the rule behind them: as given, whatever the total batch
+    (the paper's recipe is lr 1e-4 at a total batch of 64; the job does not rescale it)."""
+    total = cfg.workers * cfg.batch_size
+    return (f"training {cfg.init or cfg.preset}: {cfg.workers} worker(s) x batch {cfg.batch_size} = total batch "
+            f"{total}; lr {cfg.lr:g}, backbone lr {cfg.lr_backbone:g}, as given (not scaled with the total batch; "
+            "the paper's recipe: 1e-4 / 1e-5 at total batch 64)")
+
+
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
     """Train (see fit) and summarise the run: path, last and best checkpoint, final metrics."""
+    print(learning_rate_line(cfg), flush=True)
     result, train_set = fit(cfg)
     summary: dict[str, Any] = {
         "run": result.path,

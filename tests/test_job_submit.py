@@ -97,6 +97,8 @@ def test_train_job_submitted_as_the_readme_says(token_head, tiny_shapes, tmp_pat
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     assert any("epoch 2/2 step 4/4 loss " in line and " eta " in line for line in lines)  # progress lines
+    assert any(line.startswith("training detr-tiny: 1 worker(s) x batch 4 = total batch 4; lr 0.0003,")
+               for line in lines)  # the learning rate used, and its rule
     assert lines[-2].startswith("trained 2 epochs")  # the human summary, then the JSON
     summary = json.loads(lines[-1])
     assert summary["metrics"]["epoch"] == 2
