@@ -266,8 +266,6 @@ def _datasets(cfg: TrainConfig, train_set: CocoDataset) -> dict[str, ray.data.Da
     """The augmenting train stream, and the resized val stream when cfg names a val split."""
     datasets = {"train": build_dataset(train_set, cfg.augment, train=True, num_cpus=cfg.data_cpus, seed=cfg.seed)}
     if cfg.val_annotations:
-        if not cfg.val_images:
-            raise ValueError("--val-annotations needs --val-images")
         val_set = load_coco(cfg.val_annotations, cfg.val_images)
         datasets["val"] = build_dataset(val_set, cfg.augment, train=False, num_cpus=cfg.data_cpus)
     return datasets
@@ -293,6 +291,8 @@ def fit(
     metrics_dataframe: one row per kept checkpoint, i.e. per epoch) and the training set.
     `datasets` ("train", and "val" when cfg names a val split) replaces the augmenting
     streams built from cfg, e.g. with samples decoded once and materialised."""
+    if cfg.val_annotations and not cfg.val_images:
+        raise ValueError("--val-annotations needs --val-images")
     ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
     train_set = load_coco(cfg.annotations, cfg.images)
     check_fit(cfg)
