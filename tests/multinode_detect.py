@@ -34,7 +34,7 @@ def detect(cluster, workers: list, images: str, output: str, checkpoint: str, re
         try:
             actors = list_actors(filters=filters + ([("state", "=", "ALIVE")] if alive_only else []),
                                  address=cluster.address)
-            actor_nodes.update(a.node_id for a in actors)
+            actor_nodes.update(a.node_id for a in actors if a.node_id)  # not a pending or restarting one
         except Exception:
             pass
 
