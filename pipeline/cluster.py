@@ -36,8 +36,11 @@ def wait_for(need: dict[str, float], wait_s: float, what: str, advice: str,
     """The cluster's resources once `need` (what the run holds at once: `what`) fits; asks the
     autoscaler (if any) and waits up to wait_s, then raises ClusterTooSmall saying what is short
     and what to change (`advice`). Ray itself would wait in silence."""
+    def shortfall(have: dict[str, float]) -> dict[str, float]:
+        return {k: v for k, v in need.items() if have.get(k, 0) < v}
+
     have = ray.cluster_resources()
-    short = {k: v for k, v in need.items() if have.get(k, 0) < v}
+    short = shortfall(have)
     if short and wait_s > 0:
         from ray.autoscaler.sdk import request_resources
         request_resources(bundles=[{k: v} for k, v in need.items()])
@@ -49,7 +52,7 @@ def wait_for(need: dict[str, float], wait_s: float, what: str, advice: str,
                 last = time.time()
             time.sleep(2)
             have = ray.cluster_resources()
-            short = {k: v for k, v in need.items() if have.get(k, 0) < v}
+            short = shortfall(have)
     if short:
         raise ClusterTooSmall(
             "the cluster cannot hold this run: it needs " + ", ".join(f"{v:g} {k}" for k, v in need.items())

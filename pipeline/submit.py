@@ -3,6 +3,7 @@ token and a one-line message when the head is down or refuses the token."""
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -55,8 +56,6 @@ def submit(address: str, entrypoint: list[str], working_dir: str = ".", wait: bo
            agent_wait_s: float = 120.0) -> tuple[str, str]:
     """Submit entrypoint with working_dir uploaded; with wait, stream its logs to stdout until it
     ends. Returns (submission id, final or current status)."""
-    import shlex
-
     jobs = client(address)
     deadline = time.time() + agent_wait_s
     while True:  # a fresh head answers before its job agent has registered
