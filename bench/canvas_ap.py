@@ -24,7 +24,7 @@ from pipeline import predictions
 from pipeline.canvas import resized_size
 from pipeline.coco import load_coco
 from pipeline.detector import Detector
-from pipeline.evaluation import coco_ground_truth, evaluate_predictions
+from pipeline.evaluation import CocoScorer, evaluate_predictions
 from pipeline.fetch import fetch
 from pipeline.images import decode_rgb
 
@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = {"min_size": args.min_size, "max_size": args.max_size}
     dataset = load_coco(args.annotations, args.images)
-    gt = coco_ground_truth(dataset.raw)
+    gt = CocoScorer(dataset.raw)
     rows = pa.table({"path": pa.array([dataset.image_uri(i) for i in dataset.images], pa.large_string()),
                      "image_id": pa.array([i["id"] for i in dataset.images], pa.int64()),
                      "shard": pa.array([0] * len(dataset.images), pa.int32())})
@@ -69,7 +69,7 @@ def main() -> None:
     results = {"images": rows.num_rows, **sizes, "batch_size": args.batch_size,
                "batch_fill": round(rows.num_rows / calls / args.batch_size, 3)}
     for name, table in (("unpadded", unpadded(model.eval(), config, rows, sizes)), ("padded", padded)):
-        metrics = evaluate_predictions(table.select(predictions.SCHEMA.names), gt)["metrics"]
+        metrics = evaluate_predictions([table.select(predictions.SCHEMA.names)], gt)["metrics"]
         results[name] = {k: round(metrics[k], 4) for k in ("AP", "AP50", "AP75")}
     results["AP_difference"] = round(results["padded"]["AP"] - results["unpadded"]["AP"], 4)
     print(json.dumps(results))

@@ -25,7 +25,7 @@ from model import build_criterion, build_detr, save_checkpoint
 from model import uri as uris
 from pipeline.coco import load_coco
 from pipeline.data import augment_samples, collate
-from pipeline.evaluation import coco_ground_truth
+from pipeline.evaluation import CocoScorer
 from pipeline.synthetic import SyntheticConfig, make_synthetic
 from pipeline.training import RECIPES, evaluate, warm_up
 from pipeline.transforms import AugmentConfig, decode, train_transform, val_transform
@@ -82,7 +82,7 @@ def main() -> None:
                                            config=SyntheticConfig(min_side=96, max_side=192, max_objects=4))["out"]
         train_set, train_samples = load_split(f"{data}/annotations/train.json", f"{data}/train")
         val_set, val_samples = load_split(f"{data}/annotations/val.json", f"{data}/val")
-    gt = coco_ground_truth(val_set.raw)
+    gt = CocoScorer(val_set.raw)
     augment = AugmentConfig().scaled(args.augment_scale)
     overrides = dict(parse_override(item) for item in args.model)
     model = build_detr(args.preset, num_classes=train_set.num_classes, **overrides).train()

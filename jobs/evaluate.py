@@ -1,11 +1,15 @@
 """COCO bbox metrics of a predictions table; ends with one JSON summary line.
 
     python jobs/evaluate.py --predictions URI --annotations URI [--output URI]
+        [--backend faster-coco-eval|pycocotools] [--max-dets 100]
 
 Prints the 12 standard stats and a per-category AP table; with --output writes
 metrics.json and metrics.parquet there. The last line's `metrics` object holds the 12
-stats (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl); `report` counts
-what did not match (missed images, rows of unknown images, unknown categories, error rows).
+stats (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR<max-dets>, ARs, ARm, ARl), `backend` and
+`max_dets` say what produced them, and `report` counts what did not match (missed images,
+rows of unknown images, unknown categories, invalid boxes, error rows). What was dropped is
+also said on stderr, one line each. Predictions or annotations that cannot be read end with
+one `evaluate: ...` line and exit code 1.
 """
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a working dir
 
-from pipeline.evaluation import evaluate_files, format_tables, write_evaluation  # noqa: E402
+from pipeline.evaluation import (BACKENDS, DEFAULT_BACKEND, MAX_DETECTIONS, evaluate_files,  # noqa: E402
+                                 format_tables, write_evaluation)
 from pipeline.progress import evaluation_headline  # noqa: E402
 
 
@@ -25,9 +30,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--predictions", required=True, help="a Parquet file or folder of part files (path or s3://)")
     p.add_argument("--annotations", required=True, help="COCO annotation JSON (path or s3://)")
     p.add_argument("--output", help="folder (path or s3://) for metrics.json and metrics.parquet")
+    p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+                   help=f"COCO scorer (default {DEFAULT_BACKEND}; pycocotools is the reference, same numbers)")
+    p.add_argument("--max-dets", type=int, default=MAX_DETECTIONS,
+                   help=f"detections scored per image, the top by score (default {MAX_DETECTIONS}, COCO's rule)")
     args = p.parse_args(argv)
-    result = evaluate_files(args.predictions, args.annotations)
+    try:
+        result = evaluate_files(args.predictions, args.annotations, args.backend, args.max_dets)
+    except (ValueError, FileNotFoundError, OSError) as e:  # CocoFormatError is a ValueError
+        sys.exit(f"evaluate: {e}")
     print(format_tables(result))
+    for warning in result["report"]["warnings"]:
+        print(f"evaluate: warning: {warning}", file=sys.stderr)
     if args.output:
         result["written"] = write_evaluation(args.output, result)
     print(evaluation_headline(result))

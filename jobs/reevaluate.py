@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import ray  # noqa: E402
 
+from pipeline.evaluation import BACKENDS  # noqa: E402
 from pipeline.history import ReevaluateConfig, reevaluate  # noqa: E402
 from pipeline.progress import reevaluation_headline  # noqa: E402
 
@@ -51,12 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-size", type=int, default=d.max_size)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--actors", help="MIN,MAX model actors")
+    p.add_argument("--backend", choices=BACKENDS, default=d.backend,
+                   help=f"COCO scorer (default {d.backend}; pycocotools is the reference, same numbers)")
+    p.add_argument("--max-dets", type=int, default=d.max_dets,
+                   help=f"detections scored per image (default {d.max_dets}); rows of another cap are a "
+                        "separate series, never compared")
     p.add_argument("--every", type=duration_seconds, help="keep running, once per DURATION (30m, 6h, 1d)")
     args = p.parse_args(argv)
     config = ReevaluateConfig(
         checkpoints=args.checkpoints, images=args.images, annotations=args.annotations, history=args.history,
         score_threshold=args.score_threshold, min_size=args.min_size, max_size=args.max_size,
         batch_size=args.batch_size, actors=tuple(int(v) for v in args.actors.split(",")) if args.actors else None,
+        backend=args.backend, max_dets=args.max_dets,
         regression_pct=args.fail_on_regression if args.fail_on_regression is not None else args.regression_pct,
     )
     while True:

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import ray  # noqa: E402
 
 from pipeline.cluster import ClusterTooSmall, init_ray  # noqa: E402
+from pipeline.evaluation import BACKENDS  # noqa: E402
 from pipeline.progress import training_headline  # noqa: E402
 from pipeline.training import RECIPES, TrainConfig, run_training  # noqa: E402
 
@@ -57,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--augment-scale", type=float, default=d.augment_scale,
                    help="multiplies the paper's sizes (shorter side 480-800, max 1333); e.g. 0.25 for ~200 px images")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="epochs between validation passes")
+    p.add_argument("--eval-backend", choices=BACKENDS, default=d.eval_backend,
+                   help=f"COCO scorer of the validation passes (default {d.eval_backend}; the same numbers)")
     p.add_argument("--max-failures", type=int, default=d.max_failures, help="worker-group restarts allowed")
     p.add_argument("--log-every", type=int, default=d.log_every,
                    help="steps between progress lines (there is one at least every minute)")
@@ -77,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         epochs=a.epochs, workers=a.workers, use_gpu=a.gpu,
         cpus_per_worker=a.cpus_per_worker, placement=a.placement, data_cpus=a.data_cpus,
         weight_decay=a.weight_decay, clip_max_norm=a.clip_max_norm, lr_drop=a.lr_drop,
-        augment_scale=a.augment_scale, eval_every=a.eval_every, log_every=a.log_every, max_failures=a.max_failures,
+        augment_scale=a.augment_scale, eval_every=a.eval_every, eval_backend=a.eval_backend, log_every=a.log_every, max_failures=a.max_failures,
         num_to_keep=a.keep, seed=a.seed, resource_wait_s=a.resource_wait, **{**recipe, **tuned},
     )
 

@@ -1,27 +1,35 @@
-"""DETR in pure PyTorch: network, matcher, losses, post-processing, checkpoints."""
-from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint, weights_id
-from .config import PRESETS, DetrConfig, get_config
-from .criterion import SetCriterion, build_criterion
-from .detr import DETR, build_detr, pad_images
-from .inference import optimize_for_inference
-from .matcher import HungarianMatcher
-from .postprocess import PostProcess
+"""DETR in pure PyTorch: network, matcher, losses, post-processing, checkpoints.
 
-__all__ = [
-    "CheckpointError",
-    "DETR",
-    "DetrConfig",
-    "HungarianMatcher",
-    "PRESETS",
-    "PostProcess",
-    "SetCriterion",
-    "build_criterion",
-    "build_detr",
-    "get_config",
-    "load_checkpoint",
-    "optimize_for_inference",
-    "pad_images",
-    "read_checkpoint",
-    "save_checkpoint",
-    "weights_id",
-]
+The names below load their module (and torch) on first use, so that code needing only
+`model.uri` (the evaluation job, the Parquet readers) starts without importing torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_MODULE_OF = {
+    "CheckpointError": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "read_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "weights_id": "checkpoint",
+    "PRESETS": "config",
+    "DetrConfig": "config",
+    "get_config": "config",
+    "SetCriterion": "criterion",
+    "build_criterion": "criterion",
+    "DETR": "detr",
+    "build_detr": "detr",
+    "pad_images": "detr",
+    "optimize_for_inference": "inference",
+    "HungarianMatcher": "matcher",
+    "PostProcess": "postprocess",
+}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)

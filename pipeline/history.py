@@ -30,8 +30,8 @@ from model import uri as uris
 from .cluster import init_ray
 from .coco import load_coco
 from .detection import DetectConfig, run_detection
-from .evaluation import STAT_NAMES, coco_ground_truth, evaluate_predictions
-from .predictions import read_predictions
+from .evaluation import BATCH_ROWS, COLUMNS, DEFAULT_BACKEND, MAX_DETECTIONS, CocoScorer, evaluate_predictions
+from .predictions import prediction_batches
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 
@@ -48,6 +48,8 @@ class ReevaluateConfig:
     batch_size: int = 8
     actors: tuple[int, int] | None = None
     regression_pct: float = 1.0  # an AP drop of more than this (relative %) is reported
+    backend: str = DEFAULT_BACKEND  # COCO scorer; both give the same numbers, so not part of the key
+    max_dets: int = MAX_DETECTIONS  # detections scored per image: part of the key, as it changes the numbers
 
 
 def find_checkpoints(root: str) -> list[dict[str, Any]]:
@@ -83,13 +85,22 @@ def evaluation_key(weights: str, dataset: str, parameters: dict[str, Any]) -> st
 
 
 def read_history(history: str) -> list[dict[str, Any]]:
-    """Every row, oldest checkpoint first."""
+    """Every row, oldest checkpoint first. Rows written before the cap was a parameter were
+    scored at COCO's 100 and say so once read."""
     fs, root = uris.resolve(uris.join(history, "rows"))
     if fs.get_file_info(root).type != pafs.FileType.Directory:
         return []
     files = [i.path for i in fs.get_file_info(pafs.FileSelector(root)) if i.base_name.endswith(".parquet")]
     rows = [r for f in files for r in pq.read_table(f, filesystem=fs).to_pylist()]
+    for row in rows:
+        row.setdefault("max_dets", MAX_DETECTIONS)
+        row["parameters"] = json.dumps({"max_dets": MAX_DETECTIONS, **json.loads(row["parameters"])}, sort_keys=True)
     return sorted(rows, key=lambda r: (r["checkpoint_modified"], r["checkpoint"], r["evaluated_at"]))
+
+
+def last_ar(row: dict[str, Any]) -> str:
+    """The name of a row's AR at its detection cap (AR100 under COCO's rule)."""
+    return f"AR{row['max_dets']}"
 
 
 def write_row(history: str, row: dict[str, Any]) -> str:
@@ -106,7 +117,7 @@ def reevaluate(config: ReevaluateConfig) -> dict[str, Any]:
     annotation_bytes = uris.read_bytes(config.annotations)
     dataset_hash = "sha256:" + hashlib.sha256(annotation_bytes).hexdigest()
     parameters = {"score_threshold": config.score_threshold, "min_size": config.min_size,
-                  "max_size": config.max_size}
+                  "max_size": config.max_size, "max_dets": config.max_dets}
     history = read_history(config.history)
     done_files = {(r["checkpoint"], r["checkpoint_size"], r["checkpoint_modified"]) for r in history
                   if r["dataset"] == dataset_hash and json.loads(r["parameters"]) == parameters}
@@ -121,7 +132,8 @@ def reevaluate(config: ReevaluateConfig) -> dict[str, Any]:
         if key in done_keys:
             continue  # same weights under another name
         if gt is None:
-            gt = coco_ground_truth(load_coco(config.annotations, config.images, check_files=False).raw)
+            gt = CocoScorer(load_coco(config.annotations, config.images, check_files=False).raw, config.backend,
+                            config.max_dets)
         row = evaluate_checkpoint(config, found, weights_id(state_dict), dataset_hash, parameters, key, gt)
         write_row(config.history, row)
         new_rows.append(row)
@@ -131,7 +143,8 @@ def reevaluate(config: ReevaluateConfig) -> dict[str, Any]:
     written = write_reports(config.history, history, regressions) if new_rows else []
     return {
         "history": config.history,
-        "evaluated": [{"checkpoint": r["checkpoint"], **{n: r[n] for n in ("AP", "AP50", "AR100")}} for r in new_rows],
+        "evaluated": [{"checkpoint": r["checkpoint"], **{n: r[n] for n in ("AP", "AP50", last_ar(r))}}
+                      for r in new_rows],
         "rows": len(history),
         "regressions": regressions,
         "written": written,
@@ -140,7 +153,7 @@ def reevaluate(config: ReevaluateConfig) -> dict[str, Any]:
 
 
 def evaluate_checkpoint(config: ReevaluateConfig, found: dict[str, Any], weights: str, dataset: str,
-                        parameters: dict[str, Any], key: str, gt) -> dict[str, Any]:
+                        parameters: dict[str, Any], key: str, gt: CocoScorer) -> dict[str, Any]:
     init_ray()
     output = uris.join(config.history, "predictions", key, uuid.uuid4().hex[:12])  # this run's own folder
     detect_started = time.time()
@@ -150,7 +163,7 @@ def evaluate_checkpoint(config: ReevaluateConfig, found: dict[str, Any], weights
         batch_size=config.batch_size, actors=config.actors,
     ))
     evaluate_started = time.time()
-    result = evaluate_predictions(read_predictions(output), gt)
+    result = evaluate_predictions(prediction_batches(output, COLUMNS, BATCH_ROWS), gt)
     return {
         "key": key,
         "evaluated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -160,6 +173,8 @@ def evaluate_checkpoint(config: ReevaluateConfig, found: dict[str, Any], weights
         "weights": weights,
         "dataset": dataset,
         "parameters": json.dumps(parameters, sort_keys=True),
+        "backend": result["backend"],
+        "max_dets": result["max_dets"],
         **result["metrics"],
         "per_category": json.dumps(result["per_category"], sort_keys=True),
         "images": detection["inputs"],
@@ -173,12 +188,14 @@ def evaluate_checkpoint(config: ReevaluateConfig, found: dict[str, Any], weights
 
 
 def find_regressions(history: list[dict[str, Any]], new_keys: set[str], pct: float) -> list[dict[str, Any]]:
-    """New rows whose AP is more than pct % (relative) below the previous or the best earlier row."""
+    """New rows whose AP is more than pct % (relative) below the previous or the best earlier row
+    of the same series: the same annotation file and parameters (a different cap or image size
+    gives different numbers, so those rows are never compared)."""
     regressions = []
     for i, row in enumerate(history):
-        if row["key"] not in new_keys or i == 0:
+        earlier = [r for r in history[:i] if (r["dataset"], r["parameters"]) == (row["dataset"], row["parameters"])]
+        if row["key"] not in new_keys or not earlier:
             continue
-        earlier = history[:i]
         for against, ref in (("previous", earlier[-1]), ("best", max(earlier, key=lambda r: r["AP"]))):
             if ref["AP"] > 0 and (ref["AP"] - row["AP"]) / ref["AP"] * 100 > pct:
                 regressions.append({"checkpoint": row["checkpoint"], "AP": row["AP"], "against": against,
@@ -188,7 +205,7 @@ def find_regressions(history: list[dict[str, Any]], new_keys: set[str], pct: flo
 
 
 def write_reports(history_uri: str, history: list[dict[str, Any]], regressions: list[dict[str, Any]]) -> list[str]:
-    """history.png (AP, AP50, AR100 over checkpoints) and report.md beside the history."""
+    """history.png (AP, AP50 and AR at the cap over checkpoints) and report.md beside the history."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -196,8 +213,11 @@ def write_reports(history_uri: str, history: list[dict[str, Any]], regressions: 
 
     figure, axes = plt.subplots(figsize=(8, 4))
     steps = range(1, len(history) + 1)
-    for name in ("AP", "AP50", "AR100"):
-        axes.plot(steps, [r[name] for r in history], marker="o", label=name)
+    caps = sorted({r["max_dets"] for r in history})
+    for name, values in (("AP", [r["AP"] for r in history]), ("AP50", [r["AP50"] for r in history]),
+                         (f"AR{caps[0]}" if len(caps) == 1 else "AR at the row's max_dets",
+                          [r[last_ar(r)] for r in history])):
+        axes.plot(steps, values, marker="o", label=name)
     axes.set_xlabel("checkpoint (oldest first)")
     axes.set_ylim(bottom=0)
     axes.legend()
@@ -209,12 +229,12 @@ def write_reports(history_uri: str, history: list[dict[str, Any]], regressions: 
     uris.write_bytes(png, buffer.getvalue())
     flagged = {r["checkpoint"] for r in regressions}
     lines = ["# Re-evaluation history", "", "![AP over checkpoints](history.png)", "",
-             "| # | checkpoint | evaluated | " + " | ".join(STAT_NAMES[:3]) + " | AR100 | |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| # | checkpoint | evaluated | max dets | AP | AP50 | AP75 | AR at max dets | |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(history, 1):
         flag = "regression" if r["checkpoint"] in flagged else ""
-        lines.append(f"| {i} | `{r['checkpoint']}` | {r['evaluated_at']} | {r['AP']:.4f} | {r['AP50']:.4f} "
-                     f"| {r['AP75']:.4f} | {r['AR100']:.4f} | {flag} |")
+        lines.append(f"| {i} | `{r['checkpoint']}` | {r['evaluated_at']} | {r['max_dets']} | {r['AP']:.4f} "
+                     f"| {r['AP50']:.4f} | {r['AP75']:.4f} | {r[last_ar(r)]:.4f} | {flag} |")
     for g in regressions:
         lines.append(f"\n- {g['checkpoint']}: AP {g['AP']:.4f}, {g['drop_pct']}% below the {g['against']} "
                      f"({g['reference']}, AP {g['reference_AP']:.4f})")

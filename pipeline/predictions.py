@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -124,6 +124,28 @@ def read_predictions(source: str, columns: Sequence[str] | None = None) -> pa.Ta
     if not files:
         return SCHEMA.empty_table().select(list(columns or SCHEMA.names))
     return pads.dataset(files, filesystem=fs, format="parquet").to_table(columns=list(columns) if columns else None)
+
+
+def prediction_batches(source: str, columns: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """The rows of a predictions file or folder, batch_rows at a time with little read-ahead,
+    so that a reader holds about one batch. A source that is missing, holds no part files or
+    lacks a column is a ValueError that says so."""
+    fs, root = uris.resolve(source)
+    kind = fs.get_file_info(root).type
+    if kind == pafs.FileType.NotFound:
+        raise ValueError(f"no predictions at {source}: no such file or folder")
+    files = [root] if kind == pafs.FileType.File else part_files(source)
+    if not files:
+        raise ValueError(f"no predictions at {source}: the folder holds no {PART_PREFIX}*.parquet files")
+    try:
+        dataset = pads.dataset(files, filesystem=fs, format="parquet")
+    except pa.ArrowInvalid as e:
+        raise ValueError(f"{source} is not a Parquet predictions table: {e}") from e
+    missing = [c for c in columns if c not in dataset.schema.names]
+    if missing:
+        raise ValueError(f"{source} is not a predictions table: it lacks the column(s) {missing}")
+    yield from dataset.to_batches(columns=list(columns), batch_size=batch_rows, batch_readahead=1,
+                                  fragment_readahead=1)
 
 
 def run_metadata(source: str) -> dict[str, Any] | None:

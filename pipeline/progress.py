@@ -61,8 +61,9 @@ def detection_headline(summary: dict) -> str:
 
 
 def evaluation_headline(result: dict) -> str:
-    m, report = result["metrics"], result["report"]
-    return (f"AP {m['AP']:.4f} AP50 {m['AP50']:.4f} AR100 {m['AR100']:.4f} over {report['detections']:,} detections; "
+    m, report, cap = result["metrics"], result["report"], result.get("max_dets", 100)
+    return (f"AP {m['AP']:.4f} AP50 {m['AP50']:.4f} AR{cap} {m[f'AR{cap}']:.4f} over {report['detections']:,} "
+            f"detections (at most {cap} per image, {result.get('backend', 'pycocotools')}); "
             f"{report['missed_images']:,} images without a row, {report['unknown_rows']:,} rows of unknown images")
 
 

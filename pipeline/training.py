@@ -31,7 +31,7 @@ from model.checkpoint import CHECKPOINT_FILE, safe_torch_load
 from .cluster import wait_for
 from .coco import CocoDataset, load_coco
 from .data import build_dataset, collate, shuffle_buffer
-from .evaluation import coco_bbox_stats, coco_ground_truth
+from .evaluation import DEFAULT_BACKEND, CocoScorer
 from .progress import StepProgress
 from .transforms import AugmentConfig
 
@@ -81,6 +81,7 @@ class TrainConfig:
     encoder_matches: int = 1  # two-stage presets: proposals matched to each object (one-to-many)
     augment_scale: float = 1.0  # multiplies the paper's image sizes (480-800, max 1333)
     eval_every: int = 1
+    eval_backend: str = DEFAULT_BACKEND  # COCO scorer of the validation passes (pipeline/evaluation.py)
     log_every: int = 100  # steps between progress lines (and at least one a minute)
     resource_wait_s: float | None = None  # for an autoscaler to add nodes; default 600 with GPUs, else 0
     max_failures: int = 0
@@ -132,9 +133,9 @@ def _restore(model, optimizer, scheduler) -> tuple[int, int]:
 
 
 @torch.inference_mode()
-def evaluate(model, batches: Iterable[dict[str, Any]], gt, device: torch.device) -> dict[str, float]:
+def evaluate(model, batches: Iterable[dict[str, Any]], scorer: CocoScorer, device: torch.device) -> dict[str, float]:
     """COCO stats of the model's top-100 detections on validation batches (collate format
-    plus "image_id" and "orig_size"), scored against the ground truth gt."""
+    plus "image_id" and "orig_size"), scored against the scorer's ground truth."""
     was_training = model.training
     model.eval()
     postprocess = PostProcess(top_k=100)
@@ -149,7 +150,7 @@ def evaluate(model, batches: Iterable[dict[str, Any]], gt, device: torch.device)
             ids = np.full((len(xywh), 1), int(image_id))
             rows.append(np.column_stack([ids, xywh, found["scores"].cpu().numpy(), found["labels"].cpu().numpy()]))
     model.train(was_training)
-    return coco_bbox_stats(gt, np.concatenate(rows) if rows else np.zeros((0, 7)))
+    return scorer.score(np.concatenate(rows) if rows else np.zeros((0, 7)))["metrics"]
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:
@@ -172,7 +173,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if cfg.val_annotations and rank == 0 else None
-    gt = coco_ground_truth(load_coco(cfg.val_annotations, cfg.val_images, check_files=False).raw) if val_shard else None
+    gt = (CocoScorer(load_coco(cfg.val_annotations, cfg.val_images, check_files=False).raw, cfg.eval_backend)
+          if val_shard else None)
     last_eval: dict[str, float] = {}
     steps_per_epoch = -(-(loop_config["train_images"] // world_size) // cfg.batch_size)
 

@@ -1,6 +1,7 @@
 """Scheduled re-evaluation: new checkpoints only, a history without duplicates, regressions flagged."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ from pathlib import Path
 import torch
 
 from model import build_detr, save_checkpoint
-from pipeline.evaluation import STAT_NAMES
+from pipeline.evaluation import STAT_NAMES, stat_names
 from pipeline.history import ReevaluateConfig, find_checkpoints, read_history, reevaluate, write_row
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +42,7 @@ def test_only_new_checkpoints_are_scored(ray_cluster, tiny_shapes, tmp_path):
     rows = read_history(cfg.history)
     assert all(set(STAT_NAMES) <= set(r) and r["images"] == 8 and r["errors"] == "{}" for r in rows)
     assert rows[0]["weights"] != rows[1]["weights"] and rows[0]["dataset"] == rows[1]["dataset"]
+    assert all(r["backend"] == "faster-coco-eval" and r["max_dets"] == 100 for r in rows)
     assert (tmp_path / "history" / "history.png").stat().st_size > 0
     assert "checkpoint_000001" in (tmp_path / "history" / "report.md").read_text()
 
@@ -56,12 +58,19 @@ def test_only_new_checkpoints_are_scored(ray_cluster, tiny_shapes, tmp_path):
 
 def test_regression_fails_the_job_and_concurrent_runs_do_not_duplicate(ray_cluster, tiny_shapes, tmp_path):
     cfg = config(tmp_path, tiny_shapes)
-    good = {name: 0.5 for name in STAT_NAMES}  # an earlier, better checkpoint's row
-    write_row(cfg.history, {"key": "earlier", "evaluated_at": "2026-01-01T00:00:00+00:00",
-                            "checkpoint": "/old/checkpoint.pt", "checkpoint_size": 1, "checkpoint_modified": 0.0,
-                            "weights": "sha256:old", "dataset": "sha256:old", "parameters": "{}", **good,
-                            "per_category": "{}", "images": 8, "detections": 0, "missed_images": 0, "errors": "{}",
-                            "predictions": "", "detect_seconds": 0.0, "evaluate_seconds": 0.0})
+    dataset = "sha256:" + hashlib.sha256(Path(cfg.annotations).read_bytes()).hexdigest()
+    earlier = {"evaluated_at": "2026-01-01T00:00:00+00:00", "checkpoint_size": 1, "checkpoint_modified": 0.0,
+               "weights": "sha256:old", "dataset": dataset, "per_category": "{}", "images": 8, "detections": 0,
+               "missed_images": 0, "errors": "{}", "predictions": "", "detect_seconds": 0.0, "evaluate_seconds": 0.0}
+    # an earlier, better checkpoint's row, written before the cap was a parameter (so: 100) ...
+    write_row(cfg.history, {**earlier, "key": "earlier", "checkpoint": "/old/checkpoint.pt",
+                            "parameters": json.dumps({"max_size": 160, "min_size": 96, "score_threshold": 0.0}),
+                            **{name: 0.5 for name in STAT_NAMES}})
+    # ... and a far better one at another cap: another series, never compared
+    write_row(cfg.history, {**earlier, "key": "other-cap", "checkpoint": "/old/other-cap.pt", "max_dets": 300,
+                            "parameters": json.dumps({"max_dets": 300, "max_size": 160, "min_size": 96,
+                                                      "score_threshold": 0.0}),
+                            **{name: 0.9 for name in stat_names(300)}})
     new_checkpoint(tmp_path / "runs" / "checkpoint_000000", 3)
     env = dict(os.environ, RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address)
     command = [sys.executable, "jobs/reevaluate.py", "--checkpoints", cfg.checkpoints, "--images", cfg.images,
@@ -75,5 +84,7 @@ def test_regression_fails_the_job_and_concurrent_runs_do_not_duplicate(ray_clust
     summaries = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
     flagged = next(s for s in summaries if s["regressions"])
     assert {g["against"] for g in flagged["regressions"]} == {"previous", "best"}
+    assert {g["reference"] for g in flagged["regressions"]} == {"/old/checkpoint.pt"}
     history = read_history(cfg.history)
-    assert len(history) == 2 and len({r["key"] for r in history}) == 2
+    assert len(history) == 3 and len({r["key"] for r in history}) == 3
+    assert {r["max_dets"] for r in history} == {100, 300}
