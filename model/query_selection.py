@@ -19,7 +19,7 @@ import math
 
 import torch
 from torch import nn
-from torchvision.ops import batched_nms, box_convert
+from torchvision.ops import box_convert, nms
 
 from .mlp import MLP
 
@@ -61,8 +61,12 @@ def distinct_top_k(scores: torch.Tensor, boxes: torch.Tensor, k: int, iou: float
     if iou is None:
         return scores.topk(k, dim=1).indices
     batch, length = scores.shape
-    image = torch.arange(batch, device=scores.device).repeat_interleave(length)
-    keep = batched_nms(box_convert(boxes.flatten(0, 1).float(), "cxcywh", "xyxy"), scores.flatten(), image, iou)
+    image = torch.arange(batch, device=scores.device)[:, None].expand(batch, length).flatten()  # exports, unlike repeat_interleave
+    # One NMS over the batch with each image's boxes moved apart (batched_nms's own trick, without
+    # its size-dependent switch to a loop, which an exported graph cannot follow). A box lies
+    # within [-0.5, 1.5] (cx, cy, w, h in [0, 1]), so a shift of 2 per image keeps them apart.
+    xyxy = box_convert(boxes.flatten(0, 1).float(), "cxcywh", "xyxy")
+    keep = nms(xyxy + 2.0 * image[:, None].to(xyxy.dtype), scores.flatten(), iou)
     distinct = torch.zeros(batch * length, dtype=torch.bool, device=scores.device)
     distinct[keep] = True
     priority = scores + 2.0 * (distinct.view(batch, length) & (scores >= 0))  # scores lie in [0, 1]
@@ -97,7 +101,11 @@ class QuerySelection(nn.Module):
         boxes = (self.bbox_embed(features) + inverse_sigmoid(token_anchors(mask))).sigmoid()
         proposals = {"pred_logits": logits, "pred_boxes": boxes, "padding": padding}
 
-        scores = logits.detach().float().softmax(-1)[..., :-1].max(-1).values.masked_fill(padding, -1.0)
+        scores = logits.detach().float().softmax(-1)[..., :-1].max(-1).values
+        # Padding ranks last, in token order: distinct values make top-k's choice among them the
+        # same everywhere (ties have no defined order in torch; ONNX Runtime takes the lowest index).
+        order = torch.arange(padding.shape[1], device=padding.device) / padding.shape[1]
+        scores = torch.where(padding, -1.0 - order, scores)
         top = distinct_top_k(scores, boxes.detach(), min(self.num_queries, scores.shape[1]), self.distinct_iou)  # [B,K]
         content = memory.gather(1, top[..., None].expand(-1, -1, memory.shape[-1]))
         reference = boxes.detach().gather(1, top[..., None].expand(-1, -1, 4))

@@ -178,7 +178,8 @@ class Transformer(nn.Module):
         pos = pos_embed.flatten(2).transpose(1, 2)
         mask = mask.flatten(1)
         # An all-False mask changes nothing; dropping it lets attention use its fastest kernels.
-        key_mask = mask if bool(mask.any()) else None
+        # An exported graph keeps it: it must serve padded batches too (no data-dependent branch).
+        key_mask = mask if torch.compiler.is_exporting() or bool(mask.any()) else None
         return self.encoder(src, pos, key_mask), pos, key_mask
 
 

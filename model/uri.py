@@ -53,9 +53,14 @@ def write_bytes(uri: str, data: bytes) -> None:
         fs.create_dir(parent, recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
         tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)  # no partial file left behind (a full disk, an interrupt)
+            raise
         return
     with fs.open_output_stream(path) as f:
         f.write(data)

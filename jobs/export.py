@@ -1,0 +1,70 @@
+"""Export a checkpoint to ONNX or a torch.export program, verified before it is written.
+
+    python jobs/export.py --checkpoint CK --output model.onnx [--opset 18] [--annotations val.json]
+    python jobs/export.py --checkpoint CK --output model.pt2
+
+CK is any checkpoint the project loads (ours, a reference .pth, a Hugging Face folder; local
+or s3://). The graph takes `images` (float32 B x 3 x H x W, normalised) and `mask` (bool
+B x H x W, true on padding) and returns `pred_logits` and `pred_boxes`, with batch, height and
+width dynamic; its metadata holds the config, mean / std, resize rule, class names (from
+--annotations) and the weights id. The exported file is run on several batch and image sizes,
+padding included, and compared with the PyTorch model (<= 1e-4 absolute) before it is
+written. Ends with one JSON line; a failure is one `export: ...` line, exit code 1, and no
+file. `jobs/detect.py --checkpoint model.onnx` runs the graph with ONNX Runtime.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a working dir
+
+from model import CheckpointError  # noqa: E402
+from model.export import DEFAULT_OPSET, SUFFIXES, ExportError, export_checkpoint  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="our checkpoint, a reference .pth or a Hugging Face folder")
+    p.add_argument("--output", required=True, help="a .onnx or .pt2 file (path or s3://)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET}, >= 18)")
+    p.add_argument("--annotations", help="COCO annotation JSON whose category names go into the metadata")
+    p.add_argument("--min-size", type=int, default=800, help="resize rule recorded in the metadata (shorter side)")
+    p.add_argument("--max-size", type=int, default=1333, help="resize rule recorded in the metadata (longer side cap)")
+    args = p.parse_args(argv)
+    try:
+        if not args.output.endswith(SUFFIXES):
+            raise ExportError(f"{args.output}: unknown format; the output must end in .onnx or .pt2")
+        if args.opset < DEFAULT_OPSET:
+            raise ExportError(f"--opset {args.opset}: the exporter writes opset {DEFAULT_OPSET} or newer")
+        _check_writable(args.output)
+        names = None
+        if args.annotations:
+            from pipeline.coco import load_coco
+            names = {c["id"]: c["name"] for c in load_coco(args.annotations, ".", check_files=False).categories}
+        report = export_checkpoint(args.checkpoint, args.output, opset=args.opset, class_names=names,
+                                   min_size=args.min_size, max_size=args.max_size)
+    except (ExportError, CheckpointError, ValueError, ImportError, OSError) as e:
+        sys.exit(f"export: {e}")
+    print(f"exported {report['weights'][:19]}... to {report['output']} ({report['bytes'] / 1e6:.1f} MB, "
+          f"{report['export_seconds']} s); verified: max |difference| "
+          + ", ".join(f"{k} {v:.2g}" for k, v in report["max_abs_difference"].items()))
+    print(json.dumps(report))
+
+
+def _check_writable(output: str) -> None:
+    """A local output whose folder cannot be written fails now, not after the export."""
+    if "://" in output:
+        return
+    folder = Path(output).resolve().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise OSError(f"cannot write {output}: {folder} is not a writable folder")
+
+
+if __name__ == "__main__":
+    main()

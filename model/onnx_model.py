@@ -1,0 +1,75 @@
+"""A DETR exported to ONNX (model/export.py), run with ONNX Runtime as the PyTorch model is run.
+
+The graph's inputs are `images` (float32 [B,3,H,W], normalised) and `mask` (bool [B,H,W],
+True on padding); its outputs `pred_logits` and `pred_boxes`. Its metadata carries what a
+consumer needs besides: the DetrConfig (mean, std, queries, classes), the weights id of the
+checkpoint it came from, the resize rule and the class names.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import uri as uris
+from .config import DetrConfig
+
+INPUTS = ("images", "mask")
+OUTPUTS = ("pred_logits", "pred_boxes")
+INSTALL_HINT = "pip install -e '.[export]' (onnx and onnxruntime)"
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise ImportError(f"running an ONNX graph needs onnxruntime: {INSTALL_HINT}") from e
+    return onnxruntime
+
+
+def onnx_metadata(graph: bytes) -> dict[str, Any]:
+    """The graph's metadata, JSON values decoded."""
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # only the metadata is read
+    session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    return {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
+
+
+def read_onnx(source: str) -> tuple[DetrConfig, bytes, str]:
+    """(config, graph bytes, weights id) of an exported graph (local or s3://)."""
+    graph = uris.read_bytes(source)
+    try:
+        metadata = onnx_metadata(graph)
+    except ImportError:
+        raise
+    except Exception as e:
+        raise ValueError(f"{source} is not a loadable ONNX graph: {e}") from e
+    if "config" not in metadata or "weights" not in metadata:
+        raise ValueError(f"{source} was not exported by this project (its metadata lacks config and weights)")
+    return DetrConfig.from_dict(metadata["config"]), graph, metadata["weights"]
+
+
+class OnnxDetr:
+    """Callable like DETR on a padded batch: (images, mask) -> {"pred_logits", "pred_boxes"}."""
+
+    def __init__(self, graph: bytes, device: str = "cpu", threads: int = 0):
+        ort = import_onnxruntime()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: ONNX Runtime's default (all cores)
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise RuntimeError("this onnxruntime has no CUDA execution provider: install onnxruntime-gpu")
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(graph, options, providers=providers)
+        self.providers = self.session.get_providers()
+
+    def __call__(self, images: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        feed = {"images": np.ascontiguousarray(images.detach().float().cpu().numpy()),
+                "mask": np.ascontiguousarray(mask.detach().cpu().numpy())}
+        logits, boxes = self.session.run(list(OUTPUTS), feed)
+        return {"pred_logits": torch.from_numpy(logits).to(images.device),
+                "pred_boxes": torch.from_numpy(boxes).to(images.device)}
