@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[DetectConfig, argparse.Na
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", required=True, help="folder / s3:// prefix, COCO .json, or manifest .txt/.parquet")
     p.add_argument("--output", required=True, help="folder (path or s3://) for the Parquet part files")
-    p.add_argument("--checkpoint", required=True, help="ours, a reference .pth, or a Hugging Face folder")
+    p.add_argument("--checkpoint", required=True, help="ours, a reference .pth, a Hugging Face folder, or a .onnx graph from jobs/export.py")
     p.add_argument("--image-root", help="for a COCO .json: folder of its file_names (default: the JSON's folder)")
     p.add_argument("--score-threshold", type=float, default=d.score_threshold,
                    help=f"keep boxes scoring at least this (default {d.score_threshold}; 0 keeps all, for evaluation)")
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     init_ray()
     try:
         summary = run_detection(config)
-    except (ValueError, RuntimeError, OSError) as e:  # bad input or a cluster too small: one line, no traceback
+    except (ValueError, RuntimeError, OSError, ImportError) as e:  # bad input, a cluster too small, no onnxruntime
         sys.exit(f"detect: {e}")
     finally:
         ray.shutdown()

@@ -26,6 +26,7 @@ from ray.data import ActorPoolStrategy
 
 from model import PRESETS, DetrConfig, read_checkpoint, weights_id
 from model import uri as uris
+from model.onnx_model import read_onnx
 
 from . import inputs, predictions
 from .canvas import CANVAS_ASPECTS, STRIDE
@@ -76,14 +77,16 @@ def log(message: str) -> None:
 def run_detection(config: DetectConfig) -> dict[str, Any]:
     """Detect every input not yet in config.output; returns the summary the job prints."""
     started = time.time()
-    model_config, state_dict = read_checkpoint(config.checkpoint)
-    run = run_parameters(config, model_config, weights_id(state_dict))
+    model_config, weights, model_id = read_model(config.checkpoint)
+    run = run_parameters(config, model_config, model_id)
     if config.overwrite:
         predictions.remove_parts(config.output)
         inputs.remove_plan(config.output)
     else:
         check_same_run(config.output, run)
     gpus, (low, high) = resources(config)  # before any work: a run that cannot fit stops here
+    if gpus and isinstance(weights, bytes):
+        check_onnx_on_gpu()
     try:
         plan = inputs.load_or_make_plan(config.images, config.image_root, config.output, config.shard_size)
     except ray.exceptions.RayTaskError as e:  # the planning task's own error, without Ray's wrapping
@@ -94,12 +97,30 @@ def run_detection(config: DetectConfig) -> dict[str, Any]:
 
     sink = PartSink(config.output, run, config.rows_per_file)
     if todo:
-        weights = ray.put((model_config.to_dict(), state_dict))
-        del state_dict
+        weights = ray.put((model_config.to_dict(), weights))  # once, shared by every actor
         build_dataset(todo, config, run, weights, gpus, low, high).write_datasink(
             sink, ray_remote_args={"num_cpus": WRITE_CPUS})
     summary = summarize(config, plan, sink.totals, previous_errors, time.time() - started, run)
     return {**summary, "gpus_per_actor": gpus}
+
+
+def read_model(checkpoint: str) -> tuple[DetrConfig, Any, str]:
+    """(config, what the actors build the model from, weights id): an exported ONNX graph's
+    bytes (run with ONNX Runtime; the id is that of the checkpoint it was exported from), or
+    the state_dict of any checkpoint PyTorch loads."""
+    if checkpoint.endswith(".onnx"):
+        return read_onnx(checkpoint)
+    model_config, state_dict = read_checkpoint(checkpoint)
+    return model_config, state_dict, weights_id(state_dict)
+
+
+def check_onnx_on_gpu() -> None:
+    """GPU actors run a graph with the CUDA execution provider: without it they would idle the GPU."""
+    from model.onnx_model import import_onnxruntime
+
+    if "CUDAExecutionProvider" not in import_onnxruntime().get_available_providers():
+        raise ValueError("the actors have GPUs but this onnxruntime has no CUDA execution provider: install "
+                         "onnxruntime-gpu, or run the graph on CPUs with --device cpu")
 
 
 def run_parameters(config: DetectConfig, model_config: DetrConfig, model_id: str) -> dict[str, Any]:
@@ -107,6 +128,7 @@ def run_parameters(config: DetectConfig, model_config: DetrConfig, model_id: str
     return {
         "model": model_id,
         "checkpoint": uris.strip_credentials(config.checkpoint),
+        "runtime": "onnxruntime" if config.checkpoint.endswith(".onnx") else "torch",
         "preset": preset_name(model_config),
         "config": model_config.to_dict(),
         "score_threshold": config.score_threshold,

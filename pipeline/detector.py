@@ -23,6 +23,7 @@ import ray
 import torch
 
 from model import DETR, DetrConfig, PostProcess, optimize_for_inference
+from model.onnx_model import OnnxDetr
 
 from . import predictions
 from .canvas import decode_jpegs, orient, to_canvas
@@ -46,16 +47,20 @@ class Detector:
 
     def __init__(self, weights: Any, model_id: str, score_threshold: float, batch_size: int,
                  min_size: int, max_size: int, cpus: float):
-        """weights: (config dict, state_dict), or an object ref of it (shared by all actors)."""
-        config_dict, state_dict = ray.get(weights) if isinstance(weights, ray.ObjectRef) else weights
+        """weights: (config dict, state_dict or an ONNX graph's bytes), or an object ref of it
+        (shared by all actors)."""
+        config_dict, state = ray.get(weights) if isinstance(weights, ray.ObjectRef) else weights
         config = DetrConfig.from_dict(config_dict)
         on_gpu = torch.cuda.is_available() and ray.is_initialized() and bool(ray.get_gpu_ids())
         self.device = torch.device("cuda" if on_gpu else "cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, int(cpus)))
-        model = DETR(config)
-        model.load_state_dict(state_dict)
-        self.model = optimize_for_inference(model.eval()).to(self.device)
+        if isinstance(state, bytes):  # an exported graph: ONNX Runtime, CUDA provider on a GPU
+            self.model = OnnxDetr(state, self.device.type, threads=max(1, int(cpus)))
+        else:
+            model = DETR(config)
+            model.load_state_dict(state)
+            self.model = optimize_for_inference(model.eval()).to(self.device)
         self.mean = torch.tensor(config.image_mean, device=self.device).view(3, 1, 1)
         self.std = torch.tensor(config.image_std, device=self.device).view(3, 1, 1)
         self.postprocess = PostProcess(score_threshold, top_k=config.num_queries)
