@@ -69,7 +69,9 @@ def distinct_top_k(scores: torch.Tensor, boxes: torch.Tensor, k: int, iou: float
     keep = nms(xyxy + 2.0 * image[:, None].to(xyxy.dtype), scores.flatten(), iou)
     distinct = torch.zeros(batch * length, dtype=torch.bool, device=scores.device)
     distinct[keep] = True
-    priority = scores + 2.0 * (distinct.view(batch, length) & (scores >= 0))  # scores lie in [0, 1]
+    # Distinct tokens first: + 2 (scores lie in [0, 1]), in float64, where the sum is exact; in
+    # float32 it rounds close scores into ties, which top-k breaks differently on each runtime.
+    priority = scores.double() + 2.0 * (distinct.view(batch, length) & (scores >= 0))
     return priority.topk(k, dim=1).indices
 
 
