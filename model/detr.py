@@ -10,6 +10,7 @@ from .backbone import Backbone
 from .config import DetrConfig, get_config
 from .mlp import MLP
 from .position_encoding import PositionEmbeddingSine
+from .precision import float32
 from .query_selection import QuerySelection, inverse_sigmoid
 from .transformer import build_transformer
 
@@ -70,11 +71,14 @@ class DETR(nn.Module):
             memory, pos, key_mask = self.transformer.encode(src, mask, pos)
             proposals, content, query_pos, reference = self.query_selection(memory, mask)
             hs = self.transformer.decoder(content, memory, pos, query_pos, key_mask)
-            boxes = (self.bbox_embed(hs) + inverse_sigmoid(reference)).sigmoid()
+            with float32(hs.device):
+                boxes = (self.bbox_embed(hs.float()) + inverse_sigmoid(reference.float())).sigmoid()
         else:
             hs, _ = self.transformer(src, mask, self.query_embed.weight, pos)
-            boxes = self.bbox_embed(hs).sigmoid()
-        logits = self.class_embed(hs)
+            with float32(hs.device):
+                boxes = self.bbox_embed(hs.float()).sigmoid()
+        with float32(hs.device):
+            logits = self.class_embed(hs.float())
         out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
         if self.config.aux_loss:
             out["aux_outputs"] = [

@@ -22,6 +22,7 @@ from torch import nn
 from torchvision.ops import box_convert, nms
 
 from .mlp import MLP
+from .precision import float32
 
 ANCHOR_SIZE = 0.05  # a token's initial box side, in image fractions (Deformable DETR's)
 
@@ -98,9 +99,10 @@ class QuerySelection(nn.Module):
         query_pos [B,K,C], reference boxes [B,K,4]); proposals are the loss's dict of
         pred_logits / pred_boxes over all L tokens with their padding mask."""
         padding = mask.flatten(1)
-        features = self.output(memory)
-        logits = self.class_embed(features)
-        boxes = (self.bbox_embed(features) + inverse_sigmoid(token_anchors(mask))).sigmoid()
+        with float32(memory.device):  # the proposals' heads, as the decoder's (model/precision.py)
+            features = self.output(memory.float())
+            logits = self.class_embed(features)
+            boxes = (self.bbox_embed(features) + inverse_sigmoid(token_anchors(mask))).sigmoid()
         proposals = {"pred_logits": logits, "pred_boxes": boxes, "padding": padding}
 
         scores = logits.detach().float().softmax(-1)[..., :-1].max(-1).values

@@ -303,3 +303,40 @@ def test_optimize_for_inference_keeps_outputs(backbone, norm, tmp_path):
     torch.testing.assert_close(actual["pred_boxes"], expected["pred_boxes"], atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="save the original"):
         save_checkpoint(str(tmp_path), fast)
+
+
+@pytest.mark.parametrize("two_stage", [True, False])
+def test_heads_run_in_float32_under_bf16_autocast(two_stage):
+    """Only the backbone and transformer run in bf16: the heads' outputs are exactly what the
+    float32 heads give on the decoder's output, far closer than bf16 heads (steps of 2^-8)."""
+    from model import build_criterion
+
+    overrides = {} if two_stage else {"two_stage": False, "distinct_query_iou": None}
+    torch.manual_seed(0)
+    model = build_detr("detr-tiny", num_classes=5, **overrides).eval()
+    decoded = {}
+    model.transformer.decoder.register_forward_hook(lambda module, args, out: decoded.update(hs=out))
+    images = torch.randn(2, 3, 96, 128)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(images)
+        hs = decoded["hs"]
+        bf16_logits = model.class_embed(hs)  # what the heads gave before: bf16 under autocast
+    assert bf16_logits.dtype == torch.bfloat16  # autocast was on: a head left to it runs in bf16
+    tensors = [out["pred_logits"], out["pred_boxes"]] + [t for a in out["aux_outputs"] for t in a.values()]
+    if two_stage:
+        tensors += [out["enc_outputs"]["pred_logits"], out["enc_outputs"]["pred_boxes"]]
+    assert all(t.dtype == torch.float32 for t in tensors)
+
+    with torch.no_grad():
+        logits = model.class_embed(hs[-1].float())
+        raw = model.bbox_embed(hs[-1].float())
+    assert torch.equal(out["pred_logits"], logits)
+    if not two_stage:  # two-stage boxes add the reference's offset: same head, checked by dtype above
+        assert torch.equal(out["pred_boxes"], raw.sigmoid())
+    assert (bf16_logits[-1].float() - logits).abs().max() > 1e-3  # what float32 heads avoid: ~ a bf16 step
+
+    targets = [{"labels": torch.tensor([1, 3]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.3, 0.6, 0.1, 0.1]])},
+               {"labels": torch.tensor([2]), "boxes": torch.tensor([[0.4, 0.4, 0.3, 0.3]])}]
+    criterion = build_criterion(5, model.config.dec_layers, two_stage=two_stage)
+    losses = criterion(out, targets)
+    assert all(v.dtype == torch.float32 for v in losses.values())
