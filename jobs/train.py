@@ -19,7 +19,7 @@ import ray  # noqa: E402
 from pipeline.cluster import ClusterTooSmall, init_ray  # noqa: E402
 from pipeline.evaluation import BACKENDS  # noqa: E402
 from pipeline.progress import training_headline  # noqa: E402
-from pipeline.training import RECIPES, TrainConfig, run_training  # noqa: E402
+from pipeline.training import RECIPES, TrainConfig, check_initialisation, run_training  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -33,6 +33,11 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--name", required=True, help="run name; the same name resumes that run")
     p.add_argument("--preset", default=d.preset, help=f"model preset (default {d.preset})")
     p.add_argument("--init", help="checkpoint to fine-tune from: ours, a reference .pth, or a Hugging Face folder")
+    p.add_argument("--backbone-weights", metavar="FILE",
+                   help="a torchvision ResNet state_dict (ImageNet), path or s3://, loaded before training")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="train a paper preset from random weights (otherwise refused without --backbone-weights "
+                        "or --init)")
     p.add_argument("--backbone-norm", choices=("frozen_bn", "batch_norm", "group_norm"),
                    help="override the preset's backbone normalisation")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"total epochs (default {d.epochs})")
@@ -75,7 +80,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     recipe = {} if a.init else RECIPES.get(a.preset, {})
     return TrainConfig(
         annotations=a.annotations, images=a.images, val_annotations=a.val_annotations, val_images=a.val_images,
-        storage=a.storage, name=a.name, preset=a.preset, init=a.init,
+        storage=a.storage, name=a.name, preset=a.preset, init=a.init, backbone_weights=a.backbone_weights,
+        from_scratch=a.from_scratch,
         model_overrides={"backbone_norm": a.backbone_norm} if a.backbone_norm else {},
         epochs=a.epochs, workers=a.workers, use_gpu=a.gpu,
         cpus_per_worker=a.cpus_per_worker, placement=a.placement, data_cpus=a.data_cpus,
@@ -87,6 +93,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 def main() -> None:
     config = parse_args()
+    try:
+        check_initialisation(config)  # before starting Ray: a refused run costs nothing
+    except ValueError as e:
+        sys.exit(f"train: {e}")
     init_ray()
     try:
         summary = run_training(config)

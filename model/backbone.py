@@ -2,6 +2,8 @@
 small plain CNN for presets trained from scratch on a CPU."""
 from __future__ import annotations
 
+import io
+import pickle
 from collections import OrderedDict
 
 import torch
@@ -11,6 +13,7 @@ from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import Conv2dNormActivation, FrozenBatchNorm2d
 
+from . import uri as uris
 from .config import SMALL_CNN_WIDTHS, DetrConfig
 
 
@@ -36,6 +39,26 @@ def small_cnn(norm_layer) -> nn.Sequential:
     return nn.Sequential(stages)
 
 
+def load_resnet_weights(cnn: nn.Module, source: str) -> None:
+    """A torchvision ResNet state_dict file (path or s3://; e.g. ImageNet's), BatchNorm
+    statistics included, loaded without unpickling code. A file of another architecture is
+    a ValueError naming what does not match."""
+    try:
+        state = torch.load(io.BytesIO(uris.read_bytes(source)), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{source} is not a plain state_dict file (weights only): {e}") from e
+    if not isinstance(state, dict):
+        raise ValueError(f"{source} holds a {type(state).__name__}, not a ResNet state_dict")
+    try:
+        result = cnn.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes that differ
+        raise ValueError(f"{source} is not a state_dict of this backbone: {str(e).splitlines()[-1].strip()}") from e
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{source} is not a state_dict of this backbone: missing {missing[:5]}, unexpected "
+                         f"{result.unexpected_keys[:5]} ({len(missing)} and {len(result.unexpected_keys)} keys)")
+
+
 class Backbone(nn.Module):
     """torchvision ResNet (or small_cnn) up to layer4 (or layer3); conv1 and layer1 are frozen
     as in the reference unless config.train_stem."""
@@ -52,8 +75,8 @@ class Backbone(nn.Module):
                 replace_stride_with_dilation=[False, False, config.dilation],
                 norm_layer=_norm_layer(config.backbone_norm),
             )
-        if weights is not None:  # an ImageNet state_dict file of torchvision's ResNet
-            cnn.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        if weights is not None:
+            load_resnet_weights(cnn, weights)
         if not config.train_stem:
             for name, parameter in cnn.named_parameters():
                 if not name.startswith(("layer2", "layer3", "layer4")):

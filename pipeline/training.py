@@ -26,6 +26,7 @@ import torch
 from torchvision.ops import box_convert
 
 from model import PostProcess, build_criterion, build_detr, get_config, load_checkpoint, save_checkpoint
+from model import uri as uris
 from model.checkpoint import CHECKPOINT_FILE, safe_torch_load
 
 from .cluster import wait_for
@@ -63,6 +64,8 @@ class TrainConfig:
     preset: str = "detr-tiny"
     model_overrides: dict[str, Any] = field(default_factory=dict)  # DetrConfig fields
     init: str | None = None  # checkpoint to fine-tune from (any load_checkpoint source)
+    backbone_weights: str | None = None  # torchvision ResNet state_dict (ImageNet), path or s3://
+    from_scratch: bool = False  # a paper preset without pretrained weights, deliberately
     epochs: int = 10
     batch_size: int = 4  # per worker
     workers: int = 1
@@ -98,7 +101,7 @@ def _build_model(cfg: TrainConfig, num_classes: int):
         model, config = load_checkpoint(cfg.init, num_classes=num_classes, **cfg.model_overrides)
         return model.train(), config
     config = get_config(cfg.preset, num_classes=num_classes, **cfg.model_overrides)
-    return build_detr(config).train(), config
+    return build_detr(config, backbone_weights=cfg.backbone_weights).train(), config
 
 
 def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -273,6 +276,23 @@ def _datasets(cfg: TrainConfig, train_set: CocoDataset) -> dict[str, ray.data.Da
     return datasets
 
 
+def check_initialisation(cfg: TrainConfig) -> None:
+    """A paper preset learns from a pretrained backbone (its frozen BatchNorm keeps ImageNet's
+    statistics): refuse to start one from random weights unless asked to."""
+    if cfg.init and cfg.backbone_weights:
+        raise ValueError("--init and --backbone-weights both set the backbone's weights: give one")
+    if cfg.backbone_weights:
+        if get_config(cfg.preset, **cfg.model_overrides).backbone == "small_cnn":
+            raise ValueError(f"--backbone-weights: {cfg.preset}'s small_cnn backbone has no pretrained weights")
+        if uris.file_type(cfg.backbone_weights) != pafs.FileType.File:
+            raise ValueError(f"--backbone-weights {cfg.backbone_weights}: no such file")
+    paper = get_config(cfg.preset).backbone_norm == "frozen_bn"
+    if paper and not (cfg.init or cfg.backbone_weights or cfg.from_scratch):
+        raise ValueError(f"{cfg.preset} starts from an ImageNet backbone: give --backbone-weights FILE (a "
+                         "torchvision ResNet state_dict, see docs/training.md) or --init CHECKPOINT, or "
+                         "--from-scratch to train it from random weights deliberately")
+
+
 def check_fit(cfg: TrainConfig) -> None:
     """Stop at once, saying what is short, when the workers plus one decode/augment task cannot
     all run on the cluster: Ray would start the workers and wait for the data tasks forever."""
@@ -295,6 +315,7 @@ def fit(
     streams built from cfg, e.g. with samples decoded once and materialised."""
     if cfg.val_annotations and not cfg.val_images:
         raise ValueError("--val-annotations needs --val-images")
+    check_initialisation(cfg)
     ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
     train_set = load_coco(cfg.annotations, cfg.images)
     check_fit(cfg)

@@ -233,3 +233,63 @@ def test_as_many_workers_as_cores_stops_with_a_message(tiny_shapes, tmp_path):
     assert f"({cores} training workers of 1 CPU plus one decode/augment task of 0.5 CPU)" in last
     assert f"has {cores:g} CPU" in last and "fewer --workers" in last
     assert not list(tmp_path.glob("full/checkpoint_*"))
+
+
+def test_backbone_weights_are_loaded_and_frozen_layers_keep_them(tmp_path):
+    """--backbone-weights: a torchvision ResNet state_dict (as ImageNet's is saved) lands in the
+    backbone, BatchNorm statistics included; frozen layers keep exactly those values."""
+    import torchvision
+
+    from pipeline.training import _build_model
+
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18()
+    for module in resnet.modules():  # non-trivial statistics, as a trained network has
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    torch.save(resnet.state_dict(), tmp_path / "resnet18.pt")
+    cfg = TrainConfig("", "", "", "", preset="detr-r50", model_overrides={"backbone": "resnet18"},
+                      backbone_weights=str(tmp_path / "resnet18.pt"))
+    model, _ = _build_model(cfg, num_classes=5)
+    body = model.backbone[0].body.state_dict()
+    expected = resnet.state_dict()
+    loaded = [k for k in body if not k.endswith("num_batches_tracked")]
+    assert loaded and all(torch.equal(body[k], expected[k]) for k in loaded)
+    assert "bn1.running_mean" in loaded and "layer4.1.bn2.running_var" in loaded
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    out = model(torch.randn(1, 3, 64, 64))
+    (out["pred_logits"].sum() + out["pred_boxes"].sum()).backward()
+    optimizer.step()
+    after = model.backbone[0].body.state_dict()
+    frozen = [k for k in loaded if k.startswith(("conv1", "bn1", "layer1")) or "bn" in k or "downsample.1" in k]
+    assert all(torch.equal(after[k], expected[k]) for k in frozen)  # conv1, layer1, every (frozen) BatchNorm
+    assert not torch.equal(after["layer2.0.conv1.weight"], expected["layer2.0.conv1.weight"])  # the rest learns
+
+    for name, state in (("other.pt", {"fc.weight": torch.zeros(3)}), ("partial.pt", {"conv1.weight": torch.zeros(3)})):
+        torch.save(state, tmp_path / name)
+        with pytest.raises(ValueError, match="is not a state_dict of this backbone"):
+            _build_model(TrainConfig("", "", "", "", preset="detr-r50", model_overrides={"backbone": "resnet18"},
+                                     backbone_weights=str(tmp_path / name)), num_classes=5)
+
+
+def test_a_paper_preset_without_pretrained_weights_is_refused(tiny_shapes, tmp_path):
+    import subprocess
+    import sys
+
+    from pipeline.training import check_initialisation
+
+    check_initialisation(TrainConfig("", "", "", ""))  # detr-tiny trains from scratch by design
+    check_initialisation(TrainConfig("", "", "", "", preset="detr-r50", from_scratch=True))
+    check_initialisation(TrainConfig("", "", "", "", preset="detr-r50", init="ck.pt"))
+    with pytest.raises(ValueError, match="no such file"):
+        check_initialisation(TrainConfig("", "", "", "", preset="detr-r50", backbone_weights=str(tmp_path / "x.pt")))
+    proc = subprocess.run(
+        [sys.executable, "jobs/train.py", "--annotations", tiny_shapes["train_annotations"], "--images",
+         tiny_shapes["train_images"], "--storage", str(tmp_path), "--name", "r50", "--preset", "detr-r50"],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        "train: detr-r50 starts from an ImageNet backbone: give --backbone-weights FILE (a torchvision ResNet "
+        "state_dict, see docs/training.md) or --init CHECKPOINT, or --from-scratch to train it from random "
+        "weights deliberately"]
