@@ -70,7 +70,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    help="steps between progress lines (there is one at least every minute)")
     p.add_argument("--resource-wait", type=float, default=None, metavar="SECONDS",
                    help="wait this long for an autoscaler to add what the run needs (default 600 with --gpu, else 0)")
-    p.add_argument("--keep", type=int, default=None, help="checkpoints to keep (default: all)")
+    p.add_argument("--keep", type=int, default=d.num_to_keep,
+                   help=f"the last checkpoints to keep (default {d.num_to_keep}; 0: all); the best by validation AP "
+                        "is kept besides, in RUN/best/")
     p.add_argument("--seed", type=int, default=d.seed)
     a = p.parse_args(argv)
     # Without --init the preset trains from scratch: its recipe (pipeline.training.RECIPES)
@@ -87,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         cpus_per_worker=a.cpus_per_worker, placement=a.placement, data_cpus=a.data_cpus,
         weight_decay=a.weight_decay, clip_max_norm=a.clip_max_norm, lr_drop=a.lr_drop,
         augment_scale=a.augment_scale, eval_every=a.eval_every, eval_backend=a.eval_backend, log_every=a.log_every, max_failures=a.max_failures,
-        num_to_keep=a.keep, seed=a.seed, resource_wait_s=a.resource_wait, **{**recipe, **tuned},
+        num_to_keep=a.keep or None, seed=a.seed, resource_wait_s=a.resource_wait, **{**recipe, **tuned},
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import os
 import tempfile
 import time
@@ -88,7 +89,7 @@ class TrainConfig:
     log_every: int = 100  # steps between progress lines (and at least one a minute)
     resource_wait_s: float | None = None  # for an autoscaler to add nodes; default 600 with GPUs, else 0
     max_failures: int = 0
-    num_to_keep: int | None = None
+    num_to_keep: int | None = 3  # the last checkpoints kept (None: all); the best is kept besides
     seed: int = 0
 
     @property
@@ -121,18 +122,19 @@ def warm_up(optimizer: torch.optim.Optimizer, step: int, warmup_steps: int) -> N
             group["lr"] = group["initial_lr"] * (step + 1) / warmup_steps
 
 
-def _restore(model, optimizer, scheduler) -> tuple[int, int]:
-    """Load the latest reported checkpoint, if any; return (completed epochs, optimizer steps)."""
+def _restore(model, optimizer, scheduler) -> tuple[int, int, float]:
+    """Load the latest reported checkpoint, if any; return (completed epochs, optimizer steps,
+    best validation AP so far)."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return 0, 0
+        return 0, 0, -math.inf
     with checkpoint.as_directory() as folder:
         with open(os.path.join(folder, CHECKPOINT_FILE), "rb") as f:
             payload = safe_torch_load(f.read(), checkpoint.path)
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["extra"]["scheduler"])
-    return payload["epoch"], payload["extra"]["steps"]
+    return payload["epoch"], payload["extra"]["steps"], payload["extra"].get("best_AP", -math.inf)
 
 
 @torch.inference_mode()
@@ -171,7 +173,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                                 encoder_matches=cfg.encoder_matches).to(device)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_drop, cfg.lr_drop_gamma)
-    start_epoch, steps = _restore(model, optimizer, scheduler)
+    start_epoch, steps, best_ap = _restore(model, optimizer, scheduler)
     ddp_model = ray.train.torch.prepare_model(model)
 
     shard = ray.train.get_dataset_shard("train")
@@ -222,19 +224,30 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             last_eval = evaluate(model, val_shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"),
                                  gt, device)
         metrics.update(last_eval)
-        _report(metrics, model, config, optimizer, scheduler, epoch + 1, steps, rank)
+        improved = metrics.get("AP", -math.inf) > best_ap
+        best_ap = max(best_ap, metrics.get("AP", -math.inf))
+        _report(metrics, model, config, optimizer, scheduler, epoch + 1, (steps, best_ap),
+                best_uri(cfg) if improved else None, rank)
 
 
-def _report(metrics, model, config, optimizer, scheduler, epoch: int, steps: int, rank: int) -> None:
+def _report(metrics, model, config, optimizer, scheduler, epoch: int, progress: tuple[int, float],
+            best: str | None, rank: int) -> None:
+    """Every worker reports; rank 0 attaches the checkpoint and, when validation AP improved,
+    also writes it to best (outside Ray's retention, which keeps the last --keep)."""
     if rank != 0:
         ray.train.report(metrics)
         return
     shown = " ".join(f"{k} {metrics[k]:.4g}" for k in ("loss", "loss_ce", "loss_bbox", "loss_giou", "AP", "AP50",
                                                           "images_per_s", "data_seconds") if k in metrics)
     print(f"epoch {epoch}: {shown}", flush=True)
+    steps, best_ap = progress
     with tempfile.TemporaryDirectory() as folder:
         save_checkpoint(folder, model, config, optimizer=optimizer, epoch=epoch,
-                        extra={"scheduler": scheduler.state_dict(), "steps": steps, "metrics": metrics})
+                        extra={"scheduler": scheduler.state_dict(), "steps": steps, "best_AP": best_ap,
+                               "metrics": metrics})
+        if best is not None:
+            with open(os.path.join(folder, CHECKPOINT_FILE), "rb") as f:
+                uris.write_bytes(best, f.read())
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
@@ -248,21 +261,21 @@ def _storage(uri: str) -> str:
     return uri if "://" in uri else os.path.abspath(uri)
 
 
-def _score(cfg: TrainConfig) -> tuple[str, str]:
-    """The metric that ranks checkpoints: val AP when there is a val split, else the loss."""
-    return ("AP", "max") if cfg.val_annotations else ("loss", "min")
+def best_uri(cfg: TrainConfig) -> str:
+    """Where the checkpoint with the best validation AP so far is kept, beside Ray's."""
+    return uris.join(_storage(cfg.storage), cfg.name, "best", CHECKPOINT_FILE)
 
 
 def _run_config(cfg: TrainConfig) -> ray.train.RunConfig:
-    """Where the run lives, how often it may restart, which checkpoints it keeps."""
-    attribute, order = _score(cfg)
+    """Where the run lives, how often it may restart, which checkpoints it keeps: the last
+    num_to_keep (ranked by epoch; Ray also never deletes the latest), all when None."""
     return ray.train.RunConfig(
         name=cfg.name,
         storage_path=_storage(cfg.storage),
         worker_runtime_env=WORKER_RUNTIME_ENV,
         failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(
-            num_to_keep=cfg.num_to_keep, checkpoint_score_attribute=attribute, checkpoint_score_order=order
+            num_to_keep=cfg.num_to_keep, checkpoint_score_attribute="epoch", checkpoint_score_order="max"
         ),
     )
 
@@ -355,9 +368,6 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         "num_classes": train_set.num_classes,
         "dropped_boxes": train_set.dropped_boxes,
     }
-    attribute, order = _score(cfg)
-    scored = [(c, m[attribute]) for c, m in result.best_checkpoints or [] if attribute in m]  # epochs before
-    if scored:  # the first validation pass have no AP
-        best, _ = (max if order == "max" else min)(scored, key=lambda cm: cm[1])
-        summary["best_checkpoint"] = checkpoint_uri(best)
+    if cfg.val_annotations and uris.file_type(best_uri(cfg)) == pafs.FileType.File:
+        summary["best_checkpoint"] = best_uri(cfg)
     return summary

@@ -58,15 +58,21 @@ def _loadable_epochs(run: str) -> list[int]:
     return sorted(epochs)
 
 
-def test_two_workers_step_count_and_validation(ray_cluster, tiny_shapes, tmp_path):
+def test_two_workers_step_count_validation_and_retention(ray_cluster, tiny_shapes, tmp_path):
     batch = 3
     summary = run_training(_config(
-        tiny_shapes, tmp_path, "two", workers=2, batch_size=batch,
+        tiny_shapes, tmp_path, "two", workers=2, batch_size=batch, epochs=2, num_to_keep=1,
         val_annotations=tiny_shapes["val_annotations"], val_images=tiny_shapes["val_images"],
     ))
     per_worker = 16 // 2  # equal split of the 16 training images
-    assert summary["metrics"]["steps"] == math.ceil(per_worker / batch)
-    assert summary["metrics"]["epoch"] == 1
+    assert summary["metrics"]["steps"] == 2 * math.ceil(per_worker / batch)
+    assert summary["metrics"]["epoch"] == 2
+    # retention: the last checkpoint only, and the best by validation AP beside it
+    assert [_payload(str(p))["epoch"] for p in _checkpoints(summary["run"])] == [2]
+    best = _payload(summary["best_checkpoint"])
+    assert summary["best_checkpoint"] == str(tmp_path / "two" / "best" / "checkpoint.pt")
+    assert best["extra"]["metrics"]["AP"] == best["extra"]["best_AP"] >= summary["metrics"]["AP"]
+    assert best["epoch"] in (1, 2) and (best["epoch"] == 1 or best["extra"]["best_AP"] == summary["metrics"]["AP"])
     assert 0.0 <= summary["metrics"]["AP50"] <= 1.0 and "AP" in summary["metrics"]
     assert all(math.isfinite(summary["metrics"][k]) for k in ("loss", "loss_ce", "loss_bbox", "loss_giou"))
     model, config = load_checkpoint(summary["checkpoint"])
