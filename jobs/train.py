@@ -17,12 +17,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import ray  # noqa: E402
 
 from pipeline.cluster import ClusterTooSmall, init_ray  # noqa: E402
+from pipeline.dry_run import dry_run  # noqa: E402
 from pipeline.evaluation import BACKENDS  # noqa: E402
-from pipeline.progress import training_headline  # noqa: E402
+from pipeline.progress import dry_run_headline, training_headline  # noqa: E402
 from pipeline.training import RECIPES, TrainConfig, check_initialisation, run_training  # noqa: E402
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
+def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig("", "", "", "")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--annotations", required=True, help="COCO annotation JSON of the training split (path or s3://)")
@@ -74,7 +75,18 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    help=f"the last checkpoints to keep (default {d.num_to_keep}; 0: all); the best by validation AP "
                         "is kept besides, in RUN/best/")
     p.add_argument("--seed", type=int, default=d.seed)
-    a = p.parse_args(argv)
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the annotations, a sample of the image files, the model, storage and resources; "
+                        "print a JSON summary and exit (0 when the run could start) without training")
+    p.add_argument("--check-all-files", action="store_true", help="with --dry-run: check every image file")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    return config_from(build_parser().parse_args(argv))
+
+
+def config_from(a: argparse.Namespace) -> TrainConfig:
     # Without --init the preset trains from scratch: its recipe (pipeline.training.RECIPES)
     # replaces the paper's defaults, which assume a pretrained backbone; explicit flags win.
     tuned = {k: v for k, v in vars(a).items() if k in ("lr", "lr_backbone", "warmup_steps", "encoder_matches",
@@ -88,13 +100,20 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         epochs=a.epochs, workers=a.workers, use_gpu=a.gpu,
         cpus_per_worker=a.cpus_per_worker, placement=a.placement, data_cpus=a.data_cpus,
         weight_decay=a.weight_decay, clip_max_norm=a.clip_max_norm, lr_drop=a.lr_drop,
-        augment_scale=a.augment_scale, eval_every=a.eval_every, eval_backend=a.eval_backend, log_every=a.log_every, max_failures=a.max_failures,
+        augment_scale=a.augment_scale, eval_every=a.eval_every, eval_backend=a.eval_backend,
+        log_every=a.log_every, max_failures=a.max_failures,
         num_to_keep=a.keep or None, seed=a.seed, resource_wait_s=a.resource_wait, **{**recipe, **tuned},
     )
 
 
 def main() -> None:
-    config = parse_args()
+    args = build_parser().parse_args()
+    config = config_from(args)
+    if args.dry_run:
+        summary = dry_run(config, check_all_files=args.check_all_files)
+        print(dry_run_headline(summary))
+        print(json.dumps(summary))
+        sys.exit(0 if summary["ok"] else 1)
     try:
         check_initialisation(config)  # before starting Ray: a refused run costs nothing
     except ValueError as e:

@@ -71,3 +71,14 @@ def reevaluation_headline(summary: dict) -> str:
     scored = ", ".join(f"{r['checkpoint']} AP {r['AP']:.4f}" for r in summary["evaluated"]) or "nothing new"
     flagged = f"; REGRESSIONS: {len(summary['regressions'])}" if summary["regressions"] else "; no regression"
     return f"scored {len(summary['evaluated'])} checkpoints ({scored}); history holds {summary['rows']}{flagged}"
+
+
+def dry_run_headline(summary: dict) -> str:
+    train = summary["train"]
+    if "fatal" in train:
+        return f"dry run: the training annotations cannot be used: {train['fatal']}"
+    problems = sum(len(s.get("problems", [])) for s in (train, summary.get("val") or {}))
+    verdict = "the run can start" if summary["ok"] else "the run would fail"
+    return (f"dry run: {verdict}; {train['images']:,} training images, {train['boxes']:,} boxes, "
+            f"{train['missing_files']} of {train['files_checked']} files checked missing; {problems} problem(s) "
+            f"listed; in {summary['seconds']} s")
