@@ -8,6 +8,7 @@ from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou
 
 from .matcher import HungarianMatcher
+from .precision import upcast
 
 
 def default_weight_dict(
@@ -70,11 +71,16 @@ class SetCriterion(nn.Module):
     def _num_boxes(targets: list[dict], device: torch.device) -> float:
         """Average number of target boxes per process, so every rank's loss has the same scale."""
         num_boxes = torch.tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
-        world_size = 1
+        return max(SetCriterion._mean_over_ranks(num_boxes), 1.0)
+
+    @staticmethod
+    def _mean_over_ranks(value: torch.Tensor) -> float:
+        """The mean of a scalar over the data-parallel ranks (itself in one process)."""
+        value = value.detach().reshape(1).double()
         if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(num_boxes)
-            world_size = dist.get_world_size()
-        return max(num_boxes.item() / world_size, 1.0)
+            dist.all_reduce(value)
+            value /= dist.get_world_size()
+        return value.item()
 
     def _losses(self, outputs: dict, targets: list[dict], num_boxes: float, log: bool) -> dict[str, torch.Tensor]:
         indices = self.matcher(outputs, targets)
@@ -86,12 +92,19 @@ class SetCriterion(nn.Module):
         matched_labels = torch.cat([t["labels"][tgt] for t, (_, tgt) in zip(targets, indices)]).to(device)
         target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=device)
         target_classes[batch_idx, query_idx] = matched_labels
-        losses = {"loss_ce": F.cross_entropy(logits.transpose(1, 2).float(), target_classes, self.empty_weight)}
+        # The reference's weighted mean, with the weights' sum averaged over data-parallel ranks
+        # (as num_boxes is): the same value in one process, and N workers of batch b then train
+        # exactly as one of batch N x b, whatever each rank's number of objects.
+        scores = upcast(logits)
+        weight = self.empty_weight.to(scores.dtype)
+        weight_sum = self._mean_over_ranks(weight[target_classes].sum())
+        ce = F.cross_entropy(scores.transpose(1, 2), target_classes, weight, reduction="sum")
+        losses = {"loss_ce": ce / weight_sum}
         if log:
             losses["class_error"] = self._class_error(logits[batch_idx, query_idx], matched_labels)
 
-        pred_boxes = outputs["pred_boxes"][batch_idx, query_idx].float()
-        target_boxes = torch.cat([t["boxes"][tgt] for t, (_, tgt) in zip(targets, indices)]).to(device).float()
+        pred_boxes = upcast(outputs["pred_boxes"][batch_idx, query_idx])
+        target_boxes = torch.cat([t["boxes"][tgt] for t, (_, tgt) in zip(targets, indices)]).to(device, pred_boxes.dtype)
         losses["loss_bbox"] = F.l1_loss(pred_boxes, target_boxes, reduction="none").sum() / num_boxes
         giou = torch.diag(
             generalized_box_iou(box_convert(pred_boxes, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy"))

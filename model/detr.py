@@ -10,7 +10,7 @@ from .backbone import Backbone
 from .config import DetrConfig, get_config
 from .mlp import MLP
 from .position_encoding import PositionEmbeddingSine
-from .precision import float32
+from .precision import float32, upcast
 from .query_selection import QuerySelection, inverse_sigmoid
 from .transformer import build_transformer
 
@@ -72,13 +72,13 @@ class DETR(nn.Module):
             proposals, content, query_pos, reference = self.query_selection(memory, mask)
             hs = self.transformer.decoder(content, memory, pos, query_pos, key_mask)
             with float32(hs.device):
-                boxes = (self.bbox_embed(hs.float()) + inverse_sigmoid(reference.float())).sigmoid()
+                boxes = (self.bbox_embed(upcast(hs)) + inverse_sigmoid(upcast(reference))).sigmoid()
         else:
             hs, _ = self.transformer(src, mask, self.query_embed.weight, pos)
             with float32(hs.device):
-                boxes = self.bbox_embed(hs.float()).sigmoid()
+                boxes = self.bbox_embed(upcast(hs)).sigmoid()
         with float32(hs.device):
-            logits = self.class_embed(hs.float())
+            logits = self.class_embed(upcast(hs))
         out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
         if self.config.aux_loss:
             out["aux_outputs"] = [

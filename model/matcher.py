@@ -6,6 +6,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou
 
+from .precision import upcast
+
 PADDING_COST = 1e6  # far above any real cost (|L1| <= 4, |GIoU| <= 1, p <= 1 per term)
 
 
@@ -28,12 +30,12 @@ class HungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def forward(self, outputs: dict, targets: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        prob = outputs["pred_logits"].float().softmax(-1)  # [B,Q,C+1]
-        pred_boxes = outputs["pred_boxes"].float()
+        prob = upcast(outputs["pred_logits"]).softmax(-1)  # [B,Q,C+1]
+        pred_boxes = upcast(outputs["pred_boxes"])
         padding = outputs.get("padding", torch.zeros(prob.shape[:2], dtype=torch.bool, device=prob.device))
         indices = []
         for image_prob, image_boxes, image_padding, target in zip(prob, pred_boxes, padding, targets):
-            labels, boxes = target["labels"], target["boxes"].float()
+            labels, boxes = target["labels"], target["boxes"].to(pred_boxes.dtype)
             if len(labels) == 0:
                 empty = torch.empty(0, dtype=torch.int64)
                 indices.append((empty, empty.clone()))

@@ -18,3 +18,8 @@ def float32(device: torch.device) -> Iterator[None]:
     """Autocast off on device: operations on float32 tensors stay float32."""
     with torch.autocast(device.type, enabled=False):
         yield
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """float16 / bfloat16 to float32; float32 and float64 as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x

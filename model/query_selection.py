@@ -22,7 +22,7 @@ from torch import nn
 from torchvision.ops import box_convert, nms
 
 from .mlp import MLP
-from .precision import float32
+from .precision import float32, upcast
 
 ANCHOR_SIZE = 0.05  # a token's initial box side, in image fractions (Deformable DETR's)
 
@@ -100,7 +100,7 @@ class QuerySelection(nn.Module):
         pred_logits / pred_boxes over all L tokens with their padding mask."""
         padding = mask.flatten(1)
         with float32(memory.device):  # the proposals' heads, as the decoder's (model/precision.py)
-            features = self.output(memory.float())
+            features = self.output(upcast(memory))
             logits = self.class_embed(features)
             boxes = (self.bbox_embed(features) + inverse_sigmoid(token_anchors(mask))).sigmoid()
         proposals = {"pred_logits": logits, "pred_boxes": boxes, "padding": padding}

@@ -158,6 +158,25 @@ def evaluate(model, batches: Iterable[dict[str, Any]], scorer: CocoScorer, devic
     return scorer.score(np.concatenate(rows) if rows else np.zeros((0, 7)))["metrics"]
 
 
+def train_step(ddp_model: torch.nn.Module, criterion, optimizer: torch.optim.Optimizer,
+               batch: tuple[torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]], cfg: TrainConfig,
+               steps: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimizer step on a collated batch (gradients averaged over the data-parallel
+    workers by DistributedDataParallel); returns the total loss and its terms."""
+    images, mask, targets = batch
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
+        outputs = ddp_model(images, mask)
+    losses = criterion(outputs, targets)  # float32: heads and criterion (model/precision.py)
+    loss = criterion.total_loss(losses)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.clip_max_norm > 0:
+        torch.nn.utils.clip_grad_norm_(ddp_model.parameters(), cfg.clip_max_norm)
+    warm_up(optimizer, steps, cfg.warmup_steps)
+    optimizer.step()
+    return loss, losses
+
+
 def train_loop(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
     cfg = TrainConfig(**loop_config["train"])
@@ -194,16 +213,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                                         local_shuffle_buffer_size=shuffle_buffer(cfg.batch_size)):
             data_seconds += time.perf_counter() - waited
             images, mask, targets = collate(batch, device, config.image_mean, config.image_std)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                outputs = ddp_model(images, mask)
-            losses = criterion(outputs, targets)  # float32: the criterion upcasts
-            loss = criterion.total_loss(losses)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_max_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_max_norm)
-            warm_up(optimizer, steps, cfg.warmup_steps)
-            optimizer.step()
+            loss, losses = train_step(ddp_model, criterion, optimizer, (images, mask, targets), cfg, steps)
             steps += 1
             batches += 1
             images_seen += len(images)

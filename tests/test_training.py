@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import load_checkpoint
+from model import build_detr, load_checkpoint
 from model.checkpoint import safe_torch_load
 from pipeline.training import TrainConfig, _build_model, _run_config, fit, run_training, warm_up
 
@@ -342,3 +342,66 @@ def test_dry_run_reports_the_inputs_and_trains_nothing(tmp_path):
     assert summary["initialisation"].startswith("detr-r50 starts from an ImageNet backbone")
     assert summary["resources"]["at_least"] == {"CPU": 4.5, "GPU": 4} and summary["model"]["parameters"] > 4e7
     assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
+
+
+def _data_parallel_worker(rank: int, world_size: int, port: int, folder: str) -> None:
+    """Three training steps (pipeline.training.train_step) on 4 images, split over world_size
+    DistributedDataParallel ranks; rank 0 saves the parameters."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from model import build_criterion, build_detr
+    from pipeline.training import _param_groups, train_step
+
+    torch.use_deterministic_algorithms(True)
+    if world_size > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    torch.manual_seed(0)  # the same initial weights and data on every rank
+    # the paper's one-stage DETR and frozen BatchNorm (batch statistics are per worker by nature)
+    model = build_detr("detr-tiny", num_classes=5, two_stage=False, distinct_query_iou=None,
+                       backbone_norm="frozen_bn").double().train()
+    images = torch.randn(4, 3, 64, 96, dtype=torch.float64)
+    mask = torch.zeros(4, 64, 96, dtype=torch.bool)
+    # image i has i + 1 boxes: the ranks hold 3 and 7, so each must normalise by the mean, 5
+    targets = [{"labels": torch.arange(i + 1) % 4 + 1,
+                "boxes": torch.rand(i + 1, 2, dtype=torch.float64).mul(0.5).add(0.25).repeat(1, 2).mul(
+                    torch.tensor([1.0, 1.0, 0.4, 0.4], dtype=torch.float64))} for i in range(4)]
+    cfg = TrainConfig("", "", "", "", lr=1e-4, lr_backbone=1e-4)
+    criterion = build_criterion(5, model.config.dec_layers)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    ddp = DistributedDataParallel(model) if world_size > 1 else model
+    share = slice(rank * 4 // world_size, (rank + 1) * 4 // world_size)
+    try:
+        for step in range(3):
+            train_step(ddp, criterion, optimizer, (images[share], mask[share], targets[share]), cfg, step)
+        if rank == 0:
+            torch.save(model.state_dict(), os.path.join(folder, f"{world_size}.pt"))
+    finally:
+        if world_size > 1:
+            dist.destroy_process_group()
+
+
+def test_two_workers_of_batch_b_train_as_one_worker_of_batch_2b(tmp_path):
+    """Data parallelism proven, not assumed: after three steps the parameters of 2 workers x
+    batch 2 equal those of 1 worker x batch 4 (the loss's box normalisation, gradient averaging,
+    clipping and AdamW included)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _data_parallel_worker(0, 1, port, str(tmp_path))
+    mp.start_processes(_data_parallel_worker, args=(2, port, str(tmp_path)), nprocs=2, start_method="spawn")
+    one, two = torch.load(tmp_path / "1.pt"), torch.load(tmp_path / "2.pt")
+    torch.manual_seed(0)
+    start = build_detr("detr-tiny", num_classes=5, two_stage=False, distinct_query_iou=None,
+                       backbone_norm="frozen_bn").double().state_dict()
+    moved = [k for k in one if not torch.equal(one[k], start[k])]
+    assert len(moved) > 50  # the steps did train
+    worst = max(float((one[k] - two[k]).norm() / one[k].norm()) for k in one if one[k].norm() > 0)
+    assert worst <= 1e-5, worst
