@@ -45,7 +45,7 @@ import torch
 
 from model import build_criterion, get_config, build_detr
 from pipeline.coco import load_coco
-from pipeline.data import _load_and_augment, _records, collate
+from pipeline.data import _load_and_augment, collate, records_of
 from pipeline.synthetic import make_synthetic
 from pipeline.training import TrainConfig, _param_groups, fit
 
@@ -95,7 +95,7 @@ def ray_worker(cfg: TrainConfig, samples: list[dict] | None) -> tuple[float, flo
     (materialised in the object store) instead of streaming its own."""
     datasets = None
     if samples is not None:
-        blocks = math.ceil(len(samples) / 32)  # as build_dataset's
+        blocks = math.ceil(len(samples) / 32)  # as sample_stream's
         datasets = {"train": ray.data.from_items(samples, override_num_blocks=blocks).materialize()}
     result, _ = fit(cfg, datasets)
     epochs = result.metrics_dataframe.sort_values("epoch").iloc[1:]
@@ -125,7 +125,7 @@ def main() -> None:
                           batch_size=args.batch_size, cpus_per_worker=float(args.threads), data_cpus=0.5,
                           augment_scale=0.25, model_overrides={"num_queries": 20})
         dataset = load_coco(cfg.annotations, cfg.images)
-        records = _records(dataset)
+        records = records_of(dataset)
         shared = _samples(cfg, records) if args.ingest == "pre-decoded" else None
         torch.set_num_threads(args.threads)
         plain, plain_cpu, workers, workers_cpu, ratios = [], [], [], [], []

@@ -1,14 +1,16 @@
-"""Training data through Ray Data: COCO records -> read + decode + augment (CPU tasks) -> batches.
+"""Training data: COCO records -> read + decode + augment (Ray Data CPU tasks) -> batches.
 
-The driver holds only the annotation records; image bytes are read, decoded and augmented
-in Ray Data tasks as the workers consume them, so a dataset larger than a node's memory
-or disk streams. Images travel as uint8; the training worker normalises and pads them.
+The driver holds only the annotation records (small: paths and boxes). Each epoch every
+worker takes its share of a fresh permutation of them and streams it: image bytes are read,
+decoded and augmented in Ray Data tasks as the worker consumes them, so a dataset larger
+than a node's memory or disk trains. Images travel as uint8; the worker normalises and pads
+them. Validation batches are formed in a fixed order and shared out by batch.
 """
 from __future__ import annotations
 
 import math
-import random
-from typing import Any, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import ray
@@ -22,7 +24,7 @@ from .coco import CocoDataset
 from .transforms import AugmentConfig, decode, train_transform, transform_sample, val_transform
 
 
-def _records(dataset: CocoDataset) -> list[dict[str, Any]]:
+def records_of(dataset: CocoDataset) -> list[dict[str, Any]]:
     """Arrow-friendly rows: boxes flattened (x0, y0, x1, y1, ...) so empty images type-check."""
     return [
         {
@@ -65,27 +67,28 @@ def _load_and_augment(batch: dict[str, np.ndarray], augment: AugmentConfig, trai
     return augment_samples(samples, transform)
 
 
-def build_dataset(
-    dataset: CocoDataset,
-    augment: AugmentConfig,
-    train: bool,
-    num_cpus: float = 0.5,
-    records_per_block: int = 32,
-    seed: int = 0,
-) -> ray.data.Dataset:
-    """A Ray Dataset of augmented (train) or resized (val) samples.
+def epoch_order(count: int, seed: int, epoch: int) -> np.ndarray:
+    """The epoch's permutation of all training records: drawn from (seed, epoch), so every
+    worker and every restart sees the same one, and each epoch a new one, as the reference's
+    sampler reshuffles the whole set."""
+    return np.random.default_rng([seed, epoch]).permutation(count)
+
+
+def worker_share(order: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """Rank's records of an epoch: every world_size-th of the order from rank, no overlap, and
+    the same count on every rank (data-parallel steps must match); the last count % world_size
+    of the order sit this epoch out, other records each epoch."""
+    return order[rank::world_size][: len(order) // world_size]
+
+
+def sample_stream(records: list[dict[str, Any]], augment: AugmentConfig, train: bool, num_cpus: float = 0.5,
+                  records_per_block: int = 32) -> ray.data.Dataset:
+    """A Ray Dataset of the records' augmented (train) or resized (val) samples.
 
     Records go in blocks of records_per_block, one Ray task per block: a task per image
-    would cost more in scheduling than in decoding. Training order is shuffled once here,
-    and every epoch by block order (cheap, streaming) and by the consumer's local shuffle
-    buffer (see shuffle_buffer) rather than by an all-to-all shuffle that stalls the stream.
-    """
-    records = _records(dataset)
-    if train:
-        random.Random(seed).shuffle(records)
+    would cost more in scheduling than in decoding. The order is the records' when the
+    consumer's DataContext preserves order (training sets it)."""
     ds = ray.data.from_items(records, override_num_blocks=max(1, math.ceil(len(records) / records_per_block)))
-    if train:
-        ds = ds.randomize_block_order()
     return ds.map_batches(
         _load_and_augment,
         fn_kwargs={"augment": augment, "train": train},
@@ -94,8 +97,27 @@ def build_dataset(
     )
 
 
+def val_batches(records: list[dict[str, Any]], augment: AugmentConfig, batch_size: int, rank: int = 0,
+                world_size: int = 1) -> Iterator[dict[str, list]]:
+    """Rank's share of the validation batches: the records cut into batches of batch_size in
+    their order, every world_size-th batch from rank, so that each batch (and its padding) is
+    the one a single worker would form. Decoded in this process, one batch ahead on a thread."""
+    chunks = [records[k:k + batch_size] for k in range(0, len(records), batch_size)][rank::world_size]
+
+    def load(chunk: list[dict[str, Any]]) -> dict[str, list]:
+        columns = {key: [r[key] for r in chunk] for key in ("path", "image_id", "boxes", "labels")}
+        return _load_and_augment(columns, augment, train=False)
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(load, chunks[0]) if chunks else None
+        for k in range(len(chunks)):
+            batch = pending.result()
+            pending = pool.submit(load, chunks[k + 1]) if k + 1 < len(chunks) else None
+            yield batch
+
+
 def shuffle_buffer(batch_size: int) -> int:
-    """Samples mixed across neighbouring blocks by the consumer, per epoch."""
+    """Samples mixed across neighbouring blocks by the consumer of a prepared dataset."""
     return 8 * batch_size
 
 

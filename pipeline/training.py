@@ -1,8 +1,9 @@
 """Distributed DETR training on Ray Train (TorchTrainer): checkpoints, resume, fault tolerance.
 
-Each epoch every worker consumes its shard of the streamed training set, steps AdamW,
-and reports losses; rank 0 attaches a checkpoint (save_checkpoint format) and, every
-eval_every epochs, COCO AP on the validation split. Re-running with the same storage and
+Each epoch every worker streams its share of a fresh permutation of the training set,
+steps AdamW, and reports losses; every eval_every epochs the workers predict their shares
+of the validation batches and rank 0 scores them all; rank 0 attaches a checkpoint
+(save_checkpoint format) and the COCO AP. Re-running with the same storage and
 name resumes from the latest checkpoint; after a worker failure Ray restarts the group
 (FailureConfig) and training continues from that checkpoint.
 """
@@ -32,7 +33,7 @@ from model.checkpoint import CHECKPOINT_FILE, safe_torch_load
 
 from .cluster import wait_for
 from .coco import CocoDataset, load_coco
-from .data import build_dataset, collate, shuffle_buffer
+from .data import collate, epoch_order, records_of, sample_stream, shuffle_buffer, val_batches, worker_share
 from .evaluation import DEFAULT_BACKEND, CocoScorer
 from .progress import StepProgress
 from .transforms import AugmentConfig
@@ -137,10 +138,16 @@ def _restore(model, optimizer, scheduler) -> tuple[int, int, float]:
     return payload["epoch"], payload["extra"]["steps"], payload["extra"].get("best_AP", -math.inf)
 
 
-@torch.inference_mode()
 def evaluate(model, batches: Iterable[dict[str, Any]], scorer: CocoScorer, device: torch.device) -> dict[str, float]:
-    """COCO stats of the model's top-100 detections on validation batches (collate format
-    plus "image_id" and "orig_size"), scored against the scorer's ground truth."""
+    """COCO stats of the model's top-100 detections on validation batches, scored against the
+    scorer's ground truth."""
+    return scorer.score(predict(model, batches, device))["metrics"]
+
+
+@torch.inference_mode()
+def predict(model, batches: Iterable[dict[str, Any]], device: torch.device) -> np.ndarray:
+    """The model's top-100 detections [N,7] = (image_id, x, y, w, h, score, category) on
+    validation batches (collate format plus "image_id" and "orig_size")."""
     was_training = model.training
     model.eval()
     postprocess = PostProcess(top_k=100)
@@ -155,7 +162,19 @@ def evaluate(model, batches: Iterable[dict[str, Any]], scorer: CocoScorer, devic
             ids = np.full((len(xywh), 1), int(image_id))
             rows.append(np.column_stack([ids, xywh, found["scores"].cpu().numpy(), found["labels"].cpu().numpy()]))
     model.train(was_training)
-    return scorer.score(np.concatenate(rows) if rows else np.zeros((0, 7)))["metrics"]
+    return np.concatenate(rows) if rows else np.zeros((0, 7))
+
+
+def validate(model, records: list[dict[str, Any]], cfg: TrainConfig, scorer: CocoScorer | None, device,
+             rank: int, world_size: int) -> dict[str, float]:
+    """Every worker predicts its share of the validation batches; rank 0 gathers them and
+    returns the COCO stats (the others an empty dict)."""
+    rows = predict(model, val_batches(records, cfg.augment, cfg.batch_size, rank, world_size), device)
+    if world_size > 1:
+        gathered: list[Any] = [None] * world_size
+        torch.distributed.all_gather_object(gathered, rows)
+        rows = np.concatenate(gathered)
+    return scorer.score(rows)["metrics"] if rank == 0 else {}
 
 
 def train_step(ddp_model: torch.nn.Module, criterion, optimizer: torch.optim.Optimizer,
@@ -195,10 +214,13 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     start_epoch, steps, best_ap = _restore(model, optimizer, scheduler)
     ddp_model = ray.train.torch.prepare_model(model)
 
-    shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val") if cfg.val_annotations and rank == 0 else None
-    gt = (CocoScorer(load_coco(cfg.val_annotations, cfg.val_images, check_files=False).raw, cfg.eval_backend)
-          if val_shard else None)
+    data = ray.data.DataContext.get_current()
+    data.execution_options.preserve_order = True  # the epoch's permutation is the order trained
+    data.enable_progress_bars = False
+    records = ray.get(loop_config["train_records"]) if "train_records" in loop_config else None
+    val_records = ray.get(loop_config["val_records"]) if cfg.val_annotations else None
+    scorer = (CocoScorer(load_coco(cfg.val_annotations, cfg.val_images, check_files=False).raw, cfg.eval_backend)
+              if cfg.val_annotations and rank == 0 else None)
     last_eval: dict[str, float] = {}
     steps_per_epoch = -(-(loop_config["train_images"] // world_size) // cfg.batch_size)
 
@@ -209,8 +231,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         data_seconds = 0.0  # blocked waiting for the next batch: input-bound when large
         started = waited = time.perf_counter()
         cpu0 = time.thread_time()
-        for batch in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy", prefetch_batches=2,
-                                        local_shuffle_buffer_size=shuffle_buffer(cfg.batch_size)):
+        for batch in _epoch_batches(cfg, records, epoch, rank, world_size):
             data_seconds += time.perf_counter() - waited
             images, mask, targets = collate(batch, device, config.image_mean, config.image_std)
             loss, losses = train_step(ddp_model, criterion, optimizer, (images, mask, targets), cfg, steps)
@@ -230,14 +251,26 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         metrics.update(epoch=epoch + 1, steps=steps, lr=optimizer.param_groups[0]["lr"],
                        images_per_s=images_seen * world_size / max(elapsed, 1e-9), epoch_seconds=elapsed,
                        data_seconds=data_seconds, cpu_seconds=time.thread_time() - cpu0)
-        if val_shard is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            last_eval = evaluate(model, val_shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"),
-                                 gt, device)
+        if val_records is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            last_eval = validate(model, val_records, cfg, scorer, device, rank, world_size)
         metrics.update(last_eval)
         improved = metrics.get("AP", -math.inf) > best_ap
         best_ap = max(best_ap, metrics.get("AP", -math.inf))
         _report(metrics, model, config, optimizer, scheduler, epoch + 1, (steps, best_ap),
                 best_uri(cfg) if improved else None, rank)
+
+
+def _epoch_batches(cfg: TrainConfig, records: list[dict[str, Any]] | None, epoch: int, rank: int,
+                   world_size: int) -> Iterable[dict[str, Any]]:
+    """The worker's training batches of an epoch: its share of the epoch's permutation,
+    streamed through Ray Data; or, for a prepared dataset given to fit, its shard of that."""
+    if records is None:
+        return ray.train.get_dataset_shard("train").iter_batches(
+            batch_size=cfg.batch_size, batch_format="numpy", prefetch_batches=2,
+            local_shuffle_buffer_size=shuffle_buffer(cfg.batch_size))
+    share = worker_share(epoch_order(len(records), cfg.seed, epoch), rank, world_size)
+    stream = sample_stream([records[i] for i in share], cfg.augment, train=True, num_cpus=cfg.data_cpus)
+    return stream.iter_batches(batch_size=cfg.batch_size, batch_format="numpy", prefetch_batches=2)
 
 
 def _report(metrics, model, config, optimizer, scheduler, epoch: int, progress: tuple[int, float],
@@ -290,13 +323,13 @@ def _run_config(cfg: TrainConfig) -> ray.train.RunConfig:
     )
 
 
-def _datasets(cfg: TrainConfig, train_set: CocoDataset) -> dict[str, ray.data.Dataset]:
-    """The augmenting train stream, and the resized val stream when cfg names a val split."""
-    datasets = {"train": build_dataset(train_set, cfg.augment, train=True, num_cpus=cfg.data_cpus, seed=cfg.seed)}
+def _records(cfg: TrainConfig, train_set: CocoDataset, prepared: bool) -> dict[str, ray.ObjectRef]:
+    """The annotation records the workers read from the object store: the training ones (unless
+    a prepared dataset replaces them) and the validation ones."""
+    refs = {} if prepared else {"train_records": ray.put(records_of(train_set))}
     if cfg.val_annotations:
-        val_set = load_coco(cfg.val_annotations, cfg.val_images)
-        datasets["val"] = build_dataset(val_set, cfg.augment, train=False, num_cpus=cfg.data_cpus)
-    return datasets
+        refs["val_records"] = ray.put(records_of(load_coco(cfg.val_annotations, cfg.val_images)))
+    return refs
 
 
 def check_initialisation(cfg: TrainConfig) -> None:
@@ -334,8 +367,8 @@ def fit(
 ) -> tuple[ray.train.Result, CocoDataset]:
     """Validate the data and train on the current Ray cluster. Returns Ray's Result (its
     metrics_dataframe: one row per kept checkpoint, i.e. per epoch) and the training set.
-    `datasets` ("train", and "val" when cfg names a val split) replaces the augmenting
-    streams built from cfg, e.g. with samples decoded once and materialised."""
+    `datasets` ({"train": samples}) replaces the workers' per-epoch streams, e.g. with samples
+    decoded once and materialised (split between the workers by Ray Train)."""
     if cfg.val_annotations and not cfg.val_images:
         raise ValueError("--val-annotations needs --val-images")
     check_initialisation(cfg)
@@ -345,14 +378,14 @@ def fit(
     trainer = ray.train.torch.TorchTrainer(
         train_loop,
         train_loop_config={"train": dataclasses.asdict(cfg), "num_classes": train_set.num_classes,
-                           "train_images": len(train_set.images)},
+                           "train_images": len(train_set.images), **_records(cfg, train_set, bool(datasets))},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker},
             placement_strategy=cfg.placement,
         ),
         run_config=_run_config(cfg),
-        datasets=datasets or _datasets(cfg, train_set),
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]) if datasets else None,
     )
     return trainer.fit(), train_set
 

@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -84,10 +85,11 @@ def test_fit_trains_on_the_datasets_it_is_given(ray_cluster, tiny_shapes, tmp_pa
     """A prepared dataset (here 8 of the 16 samples, decoded once and materialised) replaces
     the stream fit would build from the annotations."""
     from pipeline.coco import load_coco
-    from pipeline.data import build_dataset
+    from pipeline.data import records_of, sample_stream
 
     cfg = _config(tiny_shapes, tmp_path, "prepared")
-    samples = build_dataset(load_coco(cfg.annotations, cfg.images), cfg.augment, train=True).limit(8).materialize()
+    samples = sample_stream(records_of(load_coco(cfg.annotations, cfg.images)), cfg.augment, train=True).limit(8)
+    samples = samples.materialize()
     result, train_set = fit(cfg, {"train": samples})
     assert train_set.num_classes == 12  # the model's classes still come from the annotations
     assert result.metrics["steps"] == 8 // cfg.batch_size  # not 16 // 4: the stream was not built
@@ -405,3 +407,57 @@ def test_two_workers_of_batch_b_train_as_one_worker_of_batch_2b(tmp_path):
     assert len(moved) > 50  # the steps did train
     worst = max(float((one[k] - two[k]).norm() / one[k].norm()) for k in one if one[k].norm() > 0)
     assert worst <= 1e-5, worst
+
+
+def test_each_epoch_is_a_full_permutation_shared_out_without_overlap():
+    from pipeline.data import epoch_order, worker_share
+
+    orders = [epoch_order(103, seed=7, epoch=e) for e in range(3)]
+    assert all(sorted(o.tolist()) == list(range(103)) for o in orders)  # every record, once
+    assert not np.array_equal(orders[0], orders[1]) and np.array_equal(orders[2], epoch_order(103, 7, 2))
+    shares = [worker_share(orders[0], rank, 4) for rank in range(4)]
+    assert [len(s) for s in shares] == [25] * 4  # the same steps on every worker
+    assert len(set(np.concatenate(shares).tolist())) == 100  # no overlap; 3 sit this epoch out
+    # neighbours change: the records that share rank 0's first batch of 4 differ epoch to epoch
+    first = [set(worker_share(o, 0, 4)[:4].tolist()) for o in orders]
+    assert first[0] != first[1] != first[2]
+
+
+def _validate_worker(rank: int, world_size: int, port: int, shapes: dict, folder: str) -> None:
+    import torch.distributed as dist
+
+    from model import build_detr
+    from pipeline.coco import load_coco
+    from pipeline.data import records_of
+    from pipeline.evaluation import CocoScorer
+    from pipeline.training import validate
+
+    if world_size > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(0)
+        model = build_detr("detr-tiny", num_classes=12).eval()
+        val_set = load_coco(shapes["val_annotations"], shapes["val_images"])
+        cfg = TrainConfig("", "", "", "", batch_size=3, augment_scale=0.15)  # 8 images: batches of 3, 3, 2
+        scorer = CocoScorer(val_set.raw) if rank == 0 else None
+        metrics = validate(model, records_of(val_set), cfg, scorer, torch.device("cpu"), rank, world_size)
+        if rank == 0:
+            Path(folder, f"{world_size}.json").write_text(json.dumps(metrics))
+    finally:
+        if world_size > 1:
+            dist.destroy_process_group()
+
+
+def test_sharded_validation_equals_one_worker(tiny_shapes, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _validate_worker(0, 1, port, tiny_shapes, str(tmp_path))
+    mp.start_processes(_validate_worker, args=(2, port, tiny_shapes, str(tmp_path)), nprocs=2, start_method="spawn")
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in (1, 2))
+    assert one == two and set(one) >= {"AP", "AP50"}
