@@ -43,3 +43,11 @@ def test_every_node_runs_ray_from_the_venv_with_token_auth():
     head = next(c for c in config["head_start_ray_commands"] if "ray start" in c)
     assert "--dashboard-host=127.0.0.1" in head  # the job API only through the launcher's tunnel
     assert config["file_mounts"]["/home/ubuntu/.config/detr-ray/auth_token"] == "~/.config/detr-ray/auth_token"
+
+
+def test_training_nodes_share_a_placement_group_and_talk_over_efa():
+    train = load()["available_node_types"]["gpu_train_node"]
+    node = train["node_config"]
+    assert node["Placement"]["GroupName"] and node["InstanceType"].startswith(("p4d", "p5"))
+    assert [n["InterfaceType"] for n in node["NetworkInterfaces"]] == ["efa"]
+    assert any("FI_PROVIDER=efa" in c for c in train["worker_setup_commands"])
