@@ -24,6 +24,7 @@ class StepProgress:
         self.epoch, self.epochs, self.steps_per_epoch = epoch, epochs, max(1, steps_per_epoch)
         self.every_steps, self.every_s = max(1, every_steps), every_s
         self.started = self.last = time.perf_counter()
+        self.records: list[dict] = []  # each line's numbers, for the run's history
 
     def line(self, step: int, loss: float, images: int) -> str | None:
         """The line for the step just done (counted from 1 in this epoch), or None when it is
@@ -34,9 +35,12 @@ class StepProgress:
         self.last = now
         elapsed = now - self.started
         left = (self.steps_per_epoch - step) + (self.epochs - self.epoch) * self.steps_per_epoch
-        eta = duration(elapsed / step * max(left, 0))
+        eta_s = elapsed / step * max(left, 0)
+        speed = images / max(elapsed, 1e-9)
+        self.records.append({"epoch": self.epoch, "step": step, "steps": self.steps_per_epoch, "loss": loss,
+                             "images_per_s": speed, "eta_s": round(eta_s, 1), "time": time.time()})
         return (f"epoch {self.epoch}/{self.epochs} step {step}/{self.steps_per_epoch} "
-                f"loss {loss:.4g} images/s {images / max(elapsed, 1e-9):.1f} eta {eta}")
+                f"loss {loss:.4g} images/s {speed:.1f} eta {duration(eta_s)}")
 
 
 # One-line human summaries, printed by each job before its JSON line.

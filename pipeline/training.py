@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import math
 import os
 import tempfile
@@ -216,7 +217,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     data = ray.data.DataContext.get_current()
     data.execution_options.preserve_order = True  # the epoch's permutation is the order trained
-    data.enable_progress_bars = False
+    data.enable_progress_bars = data.print_on_execution_start = False  # a stream per epoch: no banners
     records = ray.get(loop_config["train_records"]) if "train_records" in loop_config else None
     val_records = ray.get(loop_config["val_records"]) if cfg.val_annotations else None
     scorer = (CocoScorer(load_coco(cfg.val_annotations, cfg.val_images, check_files=False).raw, cfg.eval_backend)
@@ -247,6 +248,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             waited = time.perf_counter()
         scheduler.step()
         elapsed = time.perf_counter() - started
+        if progress is not None and progress.records:  # the progress lines, kept with the run
+            lines = "".join(json.dumps(r) + "\n" for r in progress.records)
+            uris.write_bytes(uris.join(_storage(cfg.storage), cfg.name, "progress", f"epoch_{epoch + 1:04d}.jsonl"),
+                             lines.encode())
         metrics: dict[str, Any] = {k: v / max(batches, 1) for k, v in sums.items()}
         metrics.update(epoch=epoch + 1, steps=steps, lr=optimizer.param_groups[0]["lr"],
                        images_per_s=images_seen * world_size / max(elapsed, 1e-9), epoch_seconds=elapsed,

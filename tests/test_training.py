@@ -62,12 +62,16 @@ def _loadable_epochs(run: str) -> list[int]:
 def test_two_workers_step_count_validation_and_retention(ray_cluster, tiny_shapes, tmp_path):
     batch = 3
     summary = run_training(_config(
-        tiny_shapes, tmp_path, "two", workers=2, batch_size=batch, epochs=2, num_to_keep=1,
+        tiny_shapes, tmp_path, "two", workers=2, batch_size=batch, epochs=2, num_to_keep=1, log_every=1,
         val_annotations=tiny_shapes["val_annotations"], val_images=tiny_shapes["val_images"],
     ))
     per_worker = 16 // 2  # equal split of the 16 training images
     assert summary["metrics"]["steps"] == 2 * math.ceil(per_worker / batch)
     assert summary["metrics"]["epoch"] == 2
+    # the progress lines are kept with the run, one JSON line each
+    progress = [json.loads(line) for line in (tmp_path / "two" / "progress" / "epoch_0002.jsonl").open()]
+    assert [(p["epoch"], p["step"]) for p in progress] == [(2, 1), (2, 2), (2, 3)]
+    assert all(p["images_per_s"] > 0 and p["steps"] == 3 for p in progress)
     # retention: the last checkpoint only, and the best by validation AP beside it
     assert [_payload(str(p))["epoch"] for p in _checkpoints(summary["run"])] == [2]
     best = _payload(summary["best_checkpoint"])
