@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import uri as uris
-from .config import DetrConfig, get_config
+from .config import DetrConfig
 from .detr import DETR
 
 log = logging.getLogger(__name__)

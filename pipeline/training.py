@@ -10,7 +10,6 @@ name resumes from the latest checkpoint; after a worker failure Ray restarts the
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import os
