@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a working dir
 
 from pipeline.evaluation import (BACKENDS, DEFAULT_BACKEND, MAX_DETECTIONS, evaluate_files,  # noqa: E402
-                                 format_tables, write_evaluation)
+                                 format_tables, max_dets_arg, write_evaluation)
 from pipeline.progress import evaluation_headline  # noqa: E402
 
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--output", help="folder (path or s3://) for metrics.json and metrics.parquet")
     p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
                    help=f"COCO scorer (default {DEFAULT_BACKEND}; pycocotools is the reference, same numbers)")
-    p.add_argument("--max-dets", type=int, default=MAX_DETECTIONS,
+    p.add_argument("--max-dets", type=max_dets_arg, default=MAX_DETECTIONS,
                    help=f"detections scored per image, the top by score (default {MAX_DETECTIONS}, COCO's rule)")
     args = p.parse_args(argv)
     try:

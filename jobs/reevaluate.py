@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import ray  # noqa: E402
 
-from pipeline.evaluation import BACKENDS  # noqa: E402
+from pipeline.evaluation import BACKENDS, max_dets_arg  # noqa: E402
 from pipeline.history import ReevaluateConfig, reevaluate  # noqa: E402
 from pipeline.progress import reevaluation_headline  # noqa: E402
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--actors", help="MIN,MAX model actors")
     p.add_argument("--backend", choices=BACKENDS, default=d.backend,
                    help=f"COCO scorer (default {d.backend}; pycocotools is the reference, same numbers)")
-    p.add_argument("--max-dets", type=int, default=d.max_dets,
+    p.add_argument("--max-dets", type=max_dets_arg, default=d.max_dets,
                    help=f"detections scored per image (default {d.max_dets}); rows of another cap are a "
                         "separate series, never compared")
     p.add_argument("--every", type=duration_seconds, help="keep running, once per DURATION (30m, 6h, 1d)")

@@ -39,6 +39,15 @@ def stat_names(max_dets: int = MAX_DETECTIONS) -> tuple[str, ...]:
 STAT_NAMES = stat_names()
 
 
+def max_dets_arg(text: str) -> int:
+    """--max-dets: an integer above 10 (the caps are 1, 10 and it)."""
+    import argparse
+
+    if not text.isdigit() or int(text) <= 10:
+        raise argparse.ArgumentTypeError(f"expected an integer above 10 (the caps are 1, 10 and it), got {text!r}")
+    return int(text)
+
+
 class CocoScorer:
     """A ground truth indexed by one backend, scoring detections [N,7] = (image_id, x, y, w, h,
     score, category_id) with at most max_dets per image."""

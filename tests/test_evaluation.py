@@ -322,6 +322,10 @@ def test_the_job_says_what_is_wrong_in_one_line(tmp_path):
         proc = job(source)
         assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [line], proc.stderr
 
+    proc = subprocess.run([sys.executable, "jobs/evaluate.py", "--predictions", str(other), "--annotations",
+                           str(tmp_path / "gt.json"), "--max-dets", "5"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and "expected an integer above 10" in proc.stderr.strip().splitlines()[-1]
+
     proc = job(tmp_path / "mixed.parquet")  # scored, and what was left out is said
     assert proc.returncode == 0, proc.stderr
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("evaluate: warning: ")]
