@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.process import run_measured
 
 
 def write_annotations(path: Path, images: int, boxes: int, seed: int = 0) -> None:
@@ -56,16 +53,11 @@ def main() -> None:
         command = [sys.executable, "jobs/train.py", "--annotations", str(annotations), "--images",
                    str(Path(folder) / "train2017"), "--storage", str(Path(folder) / "runs"), "--name", "r50",
                    "--preset", "detr-r50", "--from-scratch", "--workers", "32", "--gpu", "--dry-run"]
-        started = time.perf_counter()
-        with tempfile.TemporaryFile("w+") as out:
-            proc = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.DEVNULL)
-            _, _, usage = os.wait4(proc.pid, 0)
-            seconds = time.perf_counter() - started
-            out.seek(0)
-            summary = json.loads(out.read().strip().splitlines()[-1])
+        run = run_measured(command)  # exit code 1: the image files are absent, as it should say
+        summary = run["summary"]
         print(json.dumps({"images": summary["train"]["images"], "boxes": summary["train"]["boxes"],
-                          "json_mb": round(annotations.stat().st_size / 1e6), "seconds": round(seconds, 1),
-                          "peak_mib": round(usage.ru_maxrss / 1024), "problems": summary["train"]["problems"]}))
+                          "json_mb": round(annotations.stat().st_size / 1e6), "seconds": round(run["seconds"], 1),
+                          "peak_mib": round(run["peak_mib"]), "problems": summary["train"]["problems"]}))
 
 
 if __name__ == "__main__":

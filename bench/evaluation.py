@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,10 +24,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from bench.process import run_measured
 from pipeline.evaluation import CocoScorer, detections_array
 from pipeline.predictions import detections_table
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def build(images: int, per_image: int, seed: int = 0, crowd_share: float = 0.05, empty_share: float = 0.05):
@@ -74,16 +71,10 @@ def run_job(predictions: Path, annotations: Path, backend: str) -> dict:
     """Wall seconds, peak resident memory (MiB) and the summary of one evaluation job."""
     command = [sys.executable, "jobs/evaluate.py", "--predictions", str(predictions), "--annotations",
                str(annotations), "--backend", backend]
-    started = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - started
-        out.seek(0)
-        lines = out.read().strip().splitlines()
-    if os.waitstatus_to_exitcode(status) != 0:
+    run = run_measured(command)
+    if run["exit_code"] != 0:
         raise RuntimeError(f"{' '.join(command)} failed")
-    return {"seconds": seconds, "peak_mib": usage.ru_maxrss / 1024, "summary": json.loads(lines[-1])}
+    return run
 
 
 def main() -> None:

@@ -41,10 +41,9 @@ def onnx_metadata(graph: bytes) -> dict[str, Any]:
 def read_onnx(source: str) -> tuple[DetrConfig, bytes, str]:
     """(config, graph bytes, weights id) of an exported graph (local or s3://)."""
     graph = uris.read_bytes(source)
+    import_onnxruntime()  # a missing onnxruntime says how to install it, not that the file is bad
     try:
         metadata = onnx_metadata(graph)
-    except ImportError:
-        raise
     except Exception as e:
         raise ValueError(f"{source} is not a loadable ONNX graph: {e}") from e
     if "config" not in metadata or "weights" not in metadata:

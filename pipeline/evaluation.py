@@ -60,6 +60,7 @@ class CocoScorer:
         self.backend, self.max_dets, self.coco = backend, max_dets, coco
         self.gt = self._index(coco)
         self.image_ids = np.array(sorted(self.gt.getImgIds()), np.int64)
+        self.known_ids = pa.array(self.image_ids)  # the value set each batch's ids are matched against
         self.category_ids = np.array(sorted(self.gt.getCatIds()), np.int64)
         self._names: dict[str, int] | None = None
 
@@ -254,7 +255,7 @@ def match_image_ids(table: pa.Table, scorer: CocoScorer) -> pa.ChunkedArray:
     """Each row's ground-truth image id: its image_id when set (null if unknown), else the
     image whose file_name ends its path; null when nothing matches."""
     image_id = table["image_id"]
-    by_id = pc.if_else(pc.is_in(image_id, value_set=pa.array(scorer.image_ids)), image_id,
+    by_id = pc.if_else(pc.is_in(image_id, value_set=scorer.known_ids), image_id,
                        pa.scalar(None, pa.int64()))
     unset = pc.is_null(image_id)
     if not table.num_rows or not pc.any(unset).as_py():
