@@ -2,7 +2,7 @@
 
 The chain reads as Ray's examples do:
 
-    read_parquet(input shards)                     the plan's shard files (pipeline/inputs.py)
+    read_shards(the plan's shard files)            a read task per file (pipeline/inputs.py)
       -> map_batches(fetch)         CPU tasks: encoded bytes + header + canvas (pipeline/fetch.py)
       -> map_batches(Detector)      actor pool: decode, canvas batches, DETR (pipeline/detector.py)
       -> write_datasink(PartSink)   whole part files per shard (pipeline/part_sink.py)
@@ -238,10 +238,9 @@ def resources(config: DetectConfig) -> tuple[float, tuple[int, int]]:
 
 def build_dataset(todo: list[int], config: DetectConfig, run: dict[str, Any], weights, gpus: float,
                   low: int, high: int) -> ray.data.Dataset:
-    fs, _ = uris.resolve(config.output)
     per_task = min(config.images_per_read_task, config.images_per_window)
     return (
-        ray.data.read_parquet(inputs.shard_files(config.output, todo), filesystem=fs)
+        inputs.read_shards(config.output, todo, num_cpus=FETCH_CPUS)
         .repartition(target_num_rows_per_block=per_task)  # streamed: a read task's share of a shard
         .map_batches(fetch, batch_size=per_task, batch_format="pyarrow", num_cpus=FETCH_CPUS,
                      fn_kwargs={"min_size": config.min_size, "max_size": config.max_size,
