@@ -15,18 +15,20 @@ from __future__ import annotations
 import os
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
 import ray
 import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from model import DETR, DetrConfig, PostProcess, optimize_for_inference
 from model.onnx_model import OnnxDetr
 
 from . import predictions
-from .canvas import decode_jpegs, orient, to_canvas
+from .canvas import resized_size
 from .images import ImageError, decode_rgb
 
 Batch = tuple[tuple[int, int], list[int]]  # (canvas, row indices)
@@ -169,3 +171,34 @@ class Detector:
 
 def _is_cuda_fault(error: Exception) -> bool:
     return isinstance(error, getattr(torch, "AcceleratorError", ())) or "CUDA error" in str(error)
+
+
+def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """[...,H,W] stored pixels -> displayed pixels for an EXIF orientation (1-8), as Pillow's
+    ImageOps.exif_transpose does."""
+    if orientation in (5, 6, 7, 8):
+        image = image.transpose(-1, -2)
+    flips = {2: (-1,), 3: (-1, -2), 4: (-2,), 5: (), 6: (-1,), 7: (-1, -2), 8: (-2,)}.get(orientation, ())
+    return image.flip(flips) if flips else image
+
+
+def decode_jpegs(data: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """uint8 3xHxW (stored orientation) for each encoded JPEG; one batched nvJPEG call on a GPU.
+    Raises on a corrupt or truncated file (the caller retries one by one to find it)."""
+    images = decode_jpeg(list(data), mode=ImageReadMode.RGB, device=device)
+    return list(images)
+
+
+def to_canvas(images: Sequence[torch.Tensor], canvas: tuple[int, int], min_size: int, max_size: int,
+              mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Displayed uint8 3xHxW images (on the model's device) -> resized, normalised, zero-padded
+    [B,3,*canvas] float batch and its mask [B,*canvas] (True on padding)."""
+    device = images[0].device
+    batch = torch.zeros((len(images), 3, *canvas), dtype=torch.float32, device=device)
+    mask = torch.ones((len(images), *canvas), dtype=torch.bool, device=device)
+    for image, padded, m in zip(images, batch, mask):
+        height, width = resized_size(image.shape[1], image.shape[2], min_size, max_size)
+        resized = TF.resize(image, [height, width], antialias=True)
+        padded[:, :height, :width] = (resized.float() / 255 - mean) / std
+        m[:height, :width] = False
+    return batch, mask
