@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[DetectConfig, argparse.Na
     p.add_argument("--shard-size", type=int, default=d.shard_size, help="inputs per shard (the unit of resumption)")
     p.add_argument("--rows-per-file", type=int, default=d.rows_per_file,
                    help="rows a write task gathers before writing (a file holds one shard's rows)")
+    p.add_argument("--read-attempts", type=int, default=d.read_attempts,
+                   help="reads of a file, with backoff, before its row records `unreadable`")
     p.add_argument("--no-retry-errors", dest="retry_errors", action="store_false",
                    help="on a re-run, keep rows whose error is transient (unreadable, inference) instead of "
                         "running their shard again")
@@ -61,10 +63,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[DetectConfig, argparse.Na
     actors = tuple(int(v) for v in args.actors.split(",")) if args.actors else None
     if actors is not None and (len(actors) != 2 or not 1 <= actors[0] <= actors[1]):
         p.error("--actors takes MIN,MAX with 1 <= MIN <= MAX")
+    if args.read_attempts < 1:
+        p.error("--read-attempts must be at least 1")
     config = DetectConfig(
         images=args.images, output=args.output, checkpoint=args.checkpoint, image_root=args.image_root,
         score_threshold=args.score_threshold, batch_size=args.batch_size, window=args.window,
-        min_size=args.min_size, max_size=args.max_size, max_pixels=args.max_pixels, device=args.device,
+        min_size=args.min_size, max_size=args.max_size, max_pixels=args.max_pixels,
+        read_attempts=args.read_attempts, device=args.device,
         actors=actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
         shard_size=args.shard_size, rows_per_file=args.rows_per_file, retry_errors=args.retry_errors,
         resource_wait_s=args.resource_wait, overwrite=args.overwrite,

@@ -32,7 +32,7 @@ from . import inputs, predictions
 from .canvas import CANVAS_ASPECTS, STRIDE
 from .cluster import wait_for
 from .detector import Detector
-from .fetch import TRANSIENT_ERRORS, fetch
+from .fetch import ATTEMPTS, TRANSIENT_ERRORS, fetch
 from .images import MAX_PIXELS
 from .part_sink import PartSink
 
@@ -52,6 +52,7 @@ class DetectConfig:
     min_size: int = 800  # shorter side after resizing
     max_size: int = 1333  # longer side cap
     max_pixels: int = MAX_PIXELS  # larger images get an error row (decompression bombs)
+    read_attempts: int = ATTEMPTS  # reads of a file (with backoff) before its row records `unreadable`
     device: str = "auto"  # auto: GPUs when the cluster has them; cuda: wait for GPU nodes; cpu
     actors: tuple[int, int] | None = None  # (min, max) pool size; default from the cluster
     gpus_per_actor: float | None = None  # default: 1 on a GPU, else 0
@@ -244,7 +245,7 @@ def build_dataset(todo: list[int], config: DetectConfig, run: dict[str, Any], we
         .repartition(target_num_rows_per_block=per_task)  # streamed: a read task's share of a shard
         .map_batches(fetch, batch_size=per_task, batch_format="pyarrow", num_cpus=FETCH_CPUS,
                      fn_kwargs={"min_size": config.min_size, "max_size": config.max_size,
-                                "max_pixels": config.max_pixels})
+                                "max_pixels": config.max_pixels, "attempts": config.read_attempts})
         .map_batches(Detector, batch_size=config.images_per_window, batch_format="pyarrow",
                      compute=ActorPoolStrategy(min_size=low, max_size=high),
                      num_cpus=config.cpus_per_actor, num_gpus=gpus,

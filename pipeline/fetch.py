@@ -49,20 +49,20 @@ def read_bytes(uri: str, attempts: int = ATTEMPTS) -> bytes:
     raise AssertionError("unreachable")
 
 
-def fetch(rows: pa.Table, min_size: int, max_size: int, max_pixels: int) -> pa.Table:
+def fetch(rows: pa.Table, min_size: int, max_size: int, max_pixels: int, attempts: int = ATTEMPTS) -> pa.Table:
     """path, image_id, shard -> the same rows with bytes, header facts, canvas and error."""
     paths = rows["path"].to_pylist()
     with ThreadPoolExecutor(min(READ_THREADS, max(1, len(paths)))) as pool:
-        fetched = list(pool.map(lambda p: _fetch_one(p, min_size, max_size, max_pixels), paths))
+        fetched = list(pool.map(lambda p: _fetch_one(p, min_size, max_size, max_pixels, attempts), paths))
     columns = dict(zip(COLUMNS.names[3:], zip(*fetched))) if fetched else {n: [] for n in COLUMNS.names[3:]}
     return pa.table({"path": rows["path"].cast(pa.large_string()), "image_id": rows["image_id"],
                      "shard": rows["shard"], **{k: pa.array(list(v), COLUMNS.field(k).type)
                                                  for k, v in columns.items()}}, schema=COLUMNS)
 
 
-def _fetch_one(path: str, min_size: int, max_size: int, max_pixels: int) -> tuple:
+def _fetch_one(path: str, min_size: int, max_size: int, max_pixels: int, attempts: int) -> tuple:
     try:
-        data = read_bytes(path)
+        data = read_bytes(path, attempts)
         header = probe(data, max_pixels)
         canvas = canvas_size(*resized_size(header.height, header.width, min_size, max_size), min_size, max_size)
         return data, header.width, header.height, header.orientation, header.plain_jpeg, *canvas, None
