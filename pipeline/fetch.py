@@ -36,7 +36,7 @@ def read_bytes(uri: str, attempts: int = ATTEMPTS) -> bytes:
     for attempt in range(attempts):
         try:
             fs, path = uris.resolve(uri)
-            with fs.open_input_stream(path) as f:
+            with fs.open_input_file(path) as f:  # one GET whatever the size (model/uri.read_bytes)
                 return f.read()
         except FileNotFoundError as e:
             raise ImageError("missing", f"no such file {uri}") from e
