@@ -35,9 +35,7 @@ def read_bytes(uri: str, attempts: int = ATTEMPTS) -> bytes:
     """A file's bytes; retries transient failures; ImageError `missing` / `unreadable` else."""
     for attempt in range(attempts):
         try:
-            fs, path = uris.resolve(uri)
-            with fs.open_input_file(path) as f:  # one GET whatever the size (model/uri.read_bytes)
-                return f.read()
+            return uris.read_bytes(uri)  # one GET on S3, whatever the size
         except FileNotFoundError as e:
             raise ImageError("missing", f"no such file {uri}") from e
         except (PermissionError, IsADirectoryError) as e:

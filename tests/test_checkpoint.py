@@ -145,10 +145,11 @@ def test_not_a_checkpoint(tmp_path):
 def test_s3_save_and_load(s3_faults, s3_bucket, fixture_model, fixture_config, small_fixture):
     uri = save_checkpoint(f"{s3_bucket}/runs/a", fixture_model, epoch=1)
     assert uri == f"{s3_bucket}/runs/a/{CHECKPOINT_FILE}"
+    key = uri.removeprefix("s3://")
     for source in (f"{s3_bucket}/runs/a", uri):
-        reads = s3_faults.reads[uri.removeprefix("s3://")]
+        reads = s3_faults.reads[key]
         model, config = load_checkpoint(source)
-        assert s3_faults.reads[uri.removeprefix("s3://")] == reads + 1  # 45 MB in one GET, not one per chunk
+        assert s3_faults.reads[key] == reads + 1  # 45 MB in one GET, not one per chunk
         assert config == fixture_config
         _assert_same_outputs(model, small_fixture)
 
