@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(VENV)/bin/python jobs/demo.py --out $(DEMO_OUT)
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench.forward_vs_huggingface

@@ -12,7 +12,29 @@ REPO = Path(__file__).resolve().parents[1]
 # Every Ray cluster of the test run, and every driver, without token auth (docs/training.md),
 # except the authenticated head of test_job_submit.py.
 os.environ["RAY_AUTH_MODE"] = "disabled"
+# Ray Train's controller polls its workers every 2 s and each run waits for a poll at each
+# phase (start, every worker done): 3 s of a 9 s one-epoch test run. Runs and their outcome
+# are the same at a shorter interval.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+# Start-up work no test depends on, left out for CPU: Ray's workers started ahead for the first
+# driver (4 processes importing Ray), and Ray Train's watcher for node drains (one actor per run).
+os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 REFERENCE = Path(os.environ.get("DETR_REFERENCE_DIR", REPO.parent / "shared" / "reference"))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`make test` runs two pytest processes (`-n 2 --dist loadgroup`). The tests that start
+    Rays of their own (`own_ray`) run one after the other in one of them; every other test goes
+    to whichever process is free, and each process starts its own session Ray
+    (`ray_cluster`) if a test there needs it. tests/local_cluster.py says how the Rays
+    of one host keep apart."""
+    for item in items:
+        if item.get_closest_marker("own_ray"):
+            item.add_marker(pytest.mark.xdist_group("own_ray"))
+    # the long tests first (those on the session's Ray), the short ones after to even out the end
+    items.sort(key=lambda item: "ray_cluster" not in item.fixturenames)
 
 
 @pytest.fixture(scope="session")
@@ -138,12 +160,16 @@ def s3_bucket(s3_server, request) -> str:
 
 @pytest.fixture(scope="session")
 def ray_cluster(s3_server):
-    """One local Ray for the whole run, with more logical CPUs than cores so training
+    """One local Ray for the test process, with more logical CPUs than cores so training
     workers and Ray Data tasks fit side by side. Started after the S3 server, so every
     Ray worker inherits the AWS_* variables that point at it."""
     import ray
 
-    ray.init(address="local", num_cpus=4, include_dashboard=True, log_to_driver=True)
+    from .local_cluster import dashboard_env, free_port
+
+    port = free_port()
+    os.environ.update(dashboard_env(port))  # tests/local_cluster.py says why
+    ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_port=port, log_to_driver=True)
     yield ray
     ray.shutdown()
 

@@ -1,14 +1,27 @@
-"""A multi-node Ray cluster on this host (ray.cluster_utils.Cluster) for the multi-node scripts.
+"""Several Ray instances on one host: the test session's own, the multi-node clusters
+(ray.cluster_utils.Cluster) and the jobs that start a Ray of their own.
 
-Its ports are chosen free: another Ray on the host (the test session's own) already holds
-the defaults (dashboard 8265), and a head without a dashboard has no state API.
+Ray's state API (which Ray Train itself calls from its controller's helpers) finds its cluster
+by looking for Ray processes on the host; with two instances it picks the one started last
+or fails ("Found multiple active Ray instances"). So every Ray of the test run is started
+with RAY_API_SERVER_ADDRESS naming its own dashboard, inherited by all of its processes, and
+its dashboard port is chosen free; Ray's default one (8265) is left to the jobs that start a
+local Ray the way a user's does.
 """
 from __future__ import annotations
 
+import os
 import socket
 
 import ray
 from ray.cluster_utils import Cluster
+
+STATE_API = "RAY_API_SERVER_ADDRESS"
+DEFAULT_DASHBOARD = 8265
+
+# A removed node is declared dead after 3 missed health checks 0.5 s apart, not Ray's default of
+# 5 at 3 s: the tests remove nodes on purpose and wait for Ray to notice.
+FAST_NODE_DEATH = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
 
 
 def free_port() -> int:
@@ -17,10 +30,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def dashboard_env(port: int) -> dict[str, str]:
+    """The variable that points Ray's state API at the Ray whose dashboard is on `port`."""
+    return {STATE_API: f"http://127.0.0.1:{port}"}
+
+
+def job_env(**extra: str) -> dict[str, str]:
+    """The environment of a job that starts (or joins, with RAY_ADDRESS in `extra`) a Ray other
+    than the test session's: this process's, without the session's address and state API."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", STATE_API)}
+    env.update(RAY_AUTH_MODE="disabled", **dashboard_env(DEFAULT_DASHBOARD))
+    env.update(extra)
+    return env
+
+
 def start_cluster(workers: int, cpus: int) -> tuple[Cluster, list]:
     """A head with no CPUs (so work goes to the workers) and `workers` nodes of `cpus` CPUs;
     connects this driver to it."""
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "dashboard_port": free_port()})
+    port = free_port()
+    os.environ.update(dashboard_env(port))  # before the nodes start: they inherit it
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "dashboard_port": port, "_system_config": FAST_NODE_DEATH})
     nodes = [cluster.add_node(num_cpus=cpus) for _ in range(workers)]
     ray.init(address=cluster.address)
     cluster.wait_for_nodes()

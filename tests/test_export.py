@@ -19,6 +19,8 @@ from pipeline import predictions
 from pipeline.detection import DetectConfig, run_detection
 
 REPO = Path(__file__).resolve().parents[1]
+# In one test process (tests/conftest.py): the export fixture is made once.
+pytestmark = pytest.mark.xdist_group("export")
 SHIPPED = str(REPO / "checkpoints" / "detr-tiny-shapes.pt")
 
 

@@ -17,9 +17,10 @@ import pytest
 
 from model import load_checkpoint
 
-from .local_cluster import free_port
+from .local_cluster import STATE_API, dashboard_env, free_port
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.own_ray
 VENV_BIN = Path(sys.executable).parent
 RAY = str(VENV_BIN / "ray")
 
@@ -27,7 +28,7 @@ RAY = str(VENV_BIN / "ray")
 def _plain_env() -> dict:
     """This process's environment without the project's venv on PATH (so `python` there is
     not the project's) and without any Ray address or authentication setting."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS", STATE_API))}
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep)
                                   if p and Path(p).resolve() != VENV_BIN.resolve())
     return env
@@ -46,7 +47,7 @@ def token_head(tmp_path_factory):
                  f" --runtime-env-agent-port={free_port()} --metrics-export-port={free_port()} --num-cpus=4"
                  f" --temp-dir={temp_dir}")
     head = subprocess.Popen(["make", "head", f"RAY_AUTH_TOKEN_PATH={token}", f"HEAD_ARGS={head_args}"],
-                            cwd=REPO, env=_plain_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=REPO, env=dict(_plain_env(), **dashboard_env(dashboard)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 120

@@ -2,26 +2,28 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from model import load_checkpoint
+
+from .local_cluster import job_env
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run_job(*args: str, timeout: int = 900) -> dict:
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(
-        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=job_env()
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.own_ray
 def test_demo(tmp_path):
     """The demo trains (the path), then detects with the shipped detr-tiny: a detector that works."""
     summary = run_job("jobs/demo.py", "--out", str(tmp_path), "--train", "16", "--val", "16", "--epochs", "1",

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +12,11 @@ import torch
 
 from model import build_detr, load_checkpoint, save_checkpoint
 
+from .local_cluster import job_env
 from .test_detection import write_pictures
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.own_ray
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +28,8 @@ def checkpoint(tmp_path_factory) -> str:
 
 
 def run_script(script: str, *args: str) -> dict:
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")  # with the AWS_* variables of the S3 server, if started
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, f"tests/{script}", *args], cwd=REPO, env=env,
+    # with the AWS_* variables of the S3 server, if started
+    proc = subprocess.run([sys.executable, f"tests/{script}", *args], cwd=REPO, env=job_env(),
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -18,6 +18,8 @@ from model import build_detr, load_checkpoint
 from model.checkpoint import safe_torch_load
 from pipeline.training import TrainConfig, _build_model, _run_config, fit, run_training, warm_up
 
+from .local_cluster import STATE_API, job_env
+
 
 def _config(shapes: dict, storage: Path, name: str, **overrides) -> TrainConfig:
     settings = dict(
@@ -131,7 +133,7 @@ def test_resume_continues_at_the_next_epoch(ray_cluster, tiny_shapes, tmp_path):
 def _train_worker_pids() -> list[int]:
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    actors = list_actors(address=os.environ[STATE_API], filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     return [a.pid for a in actors if a.pid]
 
 
@@ -225,6 +227,7 @@ def test_warm_up_is_linear_then_hands_over_to_the_step_drop():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(3e-5)
 
 
+@pytest.mark.own_ray
 def test_as_many_workers_as_cores_stops_with_a_message(tiny_shapes, tmp_path):
     """`jobs/train.py --workers N` on an N-core machine (its own local Ray): the workers would
     take every CPU and the decode/augment tasks would never run, so Ray would wait forever.
@@ -232,13 +235,12 @@ def test_as_many_workers_as_cores_stops_with_a_message(tiny_shapes, tmp_path):
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     cores = os.cpu_count()
     proc = subprocess.run(
         [sys.executable, "jobs/train.py", "--annotations", tiny_shapes["train_annotations"],
          "--images", tiny_shapes["train_images"], "--storage", str(tmp_path), "--name", "full",
          "--workers", str(cores), "--epochs", "1"],
-        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=300)
+        cwd=Path(__file__).resolve().parents[1], env=job_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("train: the cluster cannot hold this run: it needs ")
