@@ -169,7 +169,8 @@ def ray_cluster(s3_server):
 
     port = free_port()
     os.environ.update(dashboard_env(port))  # tests/local_cluster.py says why
-    ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_port=port, log_to_driver=True)
+    ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_port=port,
+             log_to_driver=True)
     yield ray
     ray.shutdown()
 

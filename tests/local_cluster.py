@@ -35,12 +35,12 @@ def dashboard_env(port: int) -> dict[str, str]:
     return {STATE_API: f"http://127.0.0.1:{port}"}
 
 
-def job_env(**extra: str) -> dict[str, str]:
-    """The environment of a job that starts (or joins, with RAY_ADDRESS in `extra`) a Ray other
-    than the test session's: this process's, without the session's address and state API."""
+def job_env() -> dict[str, str]:
+    """The environment of a job that starts a Ray of its own: this process's, without the
+    session Ray's address, and the state API at Ray's default dashboard, where a job's local
+    Ray puts it (start_cluster points it at its own instead)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", STATE_API)}
     env.update(RAY_AUTH_MODE="disabled", **dashboard_env(DEFAULT_DASHBOARD))
-    env.update(extra)
     return env
 
 

@@ -47,8 +47,8 @@ def token_head(tmp_path_factory):
                  f" --runtime-env-agent-port={free_port()} --metrics-export-port={free_port()} --num-cpus=4"
                  f" --temp-dir={temp_dir}")
     head = subprocess.Popen(["make", "head", f"RAY_AUTH_TOKEN_PATH={token}", f"HEAD_ARGS={head_args}"],
-                            cwd=REPO, env=dict(_plain_env(), **dashboard_env(dashboard)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            cwd=REPO, env=dict(_plain_env(), **dashboard_env(dashboard)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 120
     while True:

@@ -133,7 +133,8 @@ def test_resume_continues_at_the_next_epoch(ray_cluster, tiny_shapes, tmp_path):
 def _train_worker_pids() -> list[int]:
     from ray.util.state import list_actors
 
-    actors = list_actors(address=os.environ[STATE_API], filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    actors = list_actors(address=os.environ[STATE_API],  # this test process's Ray (tests/local_cluster.py)
+                         filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     return [a.pid for a in actors if a.pid]
 
 
