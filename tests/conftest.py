@@ -165,11 +165,10 @@ def ray_cluster(s3_server):
     Ray worker inherits the AWS_* variables that point at it."""
     import ray
 
-    from .local_cluster import dashboard_env, free_port
+    from .local_cluster import own_dashboard
 
-    port = free_port()
-    os.environ.update(dashboard_env(port))  # tests/local_cluster.py says why
-    ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_port=port,
+    # a dashboard of its own, named to the state API (tests/local_cluster.py says why)
+    ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_port=own_dashboard(),
              log_to_driver=True)
     yield ray
     ray.shutdown()

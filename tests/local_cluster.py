@@ -35,22 +35,28 @@ def dashboard_env(port: int) -> dict[str, str]:
     return {STATE_API: f"http://127.0.0.1:{port}"}
 
 
+def own_dashboard() -> int:
+    """A free port for the dashboard of the Ray this process starts next, named to the state
+    API here and in every process started from here (that Ray's own among them)."""
+    port = free_port()
+    os.environ.update(dashboard_env(port))
+    return port
+
+
 def job_env() -> dict[str, str]:
     """The environment of a job that starts a Ray of its own: this process's, without the
     session Ray's address, and the state API at Ray's default dashboard, where a job's local
     Ray puts it (start_cluster points it at its own instead)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", STATE_API)}
-    env.update(RAY_AUTH_MODE="disabled", **dashboard_env(DEFAULT_DASHBOARD))
+    env.update(dashboard_env(DEFAULT_DASHBOARD))
     return env
 
 
 def start_cluster(workers: int, cpus: int) -> tuple[Cluster, list]:
     """A head with no CPUs (so work goes to the workers) and `workers` nodes of `cpus` CPUs;
     connects this driver to it."""
-    port = free_port()
-    os.environ.update(dashboard_env(port))  # before the nodes start: they inherit it
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "dashboard_port": port, "_system_config": FAST_NODE_DEATH})
+        "num_cpus": 0, "dashboard_port": own_dashboard(), "_system_config": FAST_NODE_DEATH})
     nodes = [cluster.add_node(num_cpus=cpus) for _ in range(workers)]
     ray.init(address=cluster.address)
     cluster.wait_for_nodes()
