@@ -1,78 +1,98 @@
-"""COCO AP of canvas-padded detection against per-image unpadded detection, same weights.
+"""COCO AP of one checkpoint through three ways of padding the same images, same weights.
 
-Padding an image onto its canvas changes the convolutions near its bottom/right border
-(zero padding is not the image's own border), so detections move a little. This scores a
-trained checkpoint both ways on a COCO-format set: each image alone at its resized size
-with no padding (the reference's batch of one), and the detection job's path (the Detector
-actor: decode, canvas, batches of --batch-size). Goal: |AP difference| <= 0.005.
+- `batch`: batches of --batch-size in file order, each zero-padded to its largest image (how
+  the training job validated before validation ran the detection path, and how the reference
+  DETR evaluates): an image's detections then depend on its neighbours;
+- `alone`: each image alone at its resized size, no padding (the reference's batch of one);
+- `detection`: the detection path (pipeline/detector.py: the read stage, the one decoder,
+  canvases, batches of --batch-size), which training's validation now runs too.
 
-    python -m bench.learning --minutes 12 --data DATA --save tiny.pt   # a trained detr-tiny
-    python -m bench.canvas_ap --checkpoint tiny.pt --annotations DATA/annotations/val.json --images DATA/val
+Each image is resized by the checkpoint's input contract (or --min-size / --max-size), and the
+detections are scored by the scorer jobs/evaluate.py uses, keeping every query (threshold 0).
+By default on the demo's 50 validation images (make_synthetic seed 0, 96-192 px).
+
+    python -m bench.canvas_ap --checkpoints checkpoints/detr-tiny-shapes.pt [more.pt ...] [--images 50]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
 
-import pyarrow as pa
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from model import PostProcess, load_checkpoint
+from model import PostProcess, load_checkpoint, pad_images
 from model import uri as uris
+from model.contract import resolve_contract
 from pipeline import predictions
-from pipeline.canvas import resized_size
 from pipeline.coco import load_coco
-from pipeline.detector import Detector
+from pipeline.decode import decode_image
 from pipeline.evaluation import CocoScorer, evaluate_predictions
-from pipeline.fetch import fetch
-from pipeline.images import decode_rgb
+from pipeline.synthetic import SyntheticConfig, make_synthetic
+from pipeline.training import detect_images
 
 
-def unpadded(model, config, rows: pa.Table, sizes: dict) -> pa.Table:
-    postprocess = PostProcess(0.0, top_k=config.num_queries)
-    detections = []
-    for path in rows["path"].to_pylist():
-        image = torch.from_numpy(decode_rgb(uris.read_bytes(path))).permute(2, 0, 1)
-        height, width = resized_size(image.shape[1], image.shape[2], **sizes)
-        pixels = TF.resize(image, [height, width], antialias=True).float() / 255
-        pixels = TF.normalize(pixels, config.image_mean, config.image_std)
-        with torch.inference_mode():
-            (found,) = postprocess(model(pixels), torch.tensor([image.shape[1:]]))
-        detections.append({k: v.numpy() for k, v in found.items()})
-    return predictions.detections_table(rows["path"].to_pylist(), rows["image_id"].to_pylist(),
-                                        rows["width"].to_pylist(), rows["height"].to_pylist(), detections,
-                                        [None] * rows.num_rows, "unpadded")
+@torch.inference_mode()
+def padded_batches(model, contract, records: list[dict], batch_size: int):
+    """Detections of batches each padded to its largest image (batch_size 1: alone)."""
+    postprocess = PostProcess(0.0, top_k=model.config.num_queries)
+    paths, ids, widths, heights, found = [], [], [], [], []
+    for start in range(0, len(records), batch_size):
+        chunk = records[start:start + batch_size]
+        images = [decode_image(uris.read_bytes(r["path"])) for r in chunk]
+        pixels = [TF.normalize(TF.resize(image, list(contract.resized_size(*image.shape[1:])), antialias=True)
+                               .float() / 255, contract.image_mean, contract.image_std) for image in images]
+        batch, mask = pad_images(pixels)
+        sizes = torch.tensor([list(image.shape[1:]) for image in images])
+        for r, image, d in zip(chunk, images, postprocess(model(batch, mask), sizes)):
+            paths.append(r["path"])
+            ids.append(r["image_id"])
+            heights.append(image.shape[1])
+            widths.append(image.shape[2])
+            found.append({k: v.numpy() for k, v in d.items()})
+    return predictions.detections_table(paths, ids, widths, heights, found, [None] * len(paths), "bench")
+
+
+def score(table, gt: CocoScorer) -> dict[str, float]:
+    metrics = evaluate_predictions([table], gt)["metrics"]
+    return {k: round(metrics[k], 4) for k in ("AP", "AP50", "AP75")}
+
+
+def measure(checkpoint: str, records: list[dict], gt: CocoScorer, batch_size: int, sizes: dict) -> dict:
+    model, _ = load_checkpoint(checkpoint)
+    contract, _ = resolve_contract(model.contract, checkpoint, **sizes)
+    return {"checkpoint": checkpoint, "contract_recorded": model.contract is not None,
+            "min_size": contract.min_size, "max_size": contract.max_size, "masked_backbone": model.config.masked_backbone,
+            "batch": score(padded_batches(model, contract, records, batch_size), gt),
+            "alone": score(padded_batches(model, contract, records, 1), gt),
+            "detection": score(detect_images(model, records, contract, batch_size), gt)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--annotations", required=True)
-    parser.add_argument("--images", required=True)
-    parser.add_argument("--min-size", type=int, default=160, help="bench.learning's validation size")
-    parser.add_argument("--max-size", type=int, default=267)
+    parser.add_argument("--checkpoints", nargs="+", required=True)
+    parser.add_argument("--data", help="a make_synthetic folder (default: the demo's validation images, made here)")
+    parser.add_argument("--images", type=int, default=50, help="the first N validation images")
+    parser.add_argument("--min-size", type=int, help="instead of the checkpoint's contract")
+    parser.add_argument("--max-size", type=int)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    sizes = {"min_size": args.min_size, "max_size": args.max_size}
-    dataset = load_coco(args.annotations, args.images)
-    gt = CocoScorer(dataset.raw)
-    rows = pa.table({"path": pa.array([dataset.image_uri(i) for i in dataset.images], pa.large_string()),
-                     "image_id": pa.array([i["id"] for i in dataset.images], pa.int64()),
-                     "shard": pa.array([0] * len(dataset.images), pa.int32())})
-    rows = fetch(rows, **sizes, max_pixels=10**9)
-    model, config = load_checkpoint(args.checkpoint)
-    detector = Detector((config.to_dict(), model.state_dict()), "padded", 0.0, args.batch_size,
-                        cpus=torch.get_num_threads(), **sizes)
-    padded = detector(rows)
-    calls = sum(padded["call_share"].to_pylist())
-    results = {"images": rows.num_rows, **sizes, "batch_size": args.batch_size,
-               "batch_fill": round(rows.num_rows / calls / args.batch_size, 3)}
-    for name, table in (("unpadded", unpadded(model.eval(), config, rows, sizes)), ("padded", padded)):
-        metrics = evaluate_predictions([table.select(predictions.SCHEMA.names)], gt)["metrics"]
-        results[name] = {k: round(metrics[k], 4) for k in ("AP", "AP50", "AP75")}
-    results["AP_difference"] = round(results["padded"]["AP"] - results["unpadded"]["AP"], 4)
-    print(json.dumps(results))
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as folder:
+        data = args.data or make_synthetic(os.path.join(folder, "shapes"), 0, args.images, seed=0,
+                                           config=SyntheticConfig(min_side=96, max_side=192, max_objects=4))["out"]
+        dataset = load_coco(f"{data}/annotations/val.json", f"{data}/val")
+        records = dataset.records()[:args.images]
+        keep = {r["image_id"] for r in records}
+        gt = CocoScorer({**dataset.raw, "images": [i for i in dataset.raw["images"] if i["id"] in keep],
+                         "annotations": [a for a in dataset.raw["annotations"] if a["image_id"] in keep]})
+        sizes = {"min_size": args.min_size, "max_size": args.max_size}
+        for checkpoint in args.checkpoints:
+            print(json.dumps({"images": len(records), "batch_size": args.batch_size,
+                              **measure(checkpoint, records, gt, args.batch_size, sizes)}), flush=True)
 
 
 if __name__ == "__main__":

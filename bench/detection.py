@@ -36,10 +36,9 @@ import ray
 import torch
 from PIL import Image
 
-from model import build_detr, save_checkpoint
-from pipeline.canvas import canvas_size, resized_size
+from model import InputContract, build_detr, save_checkpoint
 from pipeline.detection import DetectConfig, run_detection
-from pipeline.detector import Detector, model_batches
+from pipeline.detector import DetectorActor, model_batches
 from pipeline.fetch import fetch
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "coco" / "instances_val2014_100.json"
@@ -64,12 +63,12 @@ def fetched(folder: str, sizes: dict) -> pa.Table:
     paths = sorted(str(p) for p in Path(folder).iterdir())
     rows = pa.table({"path": pa.array(paths, pa.large_string()), "image_id": pa.nulls(len(paths), pa.int64()),
                      "shard": pa.array([0] * len(paths), pa.int32())})
-    return fetch(rows, **sizes, max_pixels=10**9)
+    return fetch(rows, InputContract(**sizes), max_pixels=10**9)
 
 
 def bytes_per_image(table: pa.Table, sizes: dict) -> dict:
     files = sum(len(b) for b in table["data"].to_pylist())
-    pixels = sum(3 * h * w for h, w in (resized_size(h, w, **sizes) for h, w in
+    pixels = sum(3 * h * w for h, w in (InputContract(**sizes).resized_size(h, w) for h, w in
                                         zip(table["height"].to_pylist(), table["width"].to_pylist())))
     n = table.num_rows
     return {"file_bytes_per_image": round(files / n), "object_store_bytes_per_image": round(table.nbytes / n),
@@ -77,7 +76,7 @@ def bytes_per_image(table: pa.Table, sizes: dict) -> dict:
             "decoded_pixels_over_file_bytes": round(pixels / files, 2)}
 
 
-def bare_images_per_s(table: pa.Table, detector: Detector, batch_size: int, window: int) -> float:
+def bare_images_per_s(table: pa.Table, detector: DetectorActor, batch_size: int, window: int) -> float:
     """The model alone on the job's own canvas batches, decoded and padded beforehand."""
     prepared = []
     for start in range(0, table.num_rows, window):
@@ -149,15 +148,16 @@ def main() -> None:
         write_photos(f"{work}/photos{count}", count, photo_sizes, seed=count)
     results: dict = {"images": [n, 3 * n], **sizes, "threads": args.threads, "preset": args.preset,
                      "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"}
-    resized = {resized_size(h, w, **sizes) for h, w in photo_sizes}
-    results["shapes"], results["canvases"] = len(resized), len({canvas_size(h, w, **sizes) for h, w in resized})
+    contract = InputContract(**sizes)
+    resized = {contract.resized_size(h, w) for h, w in photo_sizes}
+    results["shapes"], results["canvases"] = len(resized), len({contract.canvas_size(h, w) for h, w in resized})
 
     table = fetched(f"{work}/photos{n}", sizes)
     results.update(bytes_per_image(table, sizes))
     torch.set_num_threads(args.threads)
     saved = torch.load(checkpoint, weights_only=True)
     ray.init(num_cpus=2 + args.threads, num_gpus=1 if args.device == "cuda" else 0)  # 1 actor + read/write tasks
-    detector = Detector((saved["config"], saved["model"]), "bench", 0.5, 8, cpus=args.threads, **sizes)
+    detector = DetectorActor((saved["config"], saved["model"]), "bench", 0.5, 8, contract.to_dict(), cpus=args.threads)
     results["bare_images_per_s"] = round(bare_images_per_s(table, detector, 8, 256), 2)
     started = time.perf_counter()  # the actor's own work on the same rows: decode thread + model
     for start in range(0, table.num_rows, 256):

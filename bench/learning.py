@@ -1,7 +1,8 @@
 """Learning from scratch: val AP/AP50 of the small preset against wall-clock training time.
 
 Trains on a synthetic shapes set for a fixed time budget on this machine's CPU (plain
-PyTorch loop over the project's own model, criterion, augmentation and COCO scoring) and
+PyTorch loop over the project's own model, criterion, augmentation, and validation by the
+detection path with COCO scoring, as the training job validates) and
 prints the curve (minutes, AP, AP50, train loss) as JSON. Compare with the reference
 recipe's anchor (AP50 0.002 after 15 minutes, ../shared/reference/LEARNING_ANCHOR.md).
 Defaults are the preset's recipe (pipeline.training.RECIPES); --model changes the network
@@ -21,19 +22,20 @@ import time
 import numpy as np
 import torch
 
-from model import build_criterion, build_detr, save_checkpoint
+from model import InputContract, build_criterion, build_detr, save_checkpoint
 from model import uri as uris
 from pipeline.coco import load_coco
 from pipeline.data import augment_samples, collate
-from pipeline.evaluation import CocoScorer
+from pipeline.decode import decode_image
+from pipeline.evaluation import CocoScorer, evaluate_predictions
 from pipeline.synthetic import SyntheticConfig, make_synthetic
-from pipeline.training import RECIPES, evaluate, warm_up
-from pipeline.transforms import AugmentConfig, decode, train_transform, val_transform
+from pipeline.training import RECIPES, detect_images, warm_up
+from pipeline.transforms import AugmentConfig, train_transform
 
 
 def load_split(annotations: str, images: str):
     dataset = load_coco(annotations, images)
-    samples = [(decode(uris.read_bytes(r["path"])), np.array(r["boxes"], np.float32).reshape(-1, 4),
+    samples = [(decode_image(uris.read_bytes(r["path"])), np.array(r["boxes"], np.float32).reshape(-1, 4),
                 np.array(r["labels"], np.int64), r["image_id"]) for r in dataset.records()]
     return dataset, samples
 
@@ -45,11 +47,6 @@ def parse_override(item: str) -> tuple[str, object]:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
-
-
-def batches(samples, transform, batch_size: int):
-    for start in range(0, len(samples), batch_size):
-        yield augment_samples(samples[start : start + batch_size], transform)
 
 
 def main() -> None:
@@ -77,13 +74,20 @@ def main() -> None:
     torch.manual_seed(args.seed)
     random.seed(args.seed)
 
-    with tempfile.TemporaryDirectory() as folder:
-        data = args.data or make_synthetic(os.path.join(folder, "shapes"), args.train, args.val, seed=args.seed,
-                                           config=SyntheticConfig(min_side=96, max_side=192, max_objects=4))["out"]
-        train_set, train_samples = load_split(f"{data}/annotations/train.json", f"{data}/train")
-        val_set, val_samples = load_split(f"{data}/annotations/val.json", f"{data}/val")
+    if args.data:
+        train(args, args.data)
+    else:
+        with tempfile.TemporaryDirectory() as folder:  # validation reads the files, as detection does
+            train(args, make_synthetic(os.path.join(folder, "shapes"), args.train, args.val, seed=args.seed,
+                                       config=SyntheticConfig(min_side=96, max_side=192, max_objects=4))["out"])
+
+
+def train(args: argparse.Namespace, data: str) -> None:
+    train_set, train_samples = load_split(f"{data}/annotations/train.json", f"{data}/train")
+    val_set = load_coco(f"{data}/annotations/val.json", f"{data}/val")
     gt = CocoScorer(val_set.raw)
     augment = AugmentConfig().scaled(args.augment_scale)
+    contract = InputContract(min_size=augment.val_size, max_size=augment.max_size)  # validation = detection
     overrides = dict(parse_override(item) for item in args.model)
     model = build_detr(args.preset, num_classes=train_set.num_classes, **overrides).train()
     criterion = build_criterion(model.config.num_classes, model.config.dec_layers, two_stage=model.config.two_stage,
@@ -97,13 +101,13 @@ def main() -> None:
     transform = train_transform(augment)
     device = torch.device("cpu")
     curve, losses, steps, trained_s, next_eval, dropped = [], [], 0, 0.0, args.eval_every * 60, False
-    print(f"{len(train_samples)} train / {len(val_samples)} val images; recipe {vars(args)}", flush=True)
+    print(f"{len(train_samples)} train / {len(val_set.images)} val images; recipe {vars(args)}", flush=True)
     while trained_s < args.minutes * 60:
         order = random.sample(range(len(train_samples)), len(train_samples))
         for start in range(0, len(order) - args.batch_size + 1, args.batch_size):
             tick = time.perf_counter()
             batch = augment_samples([train_samples[i] for i in order[start : start + args.batch_size]], transform)
-            images, mask, targets = collate(batch, device, model.config.image_mean, model.config.image_std)
+            images, mask, targets = collate(batch, device, contract.image_mean, contract.image_std)
             loss = criterion.total_loss(criterion(model(images, mask), targets))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -118,7 +122,9 @@ def main() -> None:
             steps += 1
             losses.append(loss.item())
             if trained_s >= next_eval or trained_s >= args.minutes * 60:
-                stats = evaluate(model, batches(val_samples, val_transform(augment), args.batch_size), gt, device)
+                table = detect_images(model.eval(), val_set.records(), contract, args.batch_size)
+                model.train()
+                stats = evaluate_predictions([table], gt)["metrics"]
                 point = {"minutes": round(trained_s / 60, 2), "steps": steps, "AP": stats["AP"],
                          "AP50": stats["AP50"], "train_loss": float(np.mean(losses[-50:]))}
                 curve.append(point)
@@ -127,7 +133,7 @@ def main() -> None:
                 if trained_s >= args.minutes * 60:
                     break
     if args.save:
-        save_checkpoint(args.save, model.eval())
+        save_checkpoint(args.save, model.eval(), contract=contract)
     print(json.dumps({"recipe": vars(args), "curve": curve,
                       "images_per_s": steps * args.batch_size / trained_s}))
 

@@ -52,7 +52,7 @@ from pipeline.training import TrainConfig, _param_groups, fit
 
 def _samples(cfg: TrainConfig, records: list[dict]) -> list[dict]:
     """One augmentation of every record, a row per sample, as the worker's stream makes them."""
-    batch = _load_and_augment({k: [r[k] for r in records] for k in records[0]}, cfg.augment, train=True)
+    batch = _load_and_augment({k: [r[k] for r in records] for k in records[0]}, cfg.augment)
     return [dict(zip(batch, values)) for values in zip(*batch.values())]
 
 
@@ -75,7 +75,7 @@ def plain_loop(cfg: TrainConfig, epochs: list[list[dict]], num_classes: int) -> 
     for epoch, batches in enumerate(epochs):
         started, cpu0 = time.perf_counter(), time.thread_time()
         for batch in batches:
-            images, mask, targets = collate(batch, device, config.image_mean, config.image_std)
+            images, mask, targets = collate(batch, device, cfg.contract().image_mean, cfg.contract().image_std)
             loss = criterion.total_loss(criterion(model(images, mask), targets))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -68,7 +68,7 @@ def main() -> None:
     predictions = os.path.join(out, "predictions")
     detection = run_detection(DetectConfig(
         images=data["val_annotations"], image_root=data["val_images"], output=predictions,
-        checkpoint=checkpoint, score_threshold=0.0, min_size=160, max_size=267, overwrite=True,
+        checkpoint=checkpoint, score_threshold=0.0, overwrite=True,  # sizes: the checkpoint's input contract
     ))
     ray.shutdown()
     scores = evaluate_files(predictions, data["val_annotations"])

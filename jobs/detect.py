@@ -34,11 +34,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[DetectConfig, argparse.Na
     p.add_argument("--checkpoint", required=True, help="ours, a reference .pth, a Hugging Face folder, or a .onnx graph from jobs/export.py")
     p.add_argument("--image-root", help="for a COCO .json: folder of its file_names (default: the JSON's folder)")
     p.add_argument("--score-threshold", type=float, default=d.score_threshold,
-                   help=f"keep boxes scoring at least this (default {d.score_threshold}; 0 keeps all, for evaluation)")
+                   help=f"keep boxes scoring at least this (default {d.score_threshold}, as training's validation "
+                        "keeps: jobs/evaluate.py then gives the AP training printed; 0 keeps every query)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per model call, at most")
     p.add_argument("--window", type=int, help="images an actor groups by canvas at once (default 32 x batch size)")
-    p.add_argument("--min-size", type=int, default=d.min_size, help="shorter side after resizing")
-    p.add_argument("--max-size", type=int, default=d.max_size, help="longer side cap after resizing")
+    p.add_argument("--min-size", type=int, help="shorter side after resizing (default: the checkpoint's input "
+                   "contract, what it was trained and validated with; the paper's 800 where it records none)")
+    p.add_argument("--max-size", type=int, help="longer side cap after resizing (default: the checkpoint's; 1333)")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="larger images get an error row")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=d.device,
                    help="auto: GPU actors when the cluster has GPUs now; cuda: ask the autoscaler for GPU nodes "

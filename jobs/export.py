@@ -6,8 +6,9 @@
 CK is any checkpoint the project loads (ours, a reference .pth, a Hugging Face folder; local
 or s3://). The graph takes `images` (float32 B x 3 x H x W, normalised) and `mask` (bool
 B x H x W, true on padding) and returns `pred_logits` and `pred_boxes`, with batch, height and
-width dynamic; its metadata holds the config, mean / std, resize rule, class names (from
---annotations) and the weights id. The exported file is run on several batch and image sizes,
+width dynamic; its metadata holds the config, the input contract (mean / std, resize and
+canvas rule: the checkpoint's own unless --min-size / --max-size say otherwise), class names
+(from --annotations) and the weights id. The exported file is run on several batch and image sizes,
 padding included, and compared with the PyTorch model (<= 1e-4 absolute) before it is
 written. Ends with one JSON line; a failure is one `export: ...` line, exit code 1, and no
 file. `jobs/detect.py --checkpoint model.onnx` runs the graph with ONNX Runtime.
@@ -32,8 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--output", required=True, help="a .onnx or .pt2 file (path or s3://)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET}, >= 18)")
     p.add_argument("--annotations", help="COCO annotation JSON whose category names go into the metadata")
-    p.add_argument("--min-size", type=int, default=800, help="resize rule recorded in the metadata (shorter side)")
-    p.add_argument("--max-size", type=int, default=1333, help="resize rule recorded in the metadata (longer side cap)")
+    p.add_argument("--min-size", type=int, help="shorter side recorded in the metadata (default: the checkpoint's "
+                   "input contract; the paper's 800 where it records none)")
+    p.add_argument("--max-size", type=int, help="longer side cap recorded in the metadata (default: the checkpoint's)")
     args = p.parse_args(argv)
     try:
         if not args.output.endswith(SUFFIXES):
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
             from pipeline.coco import load_coco
             names = {c["id"]: c["name"] for c in load_coco(args.annotations, ".", check_files=False).categories}
         report = export_checkpoint(args.checkpoint, args.output, opset=args.opset, class_names=names,
-                                   min_size=args.min_size, max_size=args.max_size)
+                                   min_size=args.min_size, max_size=args.max_size,
+                                   log=lambda line: print(f"export: {line}", file=sys.stderr))
     except (ExportError, CheckpointError, ValueError, ImportError, OSError) as e:
         sys.exit(f"export: {e}")
     print(f"exported {report['weights'][:19]}... to {report['output']} ({report['bytes'] / 1e6:.1f} MB, "

@@ -48,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--regression-pct", type=float, default=d.regression_pct,
                    help="drop reported as a regression without failing (default 1.0 %%)")
     p.add_argument("--score-threshold", type=float, default=d.score_threshold)
-    p.add_argument("--min-size", type=int, default=d.min_size)
-    p.add_argument("--max-size", type=int, default=d.max_size)
+    p.add_argument("--min-size", type=int, help="shorter side after resizing (default: each checkpoint's own "
+                   "input contract)")
+    p.add_argument("--max-size", type=int, help="longer side cap (default: each checkpoint's own)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--actors", help="MIN,MAX model actors")
     p.add_argument("--backend", choices=BACKENDS, default=d.backend,

@@ -14,6 +14,8 @@ _MODULE_OF = {
     "read_checkpoint": "checkpoint",
     "save_checkpoint": "checkpoint",
     "weights_id": "checkpoint",
+    "InputContract": "contract",
+    "PAPER_CONTRACT": "contract",
     "PRESETS": "config",
     "DetrConfig": "config",
     "get_config": "config",

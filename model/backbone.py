@@ -84,12 +84,28 @@ class Backbone(nn.Module):
         last = f"layer{config.backbone_stages}"
         self.body = IntermediateLayerGetter(cnn, return_layers={last: "0"})
         self.num_channels = config.backbone_channels
+        self.masked = config.masked_backbone
         self.channels_last = False  # set by model.inference.optimize_for_inference
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images [B,3,H,W], mask [B,H,W] (True = padding) -> features [B,C,h,w], mask [B,h,w]."""
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        if self.masked:
+            return self._masked(images, mask)
         features = self.body(images)["0"]
         mask = F.interpolate(mask[None].float(), size=features.shape[-2:]).to(torch.bool)[0]
         return features, mask
+
+    def _masked(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """small_cnn block by block, features zeroed on padding after each. A 3x3 convolution
+        of stride s (padding 1) centres output j on input s*j, so the mask of its output is the
+        input mask taken every s-th pixel (a 1x1 pooling of stride s, whose output size has the
+        convolution's own formula): output j is valid exactly when the image alone has it."""
+        features, padding = images, mask[:, None].float()
+        for stage in self.body.values():
+            for block in stage:
+                features = block(features)
+                padding = F.max_pool2d(padding, kernel_size=1, stride=block[0].stride)
+                features = features * (1 - padding).to(features.dtype)
+        return features, padding[:, 0].to(torch.bool)

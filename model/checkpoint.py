@@ -20,6 +20,7 @@ from torch import nn
 
 from . import uri as uris
 from .config import DetrConfig
+from .contract import InputContract
 from .detr import DETR
 
 log = logging.getLogger(__name__)
@@ -44,17 +45,24 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     epoch: int | None = None,
     extra: dict[str, Any] | None = None,
+    contract: InputContract | None = None,
 ) -> str:
-    """Write weights + config (+ optimizer state, epoch, plain-data extras) and return the file URI.
+    """Write weights + config + input contract (+ optimizer state, epoch, plain-data extras) and
+    return the file URI.
 
     target: a file ending in .pt/.pth, or a directory (local or s3://) that receives
-    checkpoint.pt. The file loads with torch.load(weights_only=True).
+    checkpoint.pt. The file loads with torch.load(weights_only=True). contract: how images
+    become the model's input (model/contract.py); default the model's own (model.contract,
+    set by load_checkpoint), recorded unless neither is known.
     """
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
     if getattr(model, "inference_only", False):
         raise ValueError("this model was optimised for inference (folded weights): save the original model")
     config = config or model.config
+    contract = contract or getattr(model, "contract", None)
     payload: dict[str, Any] = {"format": FORMAT, "version": 1, "config": config.to_dict(), "model": model.state_dict()}
+    if contract is not None:
+        payload["contract"] = contract.to_dict()
     if optimizer is not None:
         payload["optimizer"] = optimizer.state_dict()
     if epoch is not None:
@@ -76,7 +84,8 @@ def load_checkpoint(
     device: str | torch.device = "cpu",
     **config_overrides: Any,
 ) -> tuple[DETR, DetrConfig]:
-    """Build a DETR from a checkpoint and return it (eval mode) with its config.
+    """Build a DETR from a checkpoint and return it (eval mode) with its config; the model's
+    `contract` is the input contract the checkpoint records (None when it records none).
 
     source: a local path or URI of our checkpoint (file or directory), a reference release
     file (detr-r50-e632da11.pth and siblings), or a Hugging Face DETR folder (config.json
@@ -85,7 +94,7 @@ def load_checkpoint(
     dilation: DC5 for reference files (their shapes cannot tell; default: "dc5" in the name).
     config_overrides: other DetrConfig fields (e.g. nheads, dropout, aux_loss).
     """
-    config, state_dict = read_checkpoint(source, dilation=dilation)
+    config, state_dict, contract = read_checkpoint(source, dilation=dilation)
     if config_overrides:
         config = config.replace(**config_overrides)
     drop_head = num_classes is not None and num_classes != config.num_classes
@@ -111,11 +120,17 @@ def load_checkpoint(
             f"shape mismatches (checkpoint != model) {mismatched}"
         )
     model.load_state_dict(state_dict, strict=False)
+    model.contract = contract
     return model.to(device).eval(), config
 
 
-def read_checkpoint(source: str, dilation: bool | None = None) -> tuple[DetrConfig, dict[str, torch.Tensor]]:
-    """The config and reference-named state_dict of any supported checkpoint."""
+def read_checkpoint(
+    source: str, dilation: bool | None = None
+) -> tuple[DetrConfig, dict[str, torch.Tensor], InputContract | None]:
+    """The config, reference-named state_dict and recorded input contract of any supported
+    checkpoint. The contract is None where the file records none: our checkpoints written
+    before contracts were, reference .pth files and Hugging Face folders (all of which were
+    trained with the paper's, model.contract.PAPER_CONTRACT)."""
     kind = uris.file_type(source)
     if kind == pafs.FileType.NotFound:
         raise FileNotFoundError(f"no checkpoint at {source}")
@@ -123,11 +138,12 @@ def read_checkpoint(source: str, dilation: bool | None = None) -> tuple[DetrConf
         return _read_directory(source, dilation)
     payload = safe_torch_load(uris.read_bytes(source), source)
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        return DetrConfig.from_dict(payload["config"]), payload["model"]
+        contract = InputContract.from_dict(payload["contract"]) if "contract" in payload else None
+        return DetrConfig.from_dict(payload["config"]), payload["model"], contract
     if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
-        return _reference_config(payload["model"], payload.get("args"), source, dilation), payload["model"]
+        return _reference_config(payload["model"], payload.get("args"), source, dilation), payload["model"], None
     if isinstance(payload, dict) and any(k.startswith("backbone.0.body.") for k in payload):
-        return _reference_config(payload, None, source, dilation), payload
+        return _reference_config(payload, None, source, dilation), payload, None
     raise CheckpointError(f"{source} is not a DETR checkpoint (top-level keys: {_keys(payload)})")
 
 
@@ -159,7 +175,9 @@ def _keys(payload: Any) -> list[str]:
     return sorted(map(str, payload))[:10] if isinstance(payload, dict) else [type(payload).__name__]
 
 
-def _read_directory(source: str, dilation: bool | None) -> tuple[DetrConfig, dict[str, torch.Tensor]]:
+def _read_directory(
+    source: str, dilation: bool | None
+) -> tuple[DetrConfig, dict[str, torch.Tensor], InputContract | None]:
     ours = uris.join(source, CHECKPOINT_FILE)
     if uris.file_type(ours) == pafs.FileType.File:
         return read_checkpoint(ours, dilation)
@@ -228,7 +246,7 @@ _HF_RENAMES = [
 ]
 
 
-def _read_huggingface(source: str) -> tuple[DetrConfig, dict[str, torch.Tensor]]:
+def _read_huggingface(source: str) -> tuple[DetrConfig, dict[str, torch.Tensor], None]:
     hf = json.loads(uris.read_bytes(uris.join(source, "config.json")))
     if hf.get("model_type") != "detr":
         raise CheckpointError(f"{source}/config.json is model_type {hf.get('model_type')!r}, not 'detr'")
@@ -246,7 +264,7 @@ def _read_huggingface(source: str) -> tuple[DetrConfig, dict[str, torch.Tensor]]
             state_dict = huggingface_to_reference(hf_state)
             if "class_embed.weight" in state_dict:  # config.json may omit id2label
                 config = config.replace(num_classes=state_dict["class_embed.weight"].shape[0] - 1)
-            return config, state_dict
+            return config, state_dict, None
     raise CheckpointError(f"{source} has config.json but none of {HF_WEIGHT_FILES}")
 
 

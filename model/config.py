@@ -8,6 +8,7 @@ from typing import Any
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "small_cnn")
 SMALL_CNN_WIDTHS = (16, 32, 64, 128)  # channels of small_cnn's four stages (model/backbone.py)
 BACKBONE_NORMS = ("frozen_bn", "batch_norm", "group_norm")
+LEGACY_FIELDS = ("image_mean", "image_std")  # now in the input contract (model/contract.py)
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,10 @@ class DetrConfig:
     # ResNet stages used: 4 is the reference (stride 32); 3 stops at layer3 (stride 16,
     # a finer and cheaper feature map for small images, at the cost of layer4's depth).
     backbone_stages: int = 4
+    # Zero the backbone's features on padding after every block (small_cnn only), so that
+    # padding reads as the convolutions' own zero padding: an image's detections are then the
+    # same alone, on a canvas or in any padded batch (docs/model.md, "Padding").
+    masked_backbone: bool = False
     # Object queries chosen from the encoder's own box proposals (model/query_selection.py)
     # instead of the paper's learned embeddings: what lets a small DETR learn from scratch.
     two_stage: bool = False
@@ -40,9 +45,6 @@ class DetrConfig:
     num_queries: int = 100
     num_classes: int = 91  # max category id + 1; the head has num_classes + 1 logits
     aux_loss: bool = True
-    # ImageNet normalisation the images are expected in (used by the data pipeline).
-    image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -51,6 +53,8 @@ class DetrConfig:
             raise ValueError(f"backbone_norm {self.backbone_norm!r} is not one of {BACKBONE_NORMS}")
         if self.dilation and self.backbone in ("resnet18", "resnet34", "small_cnn"):
             raise ValueError(f"dilation (DC5) needs a bottleneck ResNet, not {self.backbone}")
+        if self.masked_backbone and self.backbone != "small_cnn":
+            raise ValueError(f"masked_backbone needs the small_cnn backbone, not {self.backbone}")
         if self.backbone_stages not in (3, 4):
             raise ValueError(f"backbone_stages must be 3 or 4, got {self.backbone_stages}")
         if self.distinct_query_iou is not None and not 0 < self.distinct_query_iou <= 1:
@@ -72,20 +76,17 @@ class DetrConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["image_mean"], d["image_std"] = list(self.image_mean), list(self.image_std)
-        return d
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DetrConfig":
+        """The config of a dict; image_mean / image_std, which configs held before the input
+        contract (model/contract.py) took them over, are ignored (they were always ImageNet's)."""
+        d = {k: v for k, v in d.items() if k not in LEGACY_FIELDS}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown DetrConfig fields: {unknown}")
-        d = dict(d)
-        for key in ("image_mean", "image_std"):
-            if key in d:
-                d[key] = tuple(float(v) for v in d[key])
         return cls(**d)
 
 
@@ -100,6 +101,7 @@ PRESETS: dict[str, DetrConfig] = {
         backbone="small_cnn",
         backbone_norm="batch_norm",
         train_stem=True,
+        masked_backbone=True,
         two_stage=True,
         distinct_query_iou=0.7,
         hidden_dim=128,

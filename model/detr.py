@@ -8,6 +8,7 @@ from torch import nn
 
 from .backbone import Backbone
 from .config import DetrConfig, get_config
+from .contract import InputContract
 from .mlp import MLP
 from .position_encoding import PositionEmbeddingSine
 from .precision import float32, upcast
@@ -40,6 +41,9 @@ class DETR(nn.Module):
     def __init__(self, config: DetrConfig, backbone_weights: str | None = None):
         super().__init__()
         self.config = config
+        # How images become this model's input, when known (model/contract.py): set by
+        # load_checkpoint and by training, recorded by save_checkpoint.
+        self.contract: InputContract | None = None
         hidden_dim = config.hidden_dim
         # backbone.0 = ResNet, backbone.1 = positional encoding: the reference's key names.
         self.backbone = nn.ModuleList(

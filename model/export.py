@@ -3,8 +3,8 @@
 Both take `images` (float32 [B,3,H,W], normalised with the config's mean and std) and `mask`
 (bool [B,H,W], True on padding) and return `pred_logits` [B,Q,classes+1] and `pred_boxes`
 [B,Q,4] (cx, cy, w, h relative to each image's unpadded area); batch, height and width are
-dynamic. What a consumer needs besides (config, mean, std, resize rule, class names, weights
-id) is in the file: ONNX metadata, or `detr.json` among the .pt2 archive's extra files.
+dynamic. What a consumer needs besides (config, input contract: mean, std, resize and canvas
+rule; class names, weights id) is in the file: ONNX metadata, or `detr.json` among the .pt2 archive's extra files.
 
 An export verifies itself before it is written: the exported file is run (ONNX Runtime on
 CPU, or the program reloaded in PyTorch) on several batch sizes and image sizes, padding
@@ -21,12 +21,13 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
 from . import uri as uris
+from .contract import resolve_contract
 from .detr import DETR
 from .onnx_model import INPUTS, INSTALL_HINT, OUTPUTS, OnnxDetr
 
@@ -158,13 +159,17 @@ def verify(graph: DetectionGraph, path: str) -> dict[str, float]:
 
 
 def export_checkpoint(checkpoint: str, output: str, *, opset: int = DEFAULT_OPSET,
-                      class_names: dict[int, str] | None = None, min_size: int = 800,
-                      max_size: int = 1333) -> dict[str, Any]:
+                      class_names: dict[int, str] | None = None, min_size: int | None = None,
+                      max_size: int | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Export any checkpoint load_checkpoint reads (ours, a reference .pth, a Hugging Face
-    folder) with its preprocessing contract; returns export()'s report and the weights id."""
+    folder) with its input contract (sizes given here override its own, said through `log`);
+    returns export()'s report and the weights id."""
     from .checkpoint import read_checkpoint, weights_id
 
-    config, state_dict = read_checkpoint(checkpoint)
+    config, state_dict, recorded = read_checkpoint(checkpoint)
+    contract, said = resolve_contract(recorded, uris.strip_credentials(checkpoint), min_size, max_size)
+    for line in said:
+        log(line)
     model = DETR(config)
     model.load_state_dict(state_dict)
     weights = weights_id(state_dict)
@@ -174,16 +179,18 @@ def export_checkpoint(checkpoint: str, output: str, *, opset: int = DEFAULT_OPSE
         "config": config.to_dict(),
         "num_classes": config.num_classes,
         "class_names": {str(k): v for k, v in sorted((class_names or {}).items())},
+        "contract": contract.to_dict(),
         "preprocessing": {
-            "image_mean": list(config.image_mean), "image_std": list(config.image_std),
+            "image_mean": list(contract.image_mean), "image_std": list(contract.image_std),
             "pixels": "RGB scaled to [0, 1], then (x - mean) / std",
-            "min_size": min_size, "max_size": max_size,
+            "min_size": contract.min_size, "max_size": contract.max_size,
             "resize": "shorter side to min_size, longer side at most max_size, aspect kept",
-            "padding": "zeros at the bottom / right of each image to the batch's size; mask true there",
+            "padding": f"zeros at the bottom / right of each image onto its canvas (sides rounded up to "
+                       f"{contract.stride}; `contract` and model/contract.py give the rule); mask true there",
         },
         "outputs": {
             "pred_logits": "[B, queries, num_classes + 1]; softmax, the last class is no-object",
             "pred_boxes": "[B, queries, 4] cx, cy, w, h in [0, 1] of the unpadded image",
         },
     }
-    return {**export(model, output, metadata, opset), "weights": weights}
+    return {**export(model, output, metadata, opset), "weights": weights, "contract": contract.to_dict()}

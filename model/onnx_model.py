@@ -15,6 +15,7 @@ import torch
 
 from . import uri as uris
 from .config import DetrConfig
+from .contract import InputContract
 
 INPUTS = ("images", "mask")
 OUTPUTS = ("pred_logits", "pred_boxes")
@@ -38,8 +39,10 @@ def onnx_metadata(graph: bytes) -> dict[str, Any]:
     return {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
 
 
-def read_onnx(source: str) -> tuple[DetrConfig, bytes, str]:
-    """(config, graph bytes, weights id) of an exported graph (local or s3://)."""
+def read_onnx(source: str) -> tuple[DetrConfig, bytes, str, InputContract | None]:
+    """(config, graph bytes, weights id, input contract) of an exported graph (local or s3://).
+    Graphs exported before contracts were recorded carry its sizes and mean / std in their
+    `preprocessing` entry; the rest of the contract is then the default."""
     graph = uris.read_bytes(source)
     import_onnxruntime()  # a missing onnxruntime says how to install it, not that the file is bad
     try:
@@ -48,7 +51,12 @@ def read_onnx(source: str) -> tuple[DetrConfig, bytes, str]:
         raise ValueError(f"{source} is not a loadable ONNX graph: {e}") from e
     if "config" not in metadata or "weights" not in metadata:
         raise ValueError(f"{source} was not exported by this project (its metadata lacks config and weights)")
-    return DetrConfig.from_dict(metadata["config"]), graph, metadata["weights"]
+    contract = metadata.get("contract")
+    if contract is None and "preprocessing" in metadata:  # exported before contracts: its sizes, mean / std
+        contract = {k: metadata["preprocessing"][k] for k in ("min_size", "max_size", "image_mean", "image_std")
+                    if k in metadata["preprocessing"]}
+    return (DetrConfig.from_dict(metadata["config"]), graph, metadata["weights"],
+            InputContract.from_dict(contract) if contract else None)
 
 
 class OnnxDetr:

@@ -4,13 +4,13 @@ The driver holds only the annotation records (small: paths and boxes). Each epoc
 worker takes its share of a fresh permutation of them and streams it: image bytes are read,
 decoded and augmented in Ray Data tasks as the worker consumes them, so a dataset larger
 than a node's memory or disk trains. Images travel as uint8; the worker normalises and pads
-them. Validation batches are formed in a fixed order and shared out by batch.
+them. Images are decoded by the one decoder of training, validation and detection
+(pipeline/decode.py); validation runs the detection path itself (pipeline/training.py).
 """
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 import ray
@@ -21,7 +21,8 @@ from model import pad_images
 from model import uri as uris
 
 from .coco import CocoDataset
-from .transforms import AugmentConfig, decode, train_transform, transform_sample, val_transform
+from .decode import decode_image
+from .transforms import AugmentConfig, train_transform, transform_sample
 
 
 def records_of(dataset: CocoDataset) -> list[dict[str, Any]]:
@@ -53,13 +54,13 @@ def augment_samples(samples: Iterable[tuple[torch.Tensor, np.ndarray, np.ndarray
 
 def _read_image(path: str) -> torch.Tensor:
     try:
-        return decode(uris.read_bytes(path))
-    except (RuntimeError, OSError, ValueError) as e:  # a training set must be readable: fail naming the file
+        return decode_image(uris.read_bytes(path))
+    except (OSError, ValueError) as e:  # a training set must be readable: fail naming the file
         raise ValueError(f"cannot read training image {path}: {e}") from e
 
 
-def _load_and_augment(batch: dict[str, np.ndarray], augment: AugmentConfig, train: bool) -> dict[str, list]:
-    transform = train_transform(augment) if train else val_transform(augment)
+def _load_and_augment(batch: dict[str, np.ndarray], augment: AugmentConfig) -> dict[str, list]:
+    transform = train_transform(augment)
     samples = (
         (_read_image(str(path)), np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64), image_id)
         for path, image_id, boxes, labels in zip(batch["path"], batch["image_id"], batch["boxes"], batch["labels"])
@@ -81,9 +82,9 @@ def worker_share(order: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     return order[rank::world_size][: len(order) // world_size]
 
 
-def sample_stream(records: list[dict[str, Any]], augment: AugmentConfig, train: bool, num_cpus: float = 0.5,
+def sample_stream(records: list[dict[str, Any]], augment: AugmentConfig, num_cpus: float = 0.5,
                   records_per_block: int = 32) -> ray.data.Dataset:
-    """A Ray Dataset of the records' augmented (train) or resized (val) samples.
+    """A Ray Dataset of the records' augmented samples.
 
     Records go in blocks of records_per_block, one Ray task per block: a task per image
     would cost more in scheduling than in decoding. The order is the records' when the
@@ -91,29 +92,10 @@ def sample_stream(records: list[dict[str, Any]], augment: AugmentConfig, train: 
     ds = ray.data.from_items(records, override_num_blocks=max(1, math.ceil(len(records) / records_per_block)))
     return ds.map_batches(
         _load_and_augment,
-        fn_kwargs={"augment": augment, "train": train},
+        fn_kwargs={"augment": augment},
         batch_size=None,  # a whole block per call
         num_cpus=num_cpus,
     )
-
-
-def val_batches(records: list[dict[str, Any]], augment: AugmentConfig, batch_size: int, rank: int = 0,
-                world_size: int = 1) -> Iterator[dict[str, list]]:
-    """Rank's share of the validation batches: the records cut into batches of batch_size in
-    their order, every world_size-th batch from rank, so that each batch (and its padding) is
-    the one a single worker would form. Decoded in this process, one batch ahead on a thread."""
-    chunks = [records[k:k + batch_size] for k in range(0, len(records), batch_size)][rank::world_size]
-
-    def load(chunk: list[dict[str, Any]]) -> dict[str, list]:
-        columns = {key: [r[key] for r in chunk] for key in ("path", "image_id", "boxes", "labels")}
-        return _load_and_augment(columns, augment, train=False)
-
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(load, chunks[0]) if chunks else None
-        for k in range(len(chunks)):
-            batch = pending.result()
-            pending = pool.submit(load, chunks[k + 1]) if k + 1 < len(chunks) else None
-            yield batch
 
 
 def shuffle_buffer(batch_size: int) -> int:

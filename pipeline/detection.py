@@ -24,14 +24,14 @@ import pyarrow.fs as pafs
 import ray
 from ray.data import ActorPoolStrategy
 
-from model import PRESETS, DetrConfig, read_checkpoint, weights_id
+from model import PRESETS, DetrConfig, InputContract, read_checkpoint, weights_id
 from model import uri as uris
+from model.contract import resolve_contract
 from model.onnx_model import read_onnx
 
 from . import inputs, predictions
-from .canvas import CANVAS_ASPECTS, STRIDE
 from .cluster import wait_for
-from .detector import Detector
+from .detector import SCORE_THRESHOLD, DetectorActor
 from .fetch import ATTEMPTS, TRANSIENT_ERRORS, fetch
 from .images import MAX_PIXELS
 from .part_sink import PartSink
@@ -46,11 +46,11 @@ class DetectConfig:
     output: str  # folder (local or s3://) that receives the part files
     checkpoint: str
     image_root: str | None = None  # for a COCO file: where its file_names live (default: its folder)
-    score_threshold: float = 0.5
+    score_threshold: float = SCORE_THRESHOLD  # 0.05: training's validation keeps the same boxes
     batch_size: int = 8  # images per model call, at most
     window: int | None = None  # images an actor groups by canvas at once; default 32 x batch_size
-    min_size: int = 800  # shorter side after resizing
-    max_size: int = 1333  # longer side cap
+    min_size: int | None = None  # shorter side after resizing; default the checkpoint's input contract
+    max_size: int | None = None  # longer side cap; default the checkpoint's
     max_pixels: int = MAX_PIXELS  # larger images get an error row (decompression bombs)
     read_attempts: int = ATTEMPTS  # reads of a file (with backoff) before its row records `unreadable`
     device: str = "auto"  # auto: GPUs when the cluster has them; cuda: wait for GPU nodes; cpu
@@ -78,8 +78,12 @@ def log(message: str) -> None:
 def run_detection(config: DetectConfig) -> dict[str, Any]:
     """Detect every input not yet in config.output; returns the summary the job prints."""
     started = time.time()
-    model_config, weights, model_id = read_model(config.checkpoint)
-    run = run_parameters(config, model_config, model_id)
+    model_config, weights, model_id, recorded = read_model(config.checkpoint)
+    contract, said = resolve_contract(recorded, uris.strip_credentials(config.checkpoint), config.min_size,
+                                      config.max_size)
+    for line in said:
+        log(line)
+    run = run_parameters(config, model_config, model_id, contract)
     if config.overwrite:
         predictions.remove_parts(config.output)
         inputs.remove_plan(config.output)
@@ -99,20 +103,20 @@ def run_detection(config: DetectConfig) -> dict[str, Any]:
     sink = PartSink(config.output, run, config.rows_per_file)
     if todo:
         weights = ray.put((model_config.to_dict(), weights))  # once, shared by every actor
-        build_dataset(todo, config, run, weights, gpus, low, high).write_datasink(
+        build_dataset(todo, config, contract, run, weights, gpus, low, high).write_datasink(
             sink, ray_remote_args={"num_cpus": WRITE_CPUS})
     summary = summarize(config, plan, sink.totals, previous_errors, time.time() - started, run)
     return {**summary, "gpus_per_actor": gpus}
 
 
-def read_model(checkpoint: str) -> tuple[DetrConfig, Any, str]:
-    """(config, what the actors build the model from, weights id): an exported ONNX graph's
-    bytes (run with ONNX Runtime; the id is that of the checkpoint it was exported from), or
-    the state_dict of any checkpoint PyTorch loads."""
+def read_model(checkpoint: str) -> tuple[DetrConfig, Any, str, InputContract | None]:
+    """(config, what the actors build the model from, weights id, recorded input contract): an
+    exported ONNX graph's bytes (run with ONNX Runtime; the id is that of the checkpoint it was
+    exported from), or the state_dict of any checkpoint PyTorch loads."""
     if checkpoint.endswith(".onnx"):
         return read_onnx(checkpoint)
-    model_config, state_dict = read_checkpoint(checkpoint)
-    return model_config, state_dict, weights_id(state_dict)
+    model_config, state_dict, contract = read_checkpoint(checkpoint)
+    return model_config, state_dict, weights_id(state_dict), contract
 
 
 def check_onnx_on_gpu() -> None:
@@ -124,7 +128,8 @@ def check_onnx_on_gpu() -> None:
                          "onnxruntime-gpu, or run the graph on CPUs with --device cpu")
 
 
-def run_parameters(config: DetectConfig, model_config: DetrConfig, model_id: str) -> dict[str, Any]:
+def run_parameters(config: DetectConfig, model_config: DetrConfig, model_id: str,
+                   contract: InputContract) -> dict[str, Any]:
     """What the files' metadata records: enough to reproduce the rows, no credentials."""
     return {
         "model": model_id,
@@ -133,10 +138,10 @@ def run_parameters(config: DetectConfig, model_config: DetrConfig, model_id: str
         "preset": preset_name(model_config),
         "config": model_config.to_dict(),
         "score_threshold": config.score_threshold,
-        "min_size": config.min_size,
-        "max_size": config.max_size,
+        "min_size": contract.min_size,
+        "max_size": contract.max_size,
         "max_pixels": config.max_pixels,
-        "canvas": {"stride": STRIDE, "aspects": list(CANVAS_ASPECTS)},
+        "contract": contract.to_dict(),
     }
 
 
@@ -152,7 +157,7 @@ def check_same_run(output: str, run: dict[str, Any]) -> None:
     previous = predictions.run_metadata(output)
     if previous is None:
         return
-    keys = ("model", "score_threshold", "min_size", "max_size", "max_pixels", "canvas")
+    keys = ("model", "score_threshold", "max_pixels", "contract")
     changed = {k: (previous.get(k), run[k]) for k in keys if previous.get(k) != run[k]}
     if changed:
         raise ValueError(
@@ -237,22 +242,22 @@ def resources(config: DetectConfig) -> tuple[float, tuple[int, int]]:
 
 # ---------------------------------------------------------------- the dataset
 
-def build_dataset(todo: list[int], config: DetectConfig, run: dict[str, Any], weights, gpus: float,
-                  low: int, high: int) -> ray.data.Dataset:
+def build_dataset(todo: list[int], config: DetectConfig, contract: InputContract, run: dict[str, Any], weights,
+                  gpus: float, low: int, high: int) -> ray.data.Dataset:
     per_task = min(config.images_per_read_task, config.images_per_window)
     return (
         inputs.read_shards(config.output, todo, num_cpus=FETCH_CPUS)
         .repartition(target_num_rows_per_block=per_task)  # streamed: a read task's share of a shard
         .map_batches(fetch, batch_size=per_task, batch_format="pyarrow", num_cpus=FETCH_CPUS,
-                     fn_kwargs={"min_size": config.min_size, "max_size": config.max_size,
-                                "max_pixels": config.max_pixels, "attempts": config.read_attempts})
-        .map_batches(Detector, batch_size=config.images_per_window, batch_format="pyarrow",
+                     fn_kwargs={"contract": contract, "max_pixels": config.max_pixels,
+                                "attempts": config.read_attempts})
+        .map_batches(DetectorActor, batch_size=config.images_per_window, batch_format="pyarrow",
                      compute=ActorPoolStrategy(min_size=low, max_size=high),
                      num_cpus=config.cpus_per_actor, num_gpus=gpus,
                      fn_constructor_kwargs={"weights": weights, "model_id": run["model"],
                                             "score_threshold": config.score_threshold,
-                                            "batch_size": config.batch_size, "min_size": config.min_size,
-                                            "max_size": config.max_size, "cpus": config.cpus_per_actor})
+                                            "batch_size": config.batch_size, "contract": contract.to_dict(),
+                                            "cpus": config.cpus_per_actor})
     )
 
 

@@ -2,8 +2,9 @@
 
 Ray Data hands an actor a window of rows (encoded bytes + header facts); the actor groups
 them by canvas into model batches of up to `batch_size`, decodes the next batch on a thread
-while the model runs the current one (JPEGs with torchvision: nvJPEG in one batched call on
-a GPU, libjpeg-turbo on a CPU; other formats with Pillow), and returns one row per input.
+while the model runs the current one (pipeline/decode.py: nvJPEG in one batched call on a GPU),
+and returns one row per input. Training's validation runs the same Detector in its workers
+(pipeline/training.py), so the AP a training run prints is the AP bulk detection delivers.
 
 Faults: a batch that runs out of memory is split in halves and re-run; a batch that fails
 otherwise is re-run image by image, so one bad image never costs its neighbours their rows;
@@ -15,23 +16,26 @@ from __future__ import annotations
 import os
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
 import ray
 import torch
 import torchvision.transforms.v2.functional as TF
-from torchvision.io import ImageReadMode, decode_jpeg
 
-from model import DETR, DetrConfig, PostProcess, optimize_for_inference
+from model import DETR, DetrConfig, InputContract, PostProcess, optimize_for_inference
 from model.onnx_model import OnnxDetr
 
 from . import predictions
-from .canvas import resized_size
-from .images import ImageError, decode_rgb
+from .decode import decode_images
+from .images import Header
 
 Batch = tuple[tuple[int, int], list[int]]  # (canvas, row indices)
+# Boxes scoring below this are dropped unless a job says otherwise: bulk detection's default and
+# training's validation alike, so the AP a run prints is that of jobs/detect.py then jobs/evaluate.py.
+# torchvision's and Detectron2's convention: COCO AP within ~0.002 of keeping every query.
+SCORE_THRESHOLD = 0.05
 
 
 def model_batches(canvas_heights: list, canvas_widths: list, errors: list, batch_size: int) -> list[Batch]:
@@ -45,29 +49,25 @@ def model_batches(canvas_heights: list, canvas_widths: list, errors: list, batch
 
 
 class Detector:
-    """One model replica (an actor): a GPU where Ray gave it one, else CPU threads."""
+    """A model and its input contract: rows of the read stage (pipeline/fetch.py) -> one
+    predictions row each. Runs in-process (training's validation) or as DetectorActor."""
 
-    def __init__(self, weights: Any, model_id: str, score_threshold: float, batch_size: int,
-                 min_size: int, max_size: int, cpus: float):
-        """weights: (config dict, state_dict or an ONNX graph's bytes), or an object ref of it
-        (shared by all actors)."""
-        config_dict, state = ray.get(weights) if isinstance(weights, ray.ObjectRef) else weights
-        config = DetrConfig.from_dict(config_dict)
-        on_gpu = torch.cuda.is_available() and ray.is_initialized() and bool(ray.get_gpu_ids())
-        self.device = torch.device("cuda" if on_gpu else "cpu")
-        if self.device.type == "cpu":
-            torch.set_num_threads(max(1, int(cpus)))
-        if isinstance(state, bytes):  # an exported graph: ONNX Runtime, CUDA provider on a GPU
-            self.model = OnnxDetr(state, self.device.type, threads=max(1, int(cpus)))
-        else:
-            model = DETR(config)
-            model.load_state_dict(state)
-            self.model = optimize_for_inference(model.eval()).to(self.device)
-        self.mean = torch.tensor(config.image_mean, device=self.device).view(3, 1, 1)
-        self.std = torch.tensor(config.image_std, device=self.device).view(3, 1, 1)
-        self.postprocess = PostProcess(score_threshold, top_k=config.num_queries)
-        self.model_id, self.batch_size, self.sizes = model_id, batch_size, (min_size, max_size)
+    def __init__(self, model: Callable[..., dict], contract: InputContract, score_threshold: float,
+                 batch_size: int, model_id: str, device: torch.device, num_queries: int):
+        self.model, self.contract, self.device = model, contract, device
+        self.mean = torch.tensor(contract.image_mean, device=device).view(3, 1, 1)
+        self.std = torch.tensor(contract.image_std, device=device).view(3, 1, 1)
+        self.postprocess = PostProcess(score_threshold, top_k=num_queries)
+        self.model_id, self.batch_size = model_id, batch_size
         self.decoder = ThreadPoolExecutor(1)  # decodes batch k+1 while the model runs batch k
+
+    @classmethod
+    def of_model(cls, model: DETR, contract: InputContract, score_threshold: float, batch_size: int,
+                 model_id: str = "") -> "Detector":
+        """An in-process detector running an inference copy of `model`, on its device."""
+        device = next(model.parameters()).device
+        return cls(optimize_for_inference(model).to(device), contract, score_threshold, batch_size, model_id,
+                   device, model.config.num_queries)
 
     def __call__(self, rows: pa.Table) -> pa.Table:
         n = rows.num_rows
@@ -98,38 +98,17 @@ class Detector:
     def decode(self, rows: pa.Table, batch: Batch) -> tuple[dict[int, torch.Tensor], dict[int, str]]:
         """Displayed uint8 3xHxW images on the model's device, and the rows that failed."""
         _, indices = batch
+        items = [(rows["data"][i].as_py(), Header(rows["width"][i].as_py(), rows["height"][i].as_py(),
+                                                  rows["orientation"][i].as_py(), rows["plain_jpeg"][i].as_py()))
+                 for i in indices]
         images: dict[int, torch.Tensor] = {}
         failed: dict[int, str] = {}
-        jpegs = [i for i in indices if rows["plain_jpeg"][i].as_py()]
-        encoded = {i: torch.frombuffer(bytearray(rows["data"][i].as_buffer()), dtype=torch.uint8) for i in jpegs}
-        try:
-            decoded = dict(zip(jpegs, decode_jpegs([encoded[i] for i in jpegs], self.device))) if jpegs else {}
-        except RuntimeError:  # a corrupt file in the batch: find it
-            decoded = {}
-            for i in jpegs:
-                try:
-                    decoded[i] = decode_jpegs([encoded[i]], self.device)[0]
-                except RuntimeError as e:
-                    failed[i] = f"undecodable: JPEG data is corrupt ({str(e).rsplit(', ', 1)[-1]})"
-        for i, image in decoded.items():
-            images[i] = orient(image, rows["orientation"][i].as_py())
-        for i in indices:
-            if i in images or i in failed:
-                continue
-            try:
-                pixels = torch.from_numpy(decode_rgb(rows["data"][i].as_py())).permute(2, 0, 1)
-                images[i] = self._to_device(pixels)
-            except ImageError as e:
-                failed[i] = str(e)
-        for i, image in images.items():  # the header's size decides the canvas: it must be the truth
-            if (image.shape[2], image.shape[1]) != (rows["width"][i].as_py(), rows["height"][i].as_py()):
-                failed[i] = f"undecodable: decoded size {image.shape[2]}x{image.shape[1]} differs from the header's"
-        return {i: v for i, v in images.items() if i not in failed}, failed
-
-    def _to_device(self, pixels: torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cpu":
-            return pixels.contiguous()
-        return pixels.contiguous().pin_memory().to(self.device, non_blocking=True)
+        for i, image in zip(indices, decode_images(items, self.device)):
+            if isinstance(image, torch.Tensor):
+                images[i] = image
+            else:
+                failed[i] = str(image)
+        return images, failed
 
     # ------------------------------------------------------------ the model
 
@@ -161,7 +140,7 @@ class Detector:
     @torch.inference_mode()
     def forward(self, images: list[torch.Tensor], canvas: tuple[int, int],
                 sizes: list[tuple[int, int]]) -> list[dict[str, np.ndarray]]:
-        pixels, mask = to_canvas(images, canvas, *self.sizes, self.mean, self.std)
+        pixels, mask = to_canvas(images, canvas, self.contract, self.mean, self.std)
         pixels = pixels.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             outputs = self.model(pixels, mask)
@@ -173,32 +152,40 @@ def _is_cuda_fault(error: Exception) -> bool:
     return isinstance(error, getattr(torch, "AcceleratorError", ())) or "CUDA error" in str(error)
 
 
-def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
-    """[...,H,W] stored pixels -> displayed pixels for an EXIF orientation (1-8), as Pillow's
-    ImageOps.exif_transpose does."""
-    if orientation in (5, 6, 7, 8):
-        image = image.transpose(-1, -2)
-    flips = {2: (-1,), 3: (-1, -2), 4: (-2,), 5: (), 6: (-1,), 7: (-1, -2), 8: (-2,)}.get(orientation, ())
-    return image.flip(flips) if flips else image
-
-
-def decode_jpegs(data: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """uint8 3xHxW (stored orientation) for each encoded JPEG; one batched nvJPEG call on a GPU.
-    Raises on a corrupt or truncated file (the caller retries one by one to find it)."""
-    images = decode_jpeg(list(data), mode=ImageReadMode.RGB, device=device)
-    return list(images)
-
-
-def to_canvas(images: Sequence[torch.Tensor], canvas: tuple[int, int], min_size: int, max_size: int,
+def to_canvas(images: Sequence[torch.Tensor], canvas: tuple[int, int], contract: InputContract,
               mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Displayed uint8 3xHxW images (on the model's device) -> resized, normalised, zero-padded
-    [B,3,*canvas] float batch and its mask [B,*canvas] (True on padding)."""
+    """Displayed uint8 3xHxW images (on the model's device) -> resized, normalised (mean, std:
+    the contract's, as [3,1,1] tensors on that device), zero-padded [B,3,*canvas] float batch
+    and its mask [B,*canvas] (True on padding)."""
     device = images[0].device
     batch = torch.zeros((len(images), 3, *canvas), dtype=torch.float32, device=device)
     mask = torch.ones((len(images), *canvas), dtype=torch.bool, device=device)
     for image, padded, m in zip(images, batch, mask):
-        height, width = resized_size(image.shape[1], image.shape[2], min_size, max_size)
+        height, width = contract.resized_size(image.shape[1], image.shape[2])
         resized = TF.resize(image, [height, width], antialias=True)
         padded[:, :height, :width] = (resized.float() / 255 - mean) / std
         m[:height, :width] = False
     return batch, mask
+
+
+class DetectorActor(Detector):
+    """One model replica (an actor of bulk detection): a GPU where Ray gave it one, else CPU threads."""
+
+    def __init__(self, weights: Any, model_id: str, score_threshold: float, batch_size: int,
+                 contract: dict[str, Any], cpus: float):
+        """weights: (config dict, state_dict or an ONNX graph's bytes), or an object ref of it
+        (shared by all actors); contract: InputContract.to_dict()."""
+        config_dict, state = ray.get(weights) if isinstance(weights, ray.ObjectRef) else weights
+        config = DetrConfig.from_dict(config_dict)
+        on_gpu = torch.cuda.is_available() and ray.is_initialized() and bool(ray.get_gpu_ids())
+        device = torch.device("cuda" if on_gpu else "cpu")
+        if device.type == "cpu":
+            torch.set_num_threads(max(1, int(cpus)))
+        if isinstance(state, bytes):  # an exported graph: ONNX Runtime, CUDA provider on a GPU
+            model = OnnxDetr(state, device.type, threads=max(1, int(cpus)))
+        else:
+            model = DETR(config)
+            model.load_state_dict(state)
+            model = optimize_for_inference(model.eval()).to(device)
+        super().__init__(model, InputContract.from_dict(contract), score_threshold, batch_size, model_id, device,
+                         config.num_queries)

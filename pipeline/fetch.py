@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 
 from model import uri as uris
+from model.contract import InputContract
 
-from .canvas import canvas_size, resized_size
 from .images import ImageError, probe
 
 ATTEMPTS = 6  # reads of one file before its row records `unreadable` (~6 s of backoff in all)
@@ -47,22 +47,23 @@ def read_bytes(uri: str, attempts: int = ATTEMPTS) -> bytes:
     raise AssertionError("unreachable")
 
 
-def fetch(rows: pa.Table, min_size: int, max_size: int, max_pixels: int, attempts: int = ATTEMPTS) -> pa.Table:
-    """path, image_id, shard -> the same rows with bytes, header facts, canvas and error."""
+def fetch(rows: pa.Table, contract: InputContract, max_pixels: int, attempts: int = ATTEMPTS) -> pa.Table:
+    """path, image_id, shard -> the same rows with bytes, header facts, canvas (by the contract)
+    and error."""
     paths = rows["path"].to_pylist()
     with ThreadPoolExecutor(min(READ_THREADS, max(1, len(paths)))) as pool:
-        fetched = list(pool.map(lambda p: _fetch_one(p, min_size, max_size, max_pixels, attempts), paths))
+        fetched = list(pool.map(lambda p: _fetch_one(p, contract, max_pixels, attempts), paths))
     columns = dict(zip(COLUMNS.names[3:], zip(*fetched))) if fetched else {n: [] for n in COLUMNS.names[3:]}
     return pa.table({"path": rows["path"].cast(pa.large_string()), "image_id": rows["image_id"],
                      "shard": rows["shard"], **{k: pa.array(list(v), COLUMNS.field(k).type)
                                                  for k, v in columns.items()}}, schema=COLUMNS)
 
 
-def _fetch_one(path: str, min_size: int, max_size: int, max_pixels: int, attempts: int) -> tuple:
+def _fetch_one(path: str, contract: InputContract, max_pixels: int, attempts: int) -> tuple:
     try:
         data = read_bytes(path, attempts)
         header = probe(data, max_pixels)
-        canvas = canvas_size(*resized_size(header.height, header.width, min_size, max_size), min_size, max_size)
+        canvas = contract.canvas_of(header.height, header.width)
         return data, header.width, header.height, header.orientation, header.plain_jpeg, *canvas, None
     except ImageError as e:
         return b"", None, None, None, None, None, None, str(e)

@@ -30,6 +30,7 @@ from model import uri as uris
 from .cluster import init_ray
 from .coco import load_coco
 from .detection import DetectConfig, run_detection
+from .detector import SCORE_THRESHOLD
 from .evaluation import BATCH_ROWS, COLUMNS, DEFAULT_BACKEND, MAX_DETECTIONS, CocoScorer, evaluate_predictions
 from .predictions import prediction_batches
 
@@ -42,9 +43,9 @@ class ReevaluateConfig:
     images: str  # folder the annotation file's file_names live in
     annotations: str
     history: str
-    score_threshold: float = 0.0  # keep every box: AP needs the low-scoring ones
-    min_size: int = 800
-    max_size: int = 1333
+    score_threshold: float = SCORE_THRESHOLD  # as bulk detection and training's validation
+    min_size: int | None = None  # default: each checkpoint's own input contract
+    max_size: int | None = None
     batch_size: int = 8
     actors: tuple[int, int] | None = None
     regression_pct: float = 1.0  # an AP drop of more than this (relative %) is reported
@@ -127,7 +128,7 @@ def reevaluate(config: ReevaluateConfig) -> dict[str, Any]:
     for found in find_checkpoints(config.checkpoints):
         if (found["uri"], found["size"], found["modified"]) in done_files:
             continue  # known file, unchanged: no need to even read its weights
-        _, state_dict = read_checkpoint(found["uri"])
+        _, state_dict, _ = read_checkpoint(found["uri"])
         key = evaluation_key(weights_id(state_dict), dataset_hash, parameters)
         if key in done_keys:
             continue  # same weights under another name

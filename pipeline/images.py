@@ -28,17 +28,11 @@ class ImageError(ValueError):
 
 @dataclass(frozen=True)
 class Header:
-    """What the first bytes of a file say: displayed size, EXIF orientation, format, mode."""
+    """What the first bytes of a file say: displayed size, EXIF orientation, decoder."""
     width: int
     height: int
     orientation: int  # EXIF 1-8 (1: as stored)
-    format: str  # Pillow's name: JPEG, PNG, ...
-    mode: str  # Pillow's mode: RGB, L, CMYK, P, ...
-
-    @property
-    def plain_jpeg(self) -> bool:
-        """A JPEG that torchvision's decoder (nvJPEG on a GPU) decodes as Pillow would."""
-        return self.format == "JPEG" and self.mode in ("RGB", "L")
+    plain_jpeg: bool  # an RGB or greyscale JPEG: torchvision (nvJPEG on a GPU) decodes it as Pillow does
 
 
 def probe(data: bytes, max_pixels: int = MAX_PIXELS) -> Header:
@@ -53,7 +47,7 @@ def probe(data: bytes, max_pixels: int = MAX_PIXELS) -> Header:
             orientation = 1
         if orientation in (5, 6, 7, 8):
             width, height = height, width
-        return Header(width, height, orientation, image.format or "", image.mode)
+        return Header(width, height, orientation, image.format == "JPEG" and image.mode in ("RGB", "L"))
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:

@@ -6,17 +6,23 @@ import os
 
 import pyarrow.compute as pc
 import torch
+import torchvision.transforms.v2.functional as TF
+from matplotlib import font_manager
 from torchvision.io import encode_png
 from torchvision.utils import draw_bounding_boxes, make_grid
 
 from model import uri as uris
 
 from . import predictions
-from .images import decode_rgb
+from .decode import decode_image
+
+MIN_SIDE = 384  # smaller images are drawn enlarged, so that their labels can be read
+FONT_SIZE = 14
+COLOURS = ("#ffd700", "#00e5ff", "#ff4fd8", "#7cff4f", "#ff8c00", "#ffffff")  # by label: bright on most photos
 
 
 def render_predictions(source: str, count: int, folder: str, names: dict[int, str] | None = None,
-                       max_boxes: int | None = None, min_score: float = 0.0, grid: str | None = None) -> list[str]:
+                       max_boxes: int | None = None, min_score: float = 0.5, grid: str | None = None) -> list[str]:
     """Draw the boxes (the best max_boxes scoring at least min_score) of `count` rows of a
     predictions table (those with detections first, by path) on their images; returns the
     PNG paths written. With `grid`, also writes all the pictures side by side there."""
@@ -26,11 +32,12 @@ def render_predictions(source: str, count: int, folder: str, names: dict[int, st
     table = table.append_column("found", found).sort_by([("found", "descending"), ("path", "ascending")])
     written, pictures = [], []
     for row in table.slice(0, count).to_pylist():
-        image = torch.from_numpy(decode_rgb(uris.read_bytes(row["path"]))).permute(2, 0, 1).contiguous()
+        image = decode_image(uris.read_bytes(row["path"]))
         shown = [i for i, score in enumerate(row["scores"]) if score >= min_score][:max_boxes]  # best first
         boxes = torch.tensor(row["boxes"], dtype=torch.float32).reshape(-1, 4)[shown]
         labels = [f"{(names or {}).get(row['labels'][i], row['labels'][i])} {row['scores'][i]:.2f}" for i in shown]
-        picture = draw_bounding_boxes(image, boxes, labels=labels, colors="yellow", width=2)
+        colours = [COLOURS[row["labels"][i] % len(COLOURS)] for i in shown]
+        picture = draw(image, boxes, labels, colours)
         pictures.append(picture)
         stem = os.path.splitext(os.path.basename(row["path"]))[0]
         target = uris.join(folder, f"{stem}-{hashlib.sha1(row['path'].encode()).hexdigest()[:8]}.png")
@@ -39,6 +46,21 @@ def render_predictions(source: str, count: int, folder: str, names: dict[int, st
     if grid and pictures:
         uris.write_bytes(grid, encode_png(side_by_side(pictures)).numpy().tobytes())
     return written
+
+
+def draw(image: torch.Tensor, boxes: torch.Tensor, labels: list[str], colours: list[str]) -> torch.Tensor:
+    """The image (enlarged to MIN_SIDE when smaller) with its boxes and readable labels."""
+    scale = max(1.0, MIN_SIDE / min(image.shape[1:]))
+    if scale > 1:
+        size = [round(image.shape[1] * scale), round(image.shape[2] * scale)]
+        image, boxes = TF.resize(image, size, antialias=True), boxes * scale
+    return draw_bounding_boxes(image, boxes, labels=labels, colors=colours, width=2, font=_font(),
+                               font_size=FONT_SIZE, label_colors="black", fill_labels=True)
+
+
+def _font() -> str:
+    """A TrueType font for the labels: matplotlib's DejaVu Sans, which every install has."""
+    return font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"))
 
 
 def side_by_side(pictures: list[torch.Tensor]) -> torch.Tensor:

@@ -19,22 +19,26 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import ray
 import ray.train
 import ray.train.torch
 import torch
-from torchvision.ops import box_convert
 
-from model import PostProcess, build_criterion, build_detr, get_config, load_checkpoint, save_checkpoint
+from model import InputContract, build_criterion, build_detr, get_config, load_checkpoint, save_checkpoint
 from model import uri as uris
 from model.checkpoint import CHECKPOINT_FILE, safe_torch_load
 
+from . import predictions
 from .cluster import wait_for
 from .coco import CocoDataset, load_coco
-from .data import collate, epoch_order, records_of, sample_stream, shuffle_buffer, val_batches, worker_share
-from .evaluation import DEFAULT_BACKEND, CocoScorer
+from .data import collate, epoch_order, records_of, sample_stream, shuffle_buffer, worker_share
+from .detector import SCORE_THRESHOLD, Detector
+from .evaluation import DEFAULT_BACKEND, CocoScorer, evaluate_predictions
+from .fetch import fetch
+from .images import MAX_PIXELS
 from .progress import StepProgress
 from .transforms import AugmentConfig
 
@@ -97,6 +101,12 @@ class TrainConfig:
     def augment(self) -> AugmentConfig:
         return AugmentConfig().scaled(self.augment_scale)
 
+    def contract(self, init: InputContract | None = None) -> InputContract:
+        """The run's input contract: validation's sizes, the normalisation of the checkpoint it
+        fine-tunes (`init`, when that records one), else ImageNet's."""
+        base = init or InputContract()
+        return dataclasses.replace(base, min_size=self.augment.val_size, max_size=self.augment.max_size)
+
 
 def _build_model(cfg: TrainConfig, num_classes: int):
     if cfg.init:
@@ -138,43 +148,47 @@ def _restore(model, optimizer, scheduler) -> tuple[int, int, float]:
     return payload["epoch"], payload["extra"]["steps"], payload["extra"].get("best_AP", -math.inf)
 
 
-def evaluate(model, batches: Iterable[dict[str, Any]], scorer: CocoScorer, device: torch.device) -> dict[str, float]:
-    """COCO stats of the model's top-100 detections on validation batches, scored against the
-    scorer's ground truth."""
-    return scorer.score(predict(model, batches, device))["metrics"]
+def detect_images(model, records: list[dict[str, Any]], contract: InputContract, batch_size: int,
+                  score_threshold: float = SCORE_THRESHOLD) -> pa.Table:
+    """Predictions rows of the images of `records` (path, image_id), made as bulk detection makes
+    them: the same read stage, decoder, canvases, batching and post-processing (pipeline/detector.py),
+    window by window. A row that is an error (an unreadable image) is a ValueError naming it."""
+    detector = Detector.of_model(model, contract, score_threshold, batch_size, model_id="validation")
+    window = 32 * batch_size  # as an actor's window
+    tables = []
+    for start in range(0, len(records), window):
+        chunk = records[start:start + window]
+        rows = fetch(pa.table({"path": pa.array([r["path"] for r in chunk], pa.large_string()),
+                               "image_id": pa.array([r["image_id"] for r in chunk], pa.int64()),
+                               "shard": pa.array([0] * len(chunk), pa.int32())}), contract, MAX_PIXELS)
+        table = detector(rows).select(predictions.SCHEMA.names)
+        failed = table.filter(pc.invert(pc.is_null(table["error"])))
+        if failed.num_rows:
+            raise ValueError(f"validation image {failed['path'][0]}: {failed['error'][0]}")
+        tables.append(table)
+    return pa.concat_tables(tables) if tables else predictions.SCHEMA.empty_table()
 
 
-@torch.inference_mode()
-def predict(model, batches: Iterable[dict[str, Any]], device: torch.device) -> np.ndarray:
-    """The model's top-100 detections [N,7] = (image_id, x, y, w, h, score, category) on
-    validation batches (collate format plus "image_id" and "orig_size")."""
+def validate(model, records: list[dict[str, Any]], cfg: TrainConfig, contract: InputContract,
+             scorer: CocoScorer | None, rank: int, world_size: int) -> dict[str, float]:
+    """Every worker detects its share of the validation images (every world_size-th); rank 0
+    gathers the rows and returns their COCO stats (the others an empty dict). Each image's
+    detections depend on it alone (its canvas), so the stats are those of one worker, and of
+    jobs/detect.py then jobs/evaluate.py with the same checkpoint."""
     was_training = model.training
-    model.eval()
-    postprocess = PostProcess(top_k=100)
-    rows = []
-    for batch in batches:
-        images, mask, _ = collate(batch, device, model.config.image_mean, model.config.image_std)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            outputs = model(images, mask)
-        sizes = torch.as_tensor(np.stack(batch["orig_size"]))
-        for image_id, found in zip(batch["image_id"], postprocess(outputs, sizes)):
-            xywh = box_convert(found["boxes"], "xyxy", "xywh").cpu().numpy()
-            ids = np.full((len(xywh), 1), int(image_id))
-            rows.append(np.column_stack([ids, xywh, found["scores"].cpu().numpy(), found["labels"].cpu().numpy()]))
+    table = detect_images(model.eval(), records[rank::world_size], contract, cfg.batch_size)
     model.train(was_training)
-    return np.concatenate(rows) if rows else np.zeros((0, 7))
+    tables = gather(table, world_size)
+    return evaluate_predictions(tables, scorer)["metrics"] if rank == 0 else {}
 
 
-def validate(model, records: list[dict[str, Any]], cfg: TrainConfig, scorer: CocoScorer | None, device,
-             rank: int, world_size: int) -> dict[str, float]:
-    """Every worker predicts its share of the validation batches; rank 0 gathers them and
-    returns the COCO stats (the others an empty dict)."""
-    rows = predict(model, val_batches(records, cfg.augment, cfg.batch_size, rank, world_size), device)
-    if world_size > 1:
-        gathered: list[Any] = [None] * world_size
-        torch.distributed.all_gather_object(gathered, rows)
-        rows = np.concatenate(gathered)
-    return scorer.score(rows)["metrics"] if rank == 0 else {}
+def gather(table: pa.Table, world_size: int) -> list[pa.Table]:
+    """Every worker's table, on every worker."""
+    if world_size == 1:
+        return [table]
+    tables: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(tables, table)
+    return tables
 
 
 def train_step(ddp_model: torch.nn.Module, criterion, optimizer: torch.optim.Optimizer,
@@ -205,6 +219,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)
 
     model, config = _build_model(cfg, loop_config["num_classes"])
+    contract = model.contract = cfg.contract(model.contract)  # recorded by every checkpoint
     model.to(device)  # before the optimizer state is restored, so that state lands on the device too
     criterion = build_criterion(config.num_classes, config.dec_layers, eos_coef=cfg.eos_coef,
                                 aux_loss=config.aux_loss, two_stage=config.two_stage,
@@ -233,7 +248,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         cpu0 = time.thread_time()
         for batch in _epoch_batches(cfg, records, epoch, rank, world_size):
             data_seconds += time.perf_counter() - waited
-            images, mask, targets = collate(batch, device, config.image_mean, config.image_std)
+            images, mask, targets = collate(batch, device, contract.image_mean, contract.image_std)
             loss, losses = train_step(ddp_model, criterion, optimizer, (images, mask, targets), cfg, steps)
             steps += 1
             batches += 1
@@ -256,7 +271,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                        images_per_s=images_seen * world_size / max(elapsed, 1e-9), epoch_seconds=elapsed,
                        data_seconds=data_seconds, cpu_seconds=time.thread_time() - cpu0)
         if val_records is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            last_eval = validate(model, val_records, cfg, scorer, device, rank, world_size)
+            last_eval = validate(model, val_records, cfg, contract, scorer, rank, world_size)
         metrics.update(last_eval)
         improved = metrics.get("AP", -math.inf) > best_ap
         best_ap = max(best_ap, metrics.get("AP", -math.inf))
@@ -273,7 +288,7 @@ def _epoch_batches(cfg: TrainConfig, records: list[dict[str, Any]] | None, epoch
             batch_size=cfg.batch_size, batch_format="numpy", prefetch_batches=2,
             local_shuffle_buffer_size=shuffle_buffer(cfg.batch_size))
     share = worker_share(epoch_order(len(records), cfg.seed, epoch), rank, world_size)
-    stream = sample_stream([records[i] for i in share], cfg.augment, train=True, num_cpus=cfg.data_cpus)
+    stream = sample_stream([records[i] for i in share], cfg.augment, num_cpus=cfg.data_cpus)
     return stream.iter_batches(batch_size=cfg.batch_size, batch_format="numpy", prefetch_batches=2)
 
 

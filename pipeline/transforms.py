@@ -1,7 +1,8 @@
-"""The paper's box-aware augmentation (torchvision.transforms.v2 + tv_tensors), and decoding.
+"""The paper's box-aware augmentation (torchvision.transforms.v2 + tv_tensors).
 
 Train: horizontal flip, then either a multi-scale resize of the shorter side, or
-resize -> random crop -> multi-scale resize. Validation: one fixed resize. Sizes are
+resize -> random crop -> multi-scale resize. Validation resizes by the input contract
+(model/contract.py: `val_size` and `max_size` become its sizes) as detection does. Sizes are
 configurable and scale together (AugmentConfig.scaled) so small images get
 proportionally small scales. Normalisation happens on the training worker, so
 augmented images travel as uint8 (a quarter of the bytes).
@@ -17,7 +18,6 @@ import torch
 import torchvision.transforms.v2 as v2
 import torchvision.transforms.v2.functional as F
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.ops import box_convert
 
 
@@ -76,16 +76,6 @@ def train_transform(config: AugmentConfig) -> v2.Transform:
         v2.ClampBoundingBoxes(),
         v2.SanitizeBoundingBoxes(),  # drops boxes the crop emptied, with their labels
     ])
-
-
-def val_transform(config: AugmentConfig) -> v2.Transform:
-    return v2.Resize(config.val_size, max_size=config.max_size)
-
-
-def decode(data: bytes) -> torch.Tensor:
-    """uint8 3xHxW RGB, EXIF orientation applied."""
-    return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
-                        apply_exif_orientation=True)
 
 
 def transform_sample(image: torch.Tensor, boxes_xyxy: np.ndarray, labels: np.ndarray,

@@ -21,6 +21,7 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 REFERENCE = Path(os.environ.get("DETR_REFERENCE_DIR", REPO.parent / "shared" / "reference"))
+SHIPPED = REPO / "checkpoints" / "detr-tiny-shapes.pt"  # a trained detr-tiny (checkpoints/README.md)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
@@ -182,3 +183,14 @@ def tiny_shapes(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("shapes")
     return make_synthetic(str(out), train=16, val=8, seed=7,
                           config=SyntheticConfig(min_side=64, max_side=128, max_objects=3, min_object=12, max_object=40))
+
+
+@pytest.fixture(scope="session")
+def demo_val(tmp_path_factory) -> dict:
+    """The first 12 validation images of the demo's synthetic set (seed 0, 96-192 px), on which
+    the shipped detr-tiny (SHIPPED) detects well: trained on that set's training split."""
+    from pipeline.synthetic import SyntheticConfig, make_synthetic
+
+    out = tmp_path_factory.mktemp("demo-val")
+    return make_synthetic(str(out), train=0, val=12, seed=0,
+                          config=SyntheticConfig(min_side=96, max_side=192, max_objects=4))

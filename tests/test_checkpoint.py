@@ -159,3 +159,35 @@ def test_shape_mismatch_is_a_checkpoint_error(tmp_path, small_fixture):
     torch.save({"model": small_fixture["state_dict"]}, path)
     with pytest.raises(CheckpointError, match=r"shape mismatches .*query_embed.weight \(10, 64\) != \(12, 64\)"):
         load_checkpoint(str(path), nheads=4, num_queries=12)
+
+
+def test_checkpoints_record_their_input_contract(tmp_path):
+    from model import InputContract
+    from model.checkpoint import read_checkpoint
+    from model.contract import resolve_contract
+
+    torch.manual_seed(0)
+    model = build_detr("detr-tiny", num_classes=4)
+    contract = InputContract(min_size=160, max_size=267, image_mean=(0.5, 0.5, 0.5), image_std=(0.25, 0.25, 0.25))
+    path = save_checkpoint(str(tmp_path / "a.pt"), model, contract=contract)
+    loaded, _ = load_checkpoint(path)
+    assert loaded.contract == contract and read_checkpoint(path)[2] == contract
+    again = save_checkpoint(str(tmp_path / "b.pt"), loaded.eval())  # load + save keeps it
+    assert read_checkpoint(again)[2] == contract
+
+    # written before contracts: the config held mean / std; no contract, the paper's is stated
+    payload = torch.load(path, weights_only=True)
+    del payload["contract"]
+    payload["config"].update(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    torch.save(payload, tmp_path / "old.pt")
+    config, _, recorded = read_checkpoint(str(tmp_path / "old.pt"))
+    assert recorded is None and config == loaded.config
+    used, said = resolve_contract(recorded, "old.pt")
+    assert used == InputContract() and len(said) == 1 and "old.pt records no input contract" in said[0]
+    # a size given by the user wins, said in one line naming both
+    used, said = resolve_contract(contract, "a.pt", min_size=200)
+    assert (used.min_size, used.max_size, used.image_mean) == (200, 267, contract.image_mean)
+    assert len(said) == 1 and "--min-size 200 (its own: 160)" in said[0]
+    with pytest.raises(ValueError, match="min_size <= max_size, got 320 / 267"):
+        resolve_contract(contract, "a.pt", min_size=320)
+    assert resolve_contract(contract, "a.pt", min_size=160) == (contract, [])  # the same size: nothing to say

@@ -33,7 +33,7 @@ def exported(tmp_path_factory, tiny_shapes) -> dict:
             for suffix in (".onnx", ".pt2")} | {"names": names}
 
 
-def test_onnx_graph_contract_metadata_and_outputs(exported):
+def test_onnx_graph_contract_metadata_and_outputs(exported, tmp_path):
     report = exported[".onnx"]
     model, config = load_checkpoint(SHIPPED)
     assert report["weights"] == weights_id(model.state_dict()) and report["bytes"] > 1e6
@@ -46,12 +46,22 @@ def test_onnx_graph_contract_metadata_and_outputs(exported):
     dims = [[d.dim_param or d.dim_value for d in t.shape.dim] for t in inputs.values()]
     assert dims == [["batch", 3, "height", "width"], ["batch", "height", "width"]]  # dynamic batch, height, width
 
-    read_config, data, weights = read_onnx(report["output"])
+    read_config, data, weights, contract = read_onnx(report["output"])
     assert read_config == config and weights == report["weights"]
+    assert contract == model.contract and contract.min_size == 160  # the checkpoint's own input contract
     metadata = {p.key: json.loads(p.value) for p in graph.metadata_props}
     assert metadata["class_names"] == {str(k): v for k, v in exported["names"].items()}
-    assert metadata["preprocessing"]["image_mean"] == list(config.image_mean)
-    assert metadata["preprocessing"]["min_size"] == 800 and metadata["num_classes"] == config.num_classes
+    assert metadata["contract"] == model.contract.to_dict() == report["contract"]
+    assert metadata["preprocessing"]["image_mean"] == list(contract.image_mean)
+    assert metadata["preprocessing"]["min_size"] == 160 and metadata["num_classes"] == config.num_classes
+
+    # a graph exported before contracts were recorded: its sizes and mean / std from `preprocessing`
+    legacy = tmp_path / "legacy.onnx"
+    kept = [p for p in graph.metadata_props if p.key != "contract"]
+    del graph.metadata_props[:]
+    graph.metadata_props.extend(kept)
+    onnx.save(graph, legacy)
+    assert read_onnx(str(legacy))[3] == contract
 
     # sizes the export's own check did not use: a batch of 5, odd sizes, padding in both directions
     images, mask = sample_batch(5, 136, 200, padded=True, seed=11)
@@ -81,8 +91,8 @@ def test_verification_rejects_a_graph_that_differs(exported):
 
 
 def test_detection_with_the_onnx_graph_writes_the_same_rows(ray_cluster, exported, tiny_shapes, tmp_path):
-    settings = dict(images=tiny_shapes["val_annotations"], image_root=tiny_shapes["val_images"], min_size=96,
-                    max_size=160, score_threshold=0.0, actors=(1, 1), batch_size=4)
+    settings = dict(images=tiny_shapes["val_annotations"], image_root=tiny_shapes["val_images"],
+                    score_threshold=0.0, actors=(1, 1), batch_size=4)  # sizes: the graph's contract, as the checkpoint's
     runs = {}
     for name, checkpoint in (("torch", SHIPPED), ("onnx", exported[".onnx"]["output"])):
         summary = run_detection(DetectConfig(output=str(tmp_path / name), checkpoint=checkpoint, **settings))

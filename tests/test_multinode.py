@@ -23,7 +23,7 @@ pytestmark = pytest.mark.own_ray
 def checkpoint(tmp_path_factory) -> str:
     """A ResNet-18 detr-tiny: slow enough that a node can be removed while images remain."""
     torch.manual_seed(0)
-    model = build_detr("detr-tiny", num_classes=12, backbone="resnet18")
+    model = build_detr("detr-tiny", num_classes=12, backbone="resnet18", masked_backbone=False)
     return save_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "r18.pt"), model)
 
 

@@ -10,7 +10,7 @@ import torch
 from model import uri
 from pipeline.coco import load_coco
 from pipeline.synthetic import CATEGORIES, SyntheticConfig, make_image, make_synthetic
-from pipeline.transforms import AugmentConfig, decode, train_transform, transform_sample, val_transform
+from pipeline.transforms import AugmentConfig, train_transform, transform_sample
 
 
 def test_synthetic_is_deterministic_and_valid(tmp_path, tiny_shapes):
@@ -51,13 +51,19 @@ def test_augmentation_moves_boxes_with_the_image():
         assert labels.tolist() == [5]
 
 
-def test_validation_resize_and_decode(tiny_shapes):
-    image = decode(uri.read_bytes(f"{tiny_shapes['val_images']}/000000.jpg"))
+def test_contract_resizes_as_torchvision(tiny_shapes):
+    import torchvision.transforms.v2 as v2
+
+    from model import InputContract
+    from pipeline.decode import decode_image
+
+    image = decode_image(uri.read_bytes(f"{tiny_shapes['val_images']}/000000.jpg"))
     assert image.dtype == torch.uint8 and image.shape[0] == 3
-    config = AugmentConfig().scaled(0.25)
-    out, boxes, _ = transform_sample(image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), val_transform(config))
-    assert min(out.shape[-2:]) == config.val_size or max(out.shape[-2:]) == config.max_size
-    assert boxes.shape == (0, 4)
+    for min_size, max_size in ((120, 200), (160, 267), (800, 1333), (96, 100)):
+        for height, width in ((image.shape[1], image.shape[2]), (77, 301), (301, 77), (50, 50), (30, 900)):
+            want = v2.Resize(min_size, max_size=max_size)(torch.zeros(3, height, width)).shape[1:]
+            assert InputContract(min_size, max_size).resized_size(height, width) == tuple(want)
+    assert InputContract(120, 200).resized_size(3, 900) == (1, 200)  # torchvision would make it 0 px high
 
 
 def test_unreadable_training_image_is_named(tmp_path):
@@ -69,4 +75,4 @@ def test_unreadable_training_image_is_named(tmp_path):
     bad.write_bytes(b"not a jpeg")
     batch = {"path": [str(bad)], "image_id": [1], "boxes": [[1.0, 1.0, 5.0, 5.0]], "labels": [2]}
     with pytest.raises(ValueError, match="cannot read training image .*broken.jpg"):
-        _load_and_augment(batch, AugmentConfig().scaled(0.25), train=True)
+        _load_and_augment(batch, AugmentConfig().scaled(0.25))

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -18,6 +19,7 @@ from model import build_detr, load_checkpoint
 from model.checkpoint import safe_torch_load
 from pipeline.training import TrainConfig, _build_model, _run_config, fit, run_training, warm_up
 
+from .conftest import SHIPPED
 from .local_cluster import STATE_API, job_env
 
 
@@ -94,7 +96,7 @@ def test_fit_trains_on_the_datasets_it_is_given(ray_cluster, tiny_shapes, tmp_pa
     from pipeline.data import records_of, sample_stream
 
     cfg = _config(tiny_shapes, tmp_path, "prepared")
-    samples = sample_stream(records_of(load_coco(cfg.annotations, cfg.images)), cfg.augment, train=True).limit(8)
+    samples = sample_stream(records_of(load_coco(cfg.annotations, cfg.images)), cfg.augment).limit(8)
     samples = samples.materialize()
     result, train_set = fit(cfg, {"train": samples})
     assert train_set.num_classes == 12  # the model's classes still come from the annotations
@@ -431,40 +433,79 @@ def test_each_epoch_is_a_full_permutation_shared_out_without_overlap():
 
 
 def _validate_worker(rank: int, world_size: int, port: int, shapes: dict, folder: str) -> None:
+    import pyarrow.parquet as pq
     import torch.distributed as dist
 
-    from model import build_detr
     from pipeline.coco import load_coco
     from pipeline.data import records_of
     from pipeline.evaluation import CocoScorer
-    from pipeline.training import validate
+    from pipeline.training import detect_images, gather, validate
 
     if world_size > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        torch.manual_seed(0)
-        model = build_detr("detr-tiny", num_classes=12).eval()
-        val_set = load_coco(shapes["val_annotations"], shapes["val_images"])
-        cfg = TrainConfig("", "", "", "", batch_size=3, augment_scale=0.15)  # 8 images: batches of 3, 3, 2
-        scorer = CocoScorer(val_set.raw) if rank == 0 else None
-        metrics = validate(model, records_of(val_set), cfg, scorer, torch.device("cpu"), rank, world_size)
+        model, _ = load_checkpoint(str(SHIPPED))  # trained: its detections and AP are not all alike
+        records = records_of(load_coco(shapes["val_annotations"], shapes["val_images"]))
+        cfg = TrainConfig("", "", "", "", batch_size=3)
+        tables = gather(detect_images(model, records[rank::world_size], model.contract, cfg.batch_size), world_size)
+        scorer = CocoScorer(load_coco(shapes["val_annotations"], shapes["val_images"]).raw) if rank == 0 else None
+        metrics = validate(model, records, cfg, model.contract, scorer, rank, world_size)
         if rank == 0:
+            pq.write_table(pa.concat_tables(tables).sort_by("image_id"), Path(folder, f"{world_size}.parquet"))
             Path(folder, f"{world_size}.json").write_text(json.dumps(metrics))
     finally:
         if world_size > 1:
             dist.destroy_process_group()
 
 
-def test_sharded_validation_equals_one_worker(tiny_shapes, tmp_path):
+def test_sharded_validation_equals_one_worker(demo_val, tmp_path):
+    """Two workers each detect every other image; what rank 0 gathers and scores is what one
+    worker detects alone, row for row."""
     import socket
 
+    import pyarrow.parquet as pq
     import torch.multiprocessing as mp
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    _validate_worker(0, 1, port, tiny_shapes, str(tmp_path))
-    mp.start_processes(_validate_worker, args=(2, port, tiny_shapes, str(tmp_path)), nprocs=2, start_method="spawn")
-    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in (1, 2))
-    assert one == two and set(one) >= {"AP", "AP50"}
+    _validate_worker(0, 1, port, demo_val, str(tmp_path))
+    mp.start_processes(_validate_worker, args=(2, port, demo_val, str(tmp_path)), nprocs=2, start_method="spawn")
+    one, two = (pq.read_table(tmp_path / f"{n}.parquet").to_pylist() for n in (1, 2))
+    assert [r["image_id"] for r in one] == [r["image_id"] for r in two] == list(range(1, 13))
+    assert sum(len(r["scores"]) for r in one) > 12  # the checkpoint finds shapes
+    for a, b in zip(one, two):
+        assert a["labels"] == b["labels"]
+        np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-6)
+        np.testing.assert_allclose(a["boxes"], b["boxes"], atol=1e-4)
+    metrics = [json.loads((tmp_path / f"{n}.json").read_text()) for n in (1, 2)]
+    assert metrics[0] == metrics[1] and metrics[0]["AP"] > 0.2
+
+
+def test_validation_detections_are_bulk_detections(ray_cluster, demo_val, tmp_path):
+    """The AP training prints for a checkpoint is the AP of jobs/detect.py then jobs/evaluate.py
+    with it, at their defaults (sizes: the checkpoint's contract; the default score threshold):
+    the same detections, image for image."""
+    from pipeline import predictions
+    from pipeline.coco import load_coco
+    from pipeline.detection import DetectConfig, run_detection
+    from pipeline.evaluation import evaluate_files, evaluate_predictions, CocoScorer
+    from pipeline.training import detect_images
+
+    model, _ = load_checkpoint(str(SHIPPED))
+    dataset = load_coco(demo_val["val_annotations"], demo_val["val_images"])
+    validation = detect_images(model, dataset.records(), model.contract, batch_size=8)
+    output = str(tmp_path / "predictions")
+    run_detection(DetectConfig(images=demo_val["val_annotations"], image_root=demo_val["val_images"],
+                               output=output, checkpoint=str(SHIPPED), actors=(1, 1)))
+    detected = {r["image_id"]: r for r in predictions.read_predictions(output).to_pylist()}
+    assert len(detected) == validation.num_rows == 12
+    for row in validation.to_pylist():
+        other = detected[row["image_id"]]
+        assert row["labels"] == other["labels"] and row["path"] == other["path"]
+        np.testing.assert_allclose(row["scores"], other["scores"], atol=1e-4)
+        np.testing.assert_allclose(row["boxes"], other["boxes"], atol=1e-2)
+    validated = evaluate_predictions([validation], CocoScorer(dataset.raw))["metrics"]
+    assert validated == evaluate_files(output, demo_val["val_annotations"])["metrics"]
+    assert validated["AP"] > 0.2  # a trained checkpoint: the equality is not that of two empty sets
