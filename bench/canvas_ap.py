@@ -29,7 +29,7 @@ from model.contract import resolve_contract
 from pipeline import predictions
 from pipeline.coco import load_coco
 from pipeline.decode import decode_image
-from pipeline.evaluation import CocoScorer, evaluate_predictions
+from pipeline.evaluation import CocoScorer, score_predictions
 from pipeline.synthetic import SyntheticConfig, make_synthetic
 from pipeline.training import detect_images
 
@@ -56,7 +56,7 @@ def padded_batches(model, contract, records: list[dict], batch_size: int):
 
 
 def score(table, gt: CocoScorer) -> dict[str, float]:
-    metrics = evaluate_predictions([table], gt)["metrics"]
+    metrics = score_predictions([table], gt)["metrics"]
     return {k: round(metrics[k], 4) for k in ("AP", "AP50", "AP75")}
 
 
@@ -64,7 +64,8 @@ def measure(checkpoint: str, records: list[dict], gt: CocoScorer, batch_size: in
     model, _ = load_checkpoint(checkpoint)
     contract, _ = resolve_contract(model.contract, checkpoint, **sizes)
     return {"checkpoint": checkpoint, "contract_recorded": model.contract is not None,
-            "min_size": contract.min_size, "max_size": contract.max_size, "masked_backbone": model.config.masked_backbone,
+            "min_size": contract.min_size, "max_size": contract.max_size,
+            "masked_backbone": model.config.masked_backbone,
             "batch": score(padded_batches(model, contract, records, batch_size), gt),
             "alone": score(padded_batches(model, contract, records, 1), gt),
             "detection": score(detect_images(model, records, contract, batch_size), gt)}

@@ -38,8 +38,7 @@ from PIL import Image
 
 from model import InputContract, build_detr, save_checkpoint
 from pipeline.detection import DetectConfig, run_detection
-from pipeline.detector import DetectorActor, model_batches
-from pipeline.fetch import fetch
+from pipeline.detection import DetectorActor, fetch, model_batches
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "coco" / "instances_val2014_100.json"
 REPO = Path(__file__).resolve().parents[1]

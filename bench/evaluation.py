@@ -63,7 +63,7 @@ def write_parts(table, folder: Path, rows_per_part: int = 500) -> None:
 def scorer_seconds(gt: dict, detections: np.ndarray, backend: str) -> tuple[float, dict]:
     started = time.perf_counter()
     scorer = CocoScorer(gt, backend)
-    metrics = scorer.stats(scorer.evaluate(detections))
+    metrics = scorer.stats(scorer.cocoeval(detections))
     return time.perf_counter() - started, metrics
 
 

@@ -5,7 +5,7 @@ PyTorch loop over the project's own model, criterion, augmentation, and validati
 detection path with COCO scoring, as the training job validates) and
 prints the curve (minutes, AP, AP50, train loss) as JSON. Compare with the reference
 recipe's anchor (AP50 0.002 after 15 minutes, ../shared/reference/LEARNING_ANCHOR.md).
-Defaults are the preset's recipe (pipeline.training.RECIPES); --model changes the network
+Defaults are the preset's recipe (what TrainConfig gives it); --model changes the network
 (DetrConfig fields as JSON values), e.g. the paper's learned queries: --model two_stage=false.
 
     python -m bench.learning [--minutes 15] [--eval-every 3] [--lr 3e-4] [--model KEY=VALUE ...] [--save CKPT]
@@ -25,12 +25,11 @@ import torch
 from model import InputContract, build_criterion, build_detr, save_checkpoint
 from model import uri as uris
 from pipeline.coco import load_coco
-from pipeline.data import augment_samples, collate
 from pipeline.decode import decode_image
-from pipeline.evaluation import CocoScorer, evaluate_predictions
+from pipeline.evaluation import CocoScorer, score_predictions
 from pipeline.synthetic import SyntheticConfig, make_synthetic
-from pipeline.training import RECIPES, detect_images, warm_up
-from pipeline.transforms import AugmentConfig, train_transform
+from pipeline.training import TrainConfig, augment_samples, collate, detect_images, warm_up
+from pipeline.training.augment import AugmentConfig, train_transform
 
 
 def load_split(annotations: str, images: str):
@@ -58,12 +57,12 @@ def main() -> None:
     p.add_argument("--data", help="existing make_synthetic folder (default: generate one)")
     p.add_argument("--preset", default="detr-tiny")
     p.add_argument("--model", nargs="*", default=[], metavar="KEY=VALUE", help="DetrConfig overrides (JSON values)")
-    recipe = RECIPES["detr-tiny"]
-    p.add_argument("--lr", type=float, default=recipe["lr"])
-    p.add_argument("--lr-backbone", type=float, default=recipe["lr_backbone"])
-    p.add_argument("--warmup", type=int, default=recipe["warmup_steps"], help="steps of linear learning-rate warm-up")
-    p.add_argument("--encoder-matches", type=int, default=recipe["encoder_matches"])
-    p.add_argument("--batch-size", type=int, default=recipe["batch_size"])
+    recipe = TrainConfig("", "", "", "", preset="detr-tiny")  # the recipe the training job uses
+    p.add_argument("--lr", type=float, default=recipe.lr)
+    p.add_argument("--lr-backbone", type=float, default=recipe.lr_backbone)
+    p.add_argument("--warmup", type=int, default=recipe.warmup_steps, help="steps of linear learning-rate warm-up")
+    p.add_argument("--encoder-matches", type=int, default=recipe.encoder_matches)
+    p.add_argument("--batch-size", type=int, default=recipe.batch_size)
     p.add_argument("--lr-drop-at", type=float, default=0.8, help="fraction of the budget after which lr x0.1")
     p.add_argument("--augment-scale", type=float, default=0.2)
     p.add_argument("--threads", type=int, default=2)
@@ -124,7 +123,7 @@ def train(args: argparse.Namespace, data: str) -> None:
             if trained_s >= next_eval or trained_s >= args.minutes * 60:
                 table = detect_images(model.eval(), val_set.records(), contract, args.batch_size)
                 model.train()
-                stats = evaluate_predictions([table], gt)["metrics"]
+                stats = score_predictions([table], gt)["metrics"]
                 point = {"minutes": round(trained_s / 60, 2), "steps": steps, "AP": stats["AP"],
                          "AP50": stats["AP50"], "train_loss": float(np.mean(losses[-50:]))}
                 curve.append(point)

@@ -45,14 +45,13 @@ import torch
 
 from model import build_criterion, get_config, build_detr
 from pipeline.coco import load_coco
-from pipeline.data import _load_and_augment, collate, records_of
 from pipeline.synthetic import make_synthetic
-from pipeline.training import TrainConfig, _param_groups, fit
+from pipeline.training import TrainConfig, collate, fit, load_and_augment, param_groups, records_of
 
 
 def _samples(cfg: TrainConfig, records: list[dict]) -> list[dict]:
     """One augmentation of every record, a row per sample, as the worker's stream makes them."""
-    batch = _load_and_augment({k: [r[k] for r in records] for k in records[0]}, cfg.augment)
+    batch = load_and_augment({k: [r[k] for r in records] for k in records[0]}, cfg.augment)
     return [dict(zip(batch, values)) for values in zip(*batch.values())]
 
 
@@ -69,7 +68,7 @@ def plain_loop(cfg: TrainConfig, epochs: list[list[dict]], num_classes: int) -> 
     criterion = build_criterion(config.num_classes, config.dec_layers, eos_coef=cfg.eos_coef,  # as the worker's
                                 aux_loss=config.aux_loss, two_stage=config.two_stage,
                                 encoder_matches=cfg.encoder_matches)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     device = torch.device("cpu")
     seen, seconds, cpu_seconds = 0, 0.0, 0.0
     for epoch, batches in enumerate(epochs):

@@ -16,7 +16,7 @@ import time
 import torch
 
 from model import build_criterion, build_detr
-from pipeline.training import TrainConfig, _param_groups, train_step
+from pipeline.training import TrainConfig, param_groups, train_step
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     model = build_detr(args.preset, num_classes=91).to(device).train()
     criterion = build_criterion(91, model.config.dec_layers, two_stage=model.config.two_stage).to(device)
     cfg = TrainConfig("", "", "", "")
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     height, width = args.size
     images = torch.randn(args.batch, 3, height, width, device=device)
     mask = torch.zeros(args.batch, height, width, dtype=torch.bool, device=device)

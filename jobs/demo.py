@@ -26,11 +26,11 @@ import ray  # noqa: E402
 
 from pipeline.cluster import init_ray  # noqa: E402
 from pipeline.detection import DetectConfig, run_detection  # noqa: E402
-from pipeline.evaluation import evaluate_files  # noqa: E402
+from pipeline.evaluation import score_files  # noqa: E402
 from pipeline.progress import duration  # noqa: E402
 from pipeline.render import render_predictions  # noqa: E402
 from pipeline.synthetic import CATEGORIES, SyntheticConfig, make_synthetic  # noqa: E402
-from pipeline.training import RECIPES, TrainConfig, run_training  # noqa: E402
+from pipeline.training import TrainConfig, run_training  # noqa: E402
 
 SHIPPED = str(Path(__file__).resolve().parents[1] / "checkpoints" / "detr-tiny-shapes.pt")
 
@@ -60,7 +60,7 @@ def main() -> None:
         annotations=data["train_annotations"], images=data["train_images"],
         val_annotations=data["val_annotations"], val_images=data["val_images"],
         storage=os.path.join(out, "runs"), name="demo", preset="detr-tiny", epochs=args.epochs,
-        cpus_per_worker=1.0, augment_scale=0.2, **RECIPES["detr-tiny"],
+        cpus_per_worker=1.0, augment_scale=0.2,  # and detr-tiny's recipe, as jobs/train.py gives it
     ))
     print(f"trained {training['metrics']['epoch']} epochs; last checkpoint {training['checkpoint']}", flush=True)
 
@@ -71,7 +71,7 @@ def main() -> None:
         checkpoint=checkpoint, score_threshold=0.0, overwrite=True,  # sizes: the checkpoint's input contract
     ))
     ray.shutdown()
-    scores = evaluate_files(predictions, data["val_annotations"])
+    scores = score_files(predictions, data["val_annotations"])
     print(f"detected {detection['rows']} images with {checkpoint} into {predictions}", flush=True)
     names = {category_id: name for name, category_id in CATEGORIES.items()}
     pictures = render_predictions(predictions, args.pictures, os.path.join(out, "pictures"), names,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a working dir
 
-from pipeline.evaluation import (BACKENDS, DEFAULT_BACKEND, MAX_DETECTIONS, evaluate_files,  # noqa: E402
+from pipeline.evaluation import (BACKENDS, DEFAULT_BACKEND, MAX_DETECTIONS, score_files,  # noqa: E402
                                  format_tables, max_dets_arg, write_evaluation)
 from pipeline.progress import evaluation_headline  # noqa: E402
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
                    help=f"detections scored per image, the top by score (default {MAX_DETECTIONS}, COCO's rule)")
     args = p.parse_args(argv)
     try:
-        result = evaluate_files(args.predictions, args.annotations, args.backend, args.max_dets)
+        result = score_files(args.predictions, args.annotations, args.backend, args.max_dets)
     except (ValueError, FileNotFoundError, OSError) as e:  # CocoFormatError is a ValueError
         sys.exit(f"evaluate: {e}")
     print(format_tables(result))

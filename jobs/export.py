@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from model import CheckpointError  # noqa: E402
 from model.export import DEFAULT_OPSET, SUFFIXES, ExportError, export_checkpoint  # noqa: E402
+from pipeline.coco import load_coco  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,7 +46,6 @@ def main(argv: list[str] | None = None) -> None:
         _check_writable(args.output)
         names = None
         if args.annotations:
-            from pipeline.coco import load_coco
             names = {c["id"]: c["name"] for c in load_coco(args.annotations, ".", check_files=False).categories}
         report = export_checkpoint(args.checkpoint, args.output, opset=args.opset, class_names=names,
                                    min_size=args.min_size, max_size=args.max_size,

@@ -21,8 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import ray  # noqa: E402
 
-from pipeline.evaluation import BACKENDS, max_dets_arg  # noqa: E402
-from pipeline.history import ReevaluateConfig, reevaluate  # noqa: E402
+from pipeline.evaluation import BACKENDS, ReevaluateConfig, max_dets_arg, reevaluate  # noqa: E402
 from pipeline.progress import reevaluation_headline  # noqa: E402
 
 REGRESSION_EXIT = 3

@@ -17,10 +17,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import ray  # noqa: E402
 
 from pipeline.cluster import ClusterTooSmall, init_ray  # noqa: E402
-from pipeline.dry_run import dry_run  # noqa: E402
 from pipeline.evaluation import BACKENDS  # noqa: E402
 from pipeline.progress import dry_run_headline, training_headline  # noqa: E402
-from pipeline.training import RECIPES, TrainConfig, check_initialisation, run_training  # noqa: E402
+from pipeline.training import (PAPER_RECIPE, RECIPES, TrainConfig, check_initialisation, dry_run,  # noqa: E402
+                               run_training)
+
+
+def recipe_default(name: str) -> str:
+    """A recipe flag's default, said in its help."""
+    presets = ", ".join(f"{preset} {recipe[name]:g}" for preset, recipe in RECIPES.items() if name in recipe)
+    return f"default: the preset's recipe ({presets}) without --init, else the paper's {PAPER_RECIPE[name]:g}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the preset's backbone normalisation")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"total epochs (default {d.epochs})")
     p.add_argument("--batch-size", type=int,
-                   help=f"images per worker per step (default {d.batch_size}, or the recipe's)")
+                   help=f"images per worker per step ({recipe_default('batch_size')})")
     p.add_argument("--workers", type=int, default=d.workers, help="Ray Train workers (data parallel)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker, bf16 autocast")
     p.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker, help="logical CPUs per worker")
@@ -51,13 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="workers over nodes: PACK fills nodes, STRICT_SPREAD puts each on its own node")
     p.add_argument("--data-cpus", type=float, default=d.data_cpus, help="logical CPUs per decode/augment task")
     p.add_argument("--lr", type=float,
-                   help=f"learning rate of the transformer and heads (default {d.lr}, or the recipe's)")
+                   help=f"learning rate of the transformer and heads ({recipe_default('lr')})")
     p.add_argument("--lr-backbone", type=float,
-                   help=f"learning rate of the backbone (default {d.lr_backbone}, or the recipe's)")
+                   help=f"learning rate of the backbone ({recipe_default('lr_backbone')})")
     p.add_argument("--warmup-steps", type=int,
-                   help="optimizer steps of linear learning-rate warm-up (default 0, or the recipe's)")
+                   help=f"optimizer steps of linear learning-rate warm-up ({recipe_default('warmup_steps')})")
     p.add_argument("--encoder-matches", type=int,
-                   help="two-stage presets: encoder proposals matched to each object (default 1, or the recipe's)")
+                   help=f"two-stage presets: encoder proposals matched to each object "
+                        f"({recipe_default('encoder_matches')})")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--clip-max-norm", type=float, default=d.clip_max_norm, help="gradient clipping (0: off)")
     p.add_argument("--lr-drop", type=int, default=d.lr_drop, help="epochs between learning-rate drops (x0.1)")
@@ -87,11 +94,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 
 def config_from(a: argparse.Namespace) -> TrainConfig:
-    # Without --init the preset trains from scratch: its recipe (pipeline.training.RECIPES)
-    # replaces the paper's defaults, which assume a pretrained backbone; explicit flags win.
-    tuned = {k: v for k, v in vars(a).items() if k in ("lr", "lr_backbone", "warmup_steps", "encoder_matches",
-                                                       "batch_size") and v is not None}
-    recipe = {} if a.init else RECIPES.get(a.preset, {})
+    """The flags as a TrainConfig; the recipe flags not given stay None, so TrainConfig fills
+    them from the preset's recipe as it does for a library call."""
     return TrainConfig(
         annotations=a.annotations, images=a.images, val_annotations=a.val_annotations, val_images=a.val_images,
         storage=a.storage, name=a.name, preset=a.preset, init=a.init, backbone_weights=a.backbone_weights,
@@ -102,7 +106,8 @@ def config_from(a: argparse.Namespace) -> TrainConfig:
         weight_decay=a.weight_decay, clip_max_norm=a.clip_max_norm, lr_drop=a.lr_drop,
         augment_scale=a.augment_scale, eval_every=a.eval_every, eval_backend=a.eval_backend,
         log_every=a.log_every, max_failures=a.max_failures,
-        num_to_keep=a.keep or None, seed=a.seed, resource_wait_s=a.resource_wait, **{**recipe, **tuned},
+        num_to_keep=a.keep or None, seed=a.seed, resource_wait_s=a.resource_wait, lr=a.lr, lr_backbone=a.lr_backbone,
+        warmup_steps=a.warmup_steps, encoder_matches=a.encoder_matches, batch_size=a.batch_size,
     )
 
 

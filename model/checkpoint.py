@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 import torch
+from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from . import uri as uris
@@ -256,8 +257,6 @@ def _read_huggingface(source: str) -> tuple[DetrConfig, dict[str, torch.Tensor],
         if uris.file_type(weights_uri) == pafs.FileType.File:
             data = uris.read_bytes(weights_uri)
             if name.endswith(".safetensors"):
-                from safetensors.torch import load as load_safetensors
-
                 hf_state = load_safetensors(data)
             else:
                 hf_state = safe_torch_load(data, weights_uri)

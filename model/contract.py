@@ -109,7 +109,8 @@ def resolve_contract(recorded: InputContract | None, source: str, min_size: int 
     changed = {k: v for k, v in given.items() if v is not None and v != getattr(contract, k)}
     if changed:
         said.append("overriding the checkpoint's input contract: "
-                    + ", ".join(f"--{k.replace('_', '-')} {v} (its own: {getattr(contract, k)})" for k, v in changed.items())
+                    + ", ".join(f"--{k.replace('_', '-')} {v} (its own: {getattr(contract, k)})"
+                                for k, v in changed.items())
                     + "; detections can differ from what its training validated")
         contract = replace(contract, **changed)
     return contract, said

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from . import uri as uris
+from .checkpoint import read_checkpoint, weights_id
 from .contract import resolve_contract
 from .detr import DETR
 from .onnx_model import INPUTS, INSTALL_HINT, OUTPUTS, OnnxDetr
@@ -164,8 +165,6 @@ def export_checkpoint(checkpoint: str, output: str, *, opset: int = DEFAULT_OPSE
     """Export any checkpoint load_checkpoint reads (ours, a reference .pth, a Hugging Face
     folder) with its input contract (sizes given here override its own, said through `log`);
     returns export()'s report and the weights id."""
-    from .checkpoint import read_checkpoint, weights_id
-
     config, state_dict, recorded = read_checkpoint(checkpoint)
     contract, said = resolve_contract(recorded, uris.strip_credentials(checkpoint), min_size, max_size)
     for line in said:

@@ -51,6 +51,3 @@ class HungarianMatcher(nn.Module):
             indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
         return indices
 
-
-def build_matcher(cost_class: float = 1.0, cost_bbox: float = 5.0, cost_giou: float = 2.0) -> HungarianMatcher:
-    return HungarianMatcher(cost_class, cost_bbox, cost_giou)

@@ -32,6 +32,12 @@ def strip_credentials(uri: str) -> str:
     return f"{scheme}://{authority.rsplit('@', 1)[-1]}/{path}".rstrip("/").split("?", 1)[0]
 
 
+def listed_uri_prefix(root: str) -> str:
+    """What makes a path listed under root (resolve's filesystem) a URI again: `s3://` for an
+    object store, whose listed paths carry no scheme; nothing for local files."""
+    return root.split("://", 1)[0] + "://" if "://" in root and not root.startswith("file://") else ""
+
+
 def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *parts])
 

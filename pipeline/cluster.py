@@ -6,6 +6,7 @@ import time
 from typing import Callable
 
 import ray
+from ray.autoscaler.sdk import request_resources
 
 # Passed to Ray workers so s3:// works there as on the driver (never written to outputs).
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
@@ -42,7 +43,6 @@ def wait_for(need: dict[str, float], wait_s: float, what: str, advice: str,
     have = ray.cluster_resources()
     short = shortfall(have)
     if short and wait_s > 0:
-        from ray.autoscaler.sdk import request_resources
         request_resources(bundles=[{k: v} for k, v in need.items()])
         deadline, last = time.time() + wait_s, 0.0
         while short and time.time() < deadline:

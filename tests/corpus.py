@@ -16,6 +16,7 @@ EXPECTED = {
     "cmyk.jpg": None,
     "palette.png": None,
     "rgba.png": None,
+    "transparent.png": None,
     "grey16.png": None,
     "rotated.jpg": None,
     "tiny.png": None,
@@ -52,6 +53,14 @@ def rotated_photo() -> tuple[bytes, tuple[int, int]]:
     return _encode(Image.fromarray(pixels), "JPEG", exif=exif), (60, 120)
 
 
+def transparent_png() -> bytes:
+    """60x80 RGBA: stored red everywhere, the right half fully transparent (shown white)."""
+    pixels = np.zeros((60, 80, 4), np.uint8)
+    pixels[..., 0] = 255
+    pixels[:, :40, 3] = 255
+    return _encode(Image.fromarray(pixels, "RGBA"), "PNG")
+
+
 def write_corpus(folder: Path) -> dict[str, str | None]:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -63,6 +72,7 @@ def write_corpus(folder: Path) -> dict[str, str | None]:
         "cmyk.jpg": _encode(photo.convert("CMYK"), "JPEG"),
         "palette.png": _encode(photo.convert("P"), "PNG"),
         "rgba.png": _encode(photo.convert("RGBA"), "PNG"),
+        "transparent.png": transparent_png(),
         "grey16.png": _encode(Image.fromarray(rng.integers(0, 65535, (70, 50), dtype=np.uint16)), "PNG"),
         "rotated.jpg": rotated_photo()[0],
         "tiny.png": _encode(Image.new("RGB", (1, 1), (9, 9, 9)), "PNG"),
@@ -77,3 +87,15 @@ def write_corpus(folder: Path) -> dict[str, str | None]:
     for name, data in files.items():
         (folder / name).write_bytes(data)
     return dict(EXPECTED)
+
+
+def write_pictures(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        h, w = int(rng.integers(60, 200)), int(rng.integers(60, 200))
+        path = folder / f"img{i:04d}.png"
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,191 @@
+"""The model actor of bulk detection: decode, pad onto canvases, run DETR, keep the boxes.
+
+Ray Data hands an actor a window of rows (encoded bytes + header facts); the actor groups
+them by canvas into model batches of up to `batch_size`, decodes the next batch on a thread
+while the model runs the current one (pipeline/decode.py: nvJPEG in one batched call on a GPU),
+and returns one row per input. Training's validation runs the same Detector in its workers
+(pipeline/training.py), so the AP a training run prints is the AP bulk detection delivers.
+
+Faults: a batch that runs out of memory is split in halves and re-run; a batch that fails
+otherwise is re-run image by image, so one bad image never costs its neighbours their rows;
+a CUDA error (the context is unusable afterwards) ends the process, and Ray restarts the
+actor and re-runs the window.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import ray
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from model import DETR, DetrConfig, InputContract, PostProcess, optimize_for_inference
+from model.onnx_model import OnnxDetr
+
+from .. import predictions
+from ..decode import decode_images
+from ..images import Header
+
+Batch = tuple[tuple[int, int], list[int]]  # (canvas, row indices)
+# Boxes scoring below this are dropped unless a job says otherwise: bulk detection's default and
+# training's validation alike, so the AP a run prints is that of jobs/detect.py then jobs/evaluate.py.
+# torchvision's and Detectron2's convention: COCO AP within ~0.002 of keeping every query.
+SCORE_THRESHOLD = 0.05
+
+
+def model_batches(canvas_heights: list, canvas_widths: list, errors: list, batch_size: int) -> list[Batch]:
+    """Rows without an error grouped by canvas (in first-seen order), cut into batches."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (h, w, error) in enumerate(zip(canvas_heights, canvas_widths, errors)):
+        if error is None:
+            groups.setdefault((h, w), []).append(i)
+    return [(canvas, rows[k:k + batch_size]) for canvas, rows in groups.items()
+            for k in range(0, len(rows), batch_size)]
+
+
+class Detector:
+    """A model and its input contract: rows of the read stage (pipeline/fetch.py) -> one
+    predictions row each. Runs in-process (training's validation) or as DetectorActor."""
+
+    def __init__(self, model: Callable[..., dict], contract: InputContract, score_threshold: float,
+                 batch_size: int, model_id: str, device: torch.device, num_queries: int):
+        self.model, self.contract, self.device = model, contract, device
+        self.mean = torch.tensor(contract.image_mean, device=device).view(3, 1, 1)
+        self.std = torch.tensor(contract.image_std, device=device).view(3, 1, 1)
+        self.postprocess = PostProcess(score_threshold, top_k=num_queries)
+        self.model_id, self.batch_size = model_id, batch_size
+        self.decoder = ThreadPoolExecutor(1)  # decodes batch k+1 while the model runs batch k
+
+    @classmethod
+    def of_model(cls, model: DETR, contract: InputContract, score_threshold: float, batch_size: int,
+                 model_id: str = "") -> "Detector":
+        """An in-process detector running an inference copy of `model`, on its device."""
+        device = next(model.parameters()).device
+        return cls(optimize_for_inference(model).to(device), contract, score_threshold, batch_size, model_id,
+                   device, model.config.num_queries)
+
+    def __call__(self, rows: pa.Table) -> pa.Table:
+        n = rows.num_rows
+        errors: list[str | None] = rows["error"].to_pylist()
+        detections: list[dict | None] = [None] * n
+        share = [0.0] * n  # 1 / images in the row's model call: sums to the number of calls
+        batches = model_batches(rows["canvas_height"].to_pylist(), rows["canvas_width"].to_pylist(), errors,
+                                self.batch_size)
+        pending: Future | None = self.decoder.submit(self.decode, rows, batches[0]) if batches else None
+        for k, (canvas, indices) in enumerate(batches):
+            images, failed = pending.result()
+            pending = self.decoder.submit(self.decode, rows, batches[k + 1]) if k + 1 < len(batches) else None
+            for i, error in failed.items():
+                errors[i] = error
+            kept = [i for i in indices if i not in failed]
+            for i, found, calls in self.run(kept, [images[i] for i in kept], canvas, rows):
+                if isinstance(found, str):
+                    errors[i] = found
+                else:
+                    detections[i], share[i] = found, 1.0 / calls
+        table = predictions.detections_table(
+            rows["path"].to_pylist(), rows["image_id"].to_pylist(), rows["width"].to_pylist(),
+            rows["height"].to_pylist(), detections, errors, self.model_id)
+        return table.append_column("shard", rows["shard"]).append_column("call_share", pa.array(share, pa.float32()))
+
+    # ------------------------------------------------------------ decoding
+
+    def decode(self, rows: pa.Table, batch: Batch) -> tuple[dict[int, torch.Tensor], dict[int, str]]:
+        """Displayed uint8 3xHxW images on the model's device, and the rows that failed."""
+        _, indices = batch
+        items = [(rows["data"][i].as_py(), Header(rows["width"][i].as_py(), rows["height"][i].as_py(),
+                                                  rows["orientation"][i].as_py(), rows["plain_jpeg"][i].as_py()))
+                 for i in indices]
+        images: dict[int, torch.Tensor] = {}
+        failed: dict[int, str] = {}
+        for i, image in zip(indices, decode_images(items, self.device)):
+            if isinstance(image, torch.Tensor):
+                images[i] = image
+            else:
+                failed[i] = str(image)
+        return images, failed
+
+    # ------------------------------------------------------------ the model
+
+    def run(self, indices: list[int], images: list[torch.Tensor], canvas: tuple[int, int],
+            rows: pa.Table) -> list[tuple[int, dict | str, int]]:
+        """(row, detections or error, images in its model call) for each image."""
+        if not indices:
+            return []
+        try:
+            found = self.forward(images, canvas, [(rows["height"][i].as_py(), rows["width"][i].as_py())
+                                                  for i in indices])
+            return [(i, d, len(indices)) for i, d in zip(indices, found)]
+        except torch.OutOfMemoryError:
+            if len(indices) == 1:
+                return [(indices[0], "inference: out of memory for one image", 1)]
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = len(indices) // 2
+            return (self.run(indices[:half], images[:half], canvas, rows)
+                    + self.run(indices[half:], images[half:], canvas, rows))
+        except Exception as e:
+            if self.device.type == "cuda" and _is_cuda_fault(e):
+                print(f"Detector: CUDA fault ({e}); exiting so that Ray restarts this actor", file=sys.stderr)
+                os._exit(1)
+            if len(indices) > 1:  # find the image that fails; the others keep their detections
+                return [r for i, image in zip(indices, images) for r in self.run([i], [image], canvas, rows)]
+            return [(indices[0], f"inference: {type(e).__name__}: {e}", 1)]
+
+    @torch.inference_mode()
+    def forward(self, images: list[torch.Tensor], canvas: tuple[int, int],
+                sizes: list[tuple[int, int]]) -> list[dict[str, np.ndarray]]:
+        pixels, mask = to_canvas(images, canvas, self.contract, self.mean, self.std)
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            outputs = self.model(pixels, mask)
+        found = self.postprocess(outputs, torch.tensor(sizes))
+        return [{k: v.cpu().numpy() for k, v in d.items()} for d in found]
+
+
+def _is_cuda_fault(error: Exception) -> bool:
+    return isinstance(error, getattr(torch, "AcceleratorError", ())) or "CUDA error" in str(error)
+
+
+def to_canvas(images: Sequence[torch.Tensor], canvas: tuple[int, int], contract: InputContract,
+              mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Displayed uint8 3xHxW images (on the model's device) -> resized, normalised (mean, std:
+    the contract's, as [3,1,1] tensors on that device), zero-padded [B,3,*canvas] float batch
+    and its mask [B,*canvas] (True on padding)."""
+    device = images[0].device
+    batch = torch.zeros((len(images), 3, *canvas), dtype=torch.float32, device=device)
+    mask = torch.ones((len(images), *canvas), dtype=torch.bool, device=device)
+    for image, padded, m in zip(images, batch, mask):
+        height, width = contract.resized_size(image.shape[1], image.shape[2])
+        resized = TF.resize(image, [height, width], antialias=True)
+        padded[:, :height, :width] = (resized.float() / 255 - mean) / std
+        m[:height, :width] = False
+    return batch, mask
+
+
+class DetectorActor(Detector):
+    """One model replica (an actor of bulk detection): a GPU where Ray gave it one, else CPU threads."""
+
+    def __init__(self, weights: Any, model_id: str, score_threshold: float, batch_size: int,
+                 contract: dict[str, Any], cpus: float):
+        """weights: (config dict, state_dict or an ONNX graph's bytes), or an object ref of it
+        (shared by all actors); contract: InputContract.to_dict()."""
+        config_dict, state = ray.get(weights) if isinstance(weights, ray.ObjectRef) else weights
+        config = DetrConfig.from_dict(config_dict)
+        on_gpu = torch.cuda.is_available() and ray.is_initialized() and bool(ray.get_gpu_ids())
+        device = torch.device("cuda" if on_gpu else "cpu")
+        if device.type == "cpu":
+            torch.set_num_threads(max(1, int(cpus)))
+        if isinstance(state, bytes):  # an exported graph: ONNX Runtime, CUDA provider on a GPU
+            model = OnnxDetr(state, device.type, threads=max(1, int(cpus)))
+        else:
+            model = DETR(config)
+            model.load_state_dict(state)
+            model = optimize_for_inference(model.eval()).to(device)
+        super().__init__(model, InputContract.from_dict(contract), score_threshold, batch_size, model_id, device,
+                         config.num_queries)

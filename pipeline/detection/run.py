@@ -1,0 +1,289 @@
+"""Bulk detection: images (local or s3://) -> Ray Data -> model actors -> Parquet, each image once.
+
+The chain reads as Ray's examples do:
+
+    read_shards(the plan's shard files)            a read task per file (pipeline/inputs.py)
+      -> map_batches(fetch)         CPU tasks: encoded bytes + header + canvas (pipeline/fetch.py)
+      -> map_batches(Detector)      actor pool: decode, canvas batches, DETR (pipeline/detector.py)
+      -> write_datasink(PartSink)   whole part files per shard (pipeline/part_sink.py)
+
+Every input ends as exactly one row: detections, or an `error` saying why not. The driver
+holds one entry per shard, never one per input; a re-run over the same output skips the
+shards already complete and runs the others again.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.fs as pafs
+import ray
+from ray.data import ActorPoolStrategy
+
+from model import PRESETS, DetrConfig, InputContract, read_checkpoint, weights_id
+from model import uri as uris
+from model.contract import resolve_contract
+from model.onnx_model import import_onnxruntime, read_onnx
+
+from .. import predictions
+from ..cluster import wait_for
+from ..images import MAX_PIXELS
+from . import plan as inputs
+from .actor import SCORE_THRESHOLD, DetectorActor
+from .read import ATTEMPTS, TRANSIENT_ERRORS, fetch
+from .sink import PartSink
+
+FETCH_CPUS = 0.5  # a read task: mostly waiting on storage, header parsing
+WRITE_CPUS = 0.25  # light work: never starved by actors holding whole CPUs
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    images: str  # folder / s3:// prefix, COCO annotation .json, or manifest (.txt / .parquet / folder of .parquet)
+    output: str  # folder (local or s3://) that receives the part files
+    checkpoint: str
+    image_root: str | None = None  # for a COCO file: where its file_names live (default: its folder)
+    score_threshold: float = SCORE_THRESHOLD  # 0.05: training's validation keeps the same boxes
+    batch_size: int = 8  # images per model call, at most
+    window: int | None = None  # images an actor groups by canvas at once; default 32 x batch_size
+    min_size: int | None = None  # shorter side after resizing; default the checkpoint's input contract
+    max_size: int | None = None  # longer side cap; default the checkpoint's
+    max_pixels: int = MAX_PIXELS  # larger images get an error row (decompression bombs)
+    read_attempts: int = ATTEMPTS  # reads of a file (with backoff) before its row records `unreadable`
+    device: str = "auto"  # auto: GPUs when the cluster has them; cuda: wait for GPU nodes; cpu
+    actors: tuple[int, int] | None = None  # (min, max) pool size; default from the cluster
+    gpus_per_actor: float | None = None  # default: 1 on a GPU, else 0
+    cpus_per_actor: float = 1.0  # also the actor's torch threads on CPU
+    images_per_read_task: int = 64
+    shard_size: int = 8192  # inputs per shard: the unit of resumption
+    rows_per_file: int = 4096  # a write task gathers at least this many rows (or a shard's end)
+    retry_errors: bool = True  # a re-run runs again the shards with transient error rows
+    resource_wait_s: float | None = None  # how long to wait for the autoscaler; default 600 with cuda, else 0
+    overwrite: bool = False
+
+    @property
+    def images_per_window(self) -> int:
+        return self.window or 32 * self.batch_size
+
+
+def log(message: str) -> None:
+    print(f"[detect] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- the job
+
+def run_detection(config: DetectConfig) -> dict[str, Any]:
+    """Detect every input not yet in config.output; returns the summary the job prints."""
+    started = time.time()
+    model_config, weights, model_id, recorded = read_model(config.checkpoint)
+    contract, said = resolve_contract(recorded, uris.strip_credentials(config.checkpoint), config.min_size,
+                                      config.max_size)
+    for line in said:
+        log(line)
+    run = run_parameters(config, model_config, model_id, contract)
+    if config.overwrite:
+        predictions.remove_parts(config.output)
+        inputs.remove_plan(config.output)
+    else:
+        check_same_run(config.output, run)
+    gpus, (low, high) = resources(config)  # before any work: a run that cannot fit stops here
+    if gpus and isinstance(weights, bytes):
+        check_onnx_on_gpu()
+    try:
+        plan = inputs.load_or_make_plan(config.images, config.image_root, config.output, config.shard_size)
+    except ray.exceptions.RayTaskError as e:  # the planning task's own error, without Ray's wrapping
+        raise e.cause from None
+    done, previous_errors = resume(config.output, plan, config.retry_errors)
+    todo = [s for s in range(len(plan.shard_rows)) if s not in done]
+    log(f"{plan.inputs} inputs in {len(plan.shard_rows)} shards; {len(done)} shards already done, {len(todo)} to run")
+
+    sink = PartSink(config.output, run, config.rows_per_file)
+    if todo:
+        weights = ray.put((model_config.to_dict(), weights))  # once, shared by every actor
+        build_dataset(todo, config, contract, run, weights, gpus, low, high).write_datasink(
+            sink, ray_remote_args={"num_cpus": WRITE_CPUS})
+    summary = summarize(config, plan, sink.totals, previous_errors, time.time() - started, run)
+    return {**summary, "gpus_per_actor": gpus}
+
+
+def read_model(checkpoint: str) -> tuple[DetrConfig, Any, str, InputContract | None]:
+    """(config, what the actors build the model from, weights id, recorded input contract): an
+    exported ONNX graph's bytes (run with ONNX Runtime; the id is that of the checkpoint it was
+    exported from), or the state_dict of any checkpoint PyTorch loads."""
+    if checkpoint.endswith(".onnx"):
+        return read_onnx(checkpoint)
+    model_config, state_dict, contract = read_checkpoint(checkpoint)
+    return model_config, state_dict, weights_id(state_dict), contract
+
+
+def check_onnx_on_gpu() -> None:
+    """GPU actors run a graph with the CUDA execution provider: without it they would idle the GPU."""
+    if "CUDAExecutionProvider" not in import_onnxruntime().get_available_providers():
+        raise ValueError("the actors have GPUs but this onnxruntime has no CUDA execution provider: install "
+                         "onnxruntime-gpu, or run the graph on CPUs with --device cpu")
+
+
+def run_parameters(config: DetectConfig, model_config: DetrConfig, model_id: str,
+                   contract: InputContract) -> dict[str, Any]:
+    """What the files' metadata records: enough to reproduce the rows, no credentials."""
+    return {
+        "model": model_id,
+        "checkpoint": uris.strip_credentials(config.checkpoint),
+        "runtime": "onnxruntime" if config.checkpoint.endswith(".onnx") else "torch",
+        "preset": preset_name(model_config),
+        "config": model_config.to_dict(),
+        "score_threshold": config.score_threshold,
+        "min_size": contract.min_size,
+        "max_size": contract.max_size,
+        "max_pixels": config.max_pixels,
+        "contract": contract.to_dict(),
+    }
+
+
+def preset_name(model_config: DetrConfig) -> str:
+    """The preset this architecture is (whatever its number of classes), or "custom"."""
+    for name, preset in PRESETS.items():
+        if preset.replace(num_classes=model_config.num_classes, aux_loss=model_config.aux_loss) == model_config:
+            return name
+    return "custom"
+
+
+def check_same_run(output: str, run: dict[str, Any]) -> None:
+    previous = predictions.run_metadata(output)
+    if previous is None:
+        return
+    keys = ("model", "score_threshold", "max_pixels", "contract")
+    changed = {k: (previous.get(k), run[k]) for k in keys if previous.get(k) != run[k]}
+    if changed:
+        raise ValueError(
+            f"{output} holds predictions of another run ({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}); "
+            "resume with the same parameters, or pass --overwrite / another output"
+        )
+
+
+# ---------------------------------------------------------------- resuming
+
+def resume(output: str, plan: inputs.Plan, retry_errors: bool) -> tuple[set[int], Counter]:
+    """The shards whose part files hold all their rows (and, with retry_errors, no transient
+    error), and their error counts. Part files of every other shard are deleted: that shard
+    runs again whole, so no row can be written twice."""
+    fs, _ = uris.resolve(output)
+    files: dict[int, list[str]] = defaultdict(list)
+    rows: Counter = Counter()
+    for path in predictions.part_files(output):
+        try:
+            shard, count = predictions.parse_part_name(path.rsplit("/", 1)[-1])
+        except ValueError:
+            raise ValueError(f"{output} holds part files of an earlier version of this job ({path}); "
+                             "pass --overwrite or another output") from None
+        files[shard].append(path)
+        rows[shard] += count
+    complete = [s for s in files if s < len(plan.shard_rows) and rows[s] == plan.shard_rows[s]]
+    with ThreadPoolExecutor(16) as pool:  # one footer read per file: its error counts
+        kinds = dict(zip(complete, pool.map(lambda s: _error_counts(fs, files[s]), complete)))
+    done = {s for s in complete
+            if not (retry_errors and any(kinds[s].get(k) for k in TRANSIENT_ERRORS))}
+    errors: Counter = Counter()
+    for shard, paths in files.items():
+        if shard in done:
+            errors.update(kinds[shard])
+            continue
+        for path in paths:
+            fs.delete_file(path)
+    rerun = [s for s in files if s not in done]
+    if rerun:
+        log(f"running again {len(rerun)} shards that a previous run left incomplete or with transient errors")
+    return done, errors
+
+
+def _error_counts(fs: pafs.FileSystem, paths: list[str]) -> Counter:
+    counts: Counter = Counter()
+    for path in paths:
+        counts.update(predictions.file_error_kinds(fs, path))
+    return counts
+
+
+# ---------------------------------------------------------------- resources
+
+def resources(config: DetectConfig) -> tuple[float, tuple[int, int]]:
+    """(GPUs per actor, (min, max) actors), after checking that they fit the cluster."""
+    gpus = config.gpus_per_actor
+    if gpus is None:
+        if config.device == "cuda":
+            gpus = 1.0
+        elif config.device == "cpu":
+            gpus = 0.0
+        else:
+            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    low, high = config.actors or (1, None)
+    need = {"CPU": low * config.cpus_per_actor + FETCH_CPUS + WRITE_CPUS}
+    if gpus:
+        need["GPU"] = low * gpus
+    wait_s = config.resource_wait_s if config.resource_wait_s is not None else (600.0 if gpus else 0.0)
+    have = wait_for(need, wait_s, "the model actors plus one read and one write task",
+                    "Use fewer --actors or a smaller --cpus-per-actor, --device cpu without GPUs, a larger cluster, "
+                    "or --resource-wait SECONDS for an autoscaler to add nodes", log)
+    if high is None:  # one actor per GPU, or CPU actors on half the CPUs (the rest read and decode)
+        high = int(have.get("GPU", 0) / gpus) if gpus else int(have["CPU"] / 2 / config.cpus_per_actor)
+    spare = int((have["CPU"] - FETCH_CPUS - WRITE_CPUS) / config.cpus_per_actor)
+    high = max(low, min(high, spare))
+    where = f"{gpus:g} GPU each" if gpus else (
+        f"CPU ({config.cpus_per_actor:g} CPUs each"
+        + ("; the cluster reports no GPU, --device cuda waits for GPU nodes)" if config.device == "auto" else ")"))
+    log(f"{low}-{high} model actors on {where}; batches of {config.batch_size}, "
+        f"windows of {config.images_per_window} images")
+    return gpus, (low, high)
+
+
+# ---------------------------------------------------------------- the dataset
+
+def build_dataset(todo: list[int], config: DetectConfig, contract: InputContract, run: dict[str, Any], weights,
+                  gpus: float, low: int, high: int) -> ray.data.Dataset:
+    per_task = min(config.images_per_read_task, config.images_per_window)
+    return (
+        inputs.read_shards(config.output, todo, num_cpus=FETCH_CPUS)
+        .repartition(target_num_rows_per_block=per_task)  # streamed: a read task's share of a shard
+        .map_batches(fetch, batch_size=per_task, batch_format="pyarrow", num_cpus=FETCH_CPUS,
+                     fn_kwargs={"contract": contract, "max_pixels": config.max_pixels,
+                                "attempts": config.read_attempts})
+        .map_batches(DetectorActor, batch_size=config.images_per_window, batch_format="pyarrow",
+                     compute=ActorPoolStrategy(min_size=low, max_size=high),
+                     num_cpus=config.cpus_per_actor, num_gpus=gpus,
+                     fn_constructor_kwargs={"weights": weights, "model_id": run["model"],
+                                            "score_threshold": config.score_threshold,
+                                            "batch_size": config.batch_size, "contract": contract.to_dict(),
+                                            "cpus": config.cpus_per_actor})
+    )
+
+
+# ---------------------------------------------------------------- the summary
+
+def summarize(config: DetectConfig, plan: inputs.Plan, totals: dict[str, Any], previous_errors: Counter,
+              seconds: float, run: dict[str, Any]) -> dict[str, Any]:
+    """Counts from the write results and the part files' names: nothing read back per row."""
+    rows: Counter = Counter()
+    for path in predictions.part_files(config.output):
+        shard, count = predictions.parse_part_name(path.rsplit("/", 1)[-1])
+        rows[shard] += count
+    expected = plan.shard_rows
+    processed = totals["rows"]
+    calls = totals["calls"]
+    return {
+        "inputs": plan.inputs,
+        "shards": len(expected),
+        "processed": processed,
+        "skipped": sum(rows.values()) - processed,
+        "rows": sum(rows.values()),
+        "duplicates": sum(max(0, rows[s] - n) for s, n in enumerate(expected)),
+        "missing": sum(max(0, n - rows[s]) for s, n in enumerate(expected)),
+        "errors": dict(previous_errors + Counter(totals["errors"])),
+        "batch_fill": round(totals["detected"] / (calls * config.batch_size), 3) if calls else None,
+        "images_per_second": round(processed / seconds, 2) if seconds > 0 else None,
+        "seconds": round(seconds, 1),
+        "output": config.output,
+        "model": run["model"],
+    }

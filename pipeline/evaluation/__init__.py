@@ -1,0 +1,29 @@
+"""Scoring predictions with COCO metrics, and re-scoring new checkpoints on a schedule.
+
+    scoring.py       COCO bbox stats of a predictions table (pycocotools or faster-coco-eval)
+    reevaluation.py  the scheduled re-evaluation: detect + score each new checkpoint, keep a history
+"""
+from __future__ import annotations
+
+from .. import exports
+
+_MODULE_OF = {
+    "BACKENDS": "scoring",
+    "STAT_NAMES": "scoring",
+    "stat_names": "scoring",
+    "COLUMNS": "scoring",
+    "BATCH_ROWS": "scoring",
+    "DEFAULT_BACKEND": "scoring",
+    "MAX_DETECTIONS": "scoring",
+    "CocoScorer": "scoring",
+    "format_tables": "scoring",
+    "max_dets_arg": "scoring",
+    "score_files": "scoring",
+    "score_predictions": "scoring",
+    "write_evaluation": "scoring",
+    "detections_array": "scoring",
+    "ReevaluateConfig": "reevaluation",
+    "reevaluate": "reevaluation",
+}
+__all__ = sorted(_MODULE_OF)
+__getattr__ = exports(__name__, _MODULE_OF)

@@ -1,0 +1,262 @@
+"""The training loop on every Ray Train worker: build, restore, then train, validate and report
+each epoch.
+
+Each epoch every worker streams its share of a fresh permutation of the training set and steps
+AdamW; every eval_every epochs (and the last) the workers validate (training/validation.py);
+rank 0 attaches a checkpoint with the losses and, from the epochs that validated, the COCO stats.
+A checkpoint holds what resuming needs (RunState); after a worker failure Ray restarts the group
+and training continues from the latest one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+
+from model import DETR, InputContract, SetCriterion, build_criterion, build_detr, get_config, load_checkpoint
+from model import save_checkpoint
+from model import uri as uris
+from model.checkpoint import CHECKPOINT_FILE, safe_torch_load
+
+from ..coco import load_coco
+from ..evaluation import CocoScorer
+from ..progress import StepProgress
+from .config import TrainConfig
+from .stream import collate, epoch_order, sample_stream, shuffle_buffer, worker_share
+from .validation import validate
+
+LOGGED_LOSSES = ("loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error")
+
+
+@dataclass
+class LoopInputs:
+    """What fit() hands every worker."""
+    config: TrainConfig
+    num_classes: int
+    train_images: int
+    train_records: Any  # object ref of the training records, or None: a prepared dataset replaces them
+    val_records: Any  # object ref of the validation records, or None: no validation
+    progress_folder: str  # RUN/progress: the progress lines of each epoch
+    best_checkpoint: str  # RUN/best/checkpoint.pt: the checkpoint with the best validation AP so far
+
+
+@dataclass
+class RunState:
+    """What a checkpoint holds for resuming, besides the weights and AdamW's state."""
+    epoch: int = 0  # epochs completed
+    steps: int = 0  # optimizer steps taken (the warm-up counts them)
+    best_ap: float = -math.inf  # the best validation AP so far
+    scheduler: dict[str, Any] | None = None  # StepLR's state
+
+    def to_extra(self) -> dict[str, Any]:
+        return {"scheduler": self.scheduler, "steps": self.steps, "best_AP": self.best_ap}
+
+    @classmethod
+    def of_payload(cls, payload: dict[str, Any]) -> "RunState":
+        extra = payload["extra"]
+        return cls(payload["epoch"], extra["steps"], extra.get("best_AP", -math.inf), extra["scheduler"])
+
+
+@dataclass
+class Worker:
+    """One worker's model, loss, optimizer and where it stands."""
+    config: TrainConfig
+    rank: int
+    world_size: int
+    device: torch.device
+    model: DETR
+    ddp_model: torch.nn.Module
+    criterion: SetCriterion
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.StepLR
+    contract: InputContract
+    state: RunState
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker (loop_config: {"inputs": LoopInputs})."""
+    inputs: LoopInputs = loop_config["inputs"]
+    cfg = inputs.config
+    worker = start_worker(inputs)
+    records = ray.get(inputs.train_records) if inputs.train_records is not None else None
+    val_records = ray.get(inputs.val_records) if inputs.val_records is not None else None
+    scorer = (CocoScorer(load_coco(cfg.val_annotations, cfg.val_images, check_files=False).raw, cfg.eval_backend)
+              if val_records is not None and worker.rank == 0 else None)
+    for epoch in range(worker.state.epoch, cfg.epochs):
+        batches = epoch_batches(cfg, records, epoch, worker.rank, worker.world_size)
+        metrics, steps = train_epoch(worker, batches, epoch, inputs.train_images)
+        if val_records is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            metrics.update(validate(worker.model, val_records, worker.contract, cfg.batch_size, scorer,
+                                    worker.rank, worker.world_size))
+        report(worker, metrics, steps, inputs)
+
+
+def start_worker(inputs: LoopInputs) -> Worker:
+    """The worker's model (with the run's input contract), loss and optimizer, restored from the
+    latest checkpoint when there is one, and Ray Data set to stream the epochs in order."""
+    cfg = inputs.config
+    context = ray.train.get_context()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, inputs.num_classes)
+    model.contract = cfg.contract(model.contract)  # recorded by every checkpoint
+    model.to(device)  # before the optimizer state is restored, so that state lands on the device too
+    config = model.config
+    criterion = build_criterion(config.num_classes, config.dec_layers, eos_coef=cfg.eos_coef,
+                                aux_loss=config.aux_loss, two_stage=config.two_stage,
+                                encoder_matches=cfg.encoder_matches).to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_drop, cfg.lr_drop_gamma)
+    state = restore(model, optimizer, scheduler)
+    data = ray.data.DataContext.get_current()
+    data.execution_options.preserve_order = True  # the epoch's permutation is the order trained
+    data.enable_progress_bars = data.print_on_execution_start = False  # a stream per epoch: no banners
+    return Worker(cfg, context.get_world_rank(), context.get_world_size(), device, model,
+                  ray.train.torch.prepare_model(model), criterion, optimizer, scheduler, model.contract, state)
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> DETR:
+    """The network in training mode: the checkpoint fine-tuned, or the preset."""
+    if cfg.init:
+        model, _ = load_checkpoint(cfg.init, num_classes=num_classes, **cfg.model_overrides)
+        return model.train()
+    config = get_config(cfg.preset, num_classes=num_classes, **cfg.model_overrides)
+    return build_detr(config, backbone_weights=cfg.backbone_weights).train()
+
+
+def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Two learning rates, as the paper: the backbone's and the rest's."""
+    backbone, rest = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (backbone if name.startswith("backbone.") else rest).append(parameter)
+    return [{"params": rest, "lr": cfg.lr}, {"params": backbone, "lr": cfg.lr_backbone}]
+
+
+def restore(model: DETR, optimizer: torch.optim.Optimizer, scheduler) -> RunState:
+    """Load the latest reported checkpoint into model, optimizer and scheduler, if there is one."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return RunState()
+    with checkpoint.as_directory() as folder:
+        with open(os.path.join(folder, CHECKPOINT_FILE), "rb") as f:
+            payload = safe_torch_load(f.read(), checkpoint.path)
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    state = RunState.of_payload(payload)
+    scheduler.load_state_dict(state.scheduler)
+    return state
+
+
+def epoch_batches(cfg: TrainConfig, records: list[dict[str, Any]] | None, epoch: int, rank: int,
+                  world_size: int) -> Iterable[dict[str, Any]]:
+    """The worker's training batches of an epoch: its share of the epoch's permutation,
+    streamed through Ray Data; or, for a prepared dataset given to fit, its shard of that."""
+    if records is None:
+        return ray.train.get_dataset_shard("train").iter_batches(
+            batch_size=cfg.batch_size, batch_format="numpy", prefetch_batches=2,
+            local_shuffle_buffer_size=shuffle_buffer(cfg.batch_size))
+    share = worker_share(epoch_order(len(records), cfg.seed, epoch), rank, world_size)
+    stream = sample_stream([records[i] for i in share], cfg.augment, num_cpus=cfg.data_cpus)
+    return stream.iter_batches(batch_size=cfg.batch_size, batch_format="numpy", prefetch_batches=2)
+
+
+def train_epoch(worker: Worker, batches: Iterable[dict[str, Any]], epoch: int,
+                train_images: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One pass over the worker's batches; returns the epoch's mean losses and timings, and the
+    progress lines rank 0 printed (a line every log_every steps and at least once a minute)."""
+    cfg, world_size = worker.config, worker.world_size
+    steps_per_epoch = -(-(train_images // world_size) // cfg.batch_size)
+    progress = StepProgress(epoch + 1, cfg.epochs, steps_per_epoch, cfg.log_every) if worker.rank == 0 else None
+    sums: dict[str, float] = defaultdict(float)
+    count = images_seen = 0
+    data_seconds = 0.0  # blocked waiting for the next batch: input-bound when large
+    started = waited = time.perf_counter()
+    cpu0 = time.thread_time()
+    for batch in batches:
+        data_seconds += time.perf_counter() - waited
+        collated = collate(batch, worker.device, worker.contract.image_mean, worker.contract.image_std)
+        loss, losses = train_step(worker.ddp_model, worker.criterion, worker.optimizer, collated, cfg,
+                                  worker.state.steps)
+        worker.state.steps += 1
+        count += 1
+        images_seen += len(collated[0])
+        sums["loss"] += loss.item()
+        for name in LOGGED_LOSSES:
+            sums[name] += losses[name].item()
+        line = progress and progress.line(count, sums["loss"] / count, images_seen * world_size)
+        if line:
+            print(line, flush=True)
+        waited = time.perf_counter()
+    worker.scheduler.step()
+    elapsed = time.perf_counter() - started
+    worker.state.epoch = epoch + 1
+    metrics = {**{k: v / max(count, 1) for k, v in sums.items()},
+               "epoch": epoch + 1, "steps": worker.state.steps, "lr": worker.optimizer.param_groups[0]["lr"],
+               "images_per_s": images_seen * world_size / max(elapsed, 1e-9), "epoch_seconds": elapsed,
+               "data_seconds": data_seconds, "cpu_seconds": time.thread_time() - cpu0}
+    return metrics, progress.records if progress is not None else []
+
+
+def train_step(ddp_model: torch.nn.Module, criterion, optimizer: torch.optim.Optimizer,
+               batch: tuple[torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]], cfg: TrainConfig,
+               steps: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimizer step on a collated batch (gradients averaged over the data-parallel
+    workers by DistributedDataParallel); returns the total loss and its terms."""
+    images, mask, targets = batch
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
+        outputs = ddp_model(images, mask)
+    losses = criterion(outputs, targets)  # float32: heads and criterion (model/precision.py)
+    loss = criterion.total_loss(losses)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.clip_max_norm > 0:
+        torch.nn.utils.clip_grad_norm_(ddp_model.parameters(), cfg.clip_max_norm)
+    warm_up(optimizer, steps, cfg.warmup_steps)
+    optimizer.step()
+    return loss, losses
+
+
+def warm_up(optimizer: torch.optim.Optimizer, step: int, warmup_steps: int) -> None:
+    """Linear warm-up: step i (from 0) of the first warmup_steps runs at (i + 1) / warmup_steps
+    of each group's initial learning rate (StepLR's drops come later, per epoch)."""
+    if step < warmup_steps:
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * (step + 1) / warmup_steps
+
+
+def report(worker: Worker, metrics: dict[str, Any], steps: list[dict[str, Any]], inputs: LoopInputs) -> None:
+    """Every worker reports the epoch's metrics (the COCO stats only in an epoch that validated);
+    rank 0 prints them, keeps the epoch's progress lines and then its metrics with the run
+    (RUN/progress/epoch_NNNN.jsonl), attaches the checkpoint and, when validation AP improved,
+    also writes it to RUN/best (outside Ray's retention, which keeps the last --keep)."""
+    if worker.rank != 0:
+        ray.train.report(metrics)
+        return
+    state = worker.state
+    improved = metrics.get("AP", -math.inf) > state.best_ap
+    state.best_ap = max(state.best_ap, metrics.get("AP", -math.inf))
+    state.scheduler = worker.scheduler.state_dict()
+    shown = " ".join(f"{k} {metrics[k]:.4g}" for k in ("loss", "loss_ce", "loss_bbox", "loss_giou", "AP", "AP50",
+                                                          "images_per_s", "data_seconds") if k in metrics)
+    print(f"epoch {state.epoch}: {shown}" + ("" if "AP" in metrics else " (not validated this epoch)"), flush=True)
+    lines = "".join(json.dumps(r) + "\n" for r in [*steps, {"epoch_metrics": metrics}])
+    uris.write_bytes(uris.join(inputs.progress_folder, f"epoch_{state.epoch:04d}.jsonl"), lines.encode())
+    with tempfile.TemporaryDirectory() as folder:
+        save_checkpoint(folder, worker.model, optimizer=worker.optimizer, epoch=state.epoch,
+                        extra={**state.to_extra(), "metrics": metrics})
+        if improved:
+            with open(os.path.join(folder, CHECKPOINT_FILE), "rb") as f:
+                uris.write_bytes(inputs.best_checkpoint, f.read())
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+

@@ -1,0 +1,154 @@
+"""A training run on the current Ray cluster: checks, TorchTrainer, and the run's summary.
+
+Re-running with the same storage and name resumes from the latest checkpoint; after a worker
+failure Ray restarts the group (FailureConfig) and training continues from that checkpoint.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pyarrow.fs as pafs
+import ray
+import ray.train
+import ray.train.torch
+
+from model import get_config
+from model import uri as uris
+from model.checkpoint import CHECKPOINT_FILE
+
+from ..cluster import wait_for
+from ..coco import CocoDataset, load_coco
+from .config import TrainConfig
+from .loop import LoopInputs, train_loop
+from .stream import records_of
+
+# Ray starts workers at niceness 15, below its own daemons (raylet, GCS, agents), whose
+# frequent short wake-ups then preempt the training step. At 0, as a driver runs, the
+# training workers keep their cores; Ray Data's decode/augment tasks stay at 15 and so
+# take what the step leaves. On a 2-core VM the gain in bench/train_overhead.py was
+# within its noise (bench/README.md).
+WORKER_RUNTIME_ENV = {"env_vars": {"RAY_worker_niceness": "0"}}
+
+
+def storage_uri(cfg: TrainConfig) -> str:
+    """--storage as a URI every worker reads alike (a relative path made absolute here)."""
+    return cfg.storage if "://" in cfg.storage else os.path.abspath(cfg.storage)
+
+
+def best_uri(cfg: TrainConfig) -> str:
+    """Where the checkpoint with the best validation AP so far is kept, beside Ray's."""
+    return uris.join(storage_uri(cfg), cfg.name, "best", CHECKPOINT_FILE)
+
+
+def checkpoint_uri(checkpoint: ray.train.Checkpoint) -> str:
+    """The checkpoint file as a URI that load_checkpoint accepts."""
+    path = f"{checkpoint.path.rstrip('/')}/{CHECKPOINT_FILE}"
+    return f"s3://{path}" if isinstance(checkpoint.filesystem, pafs.S3FileSystem) else path
+
+
+def run_config(cfg: TrainConfig) -> ray.train.RunConfig:
+    """Where the run lives, how often it may restart, which checkpoints it keeps: the last
+    num_to_keep (ranked by epoch; Ray also never deletes the latest), all when None."""
+    return ray.train.RunConfig(
+        name=cfg.name,
+        storage_path=storage_uri(cfg),
+        worker_runtime_env=WORKER_RUNTIME_ENV,
+        failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(
+            num_to_keep=cfg.num_to_keep, checkpoint_score_attribute="epoch", checkpoint_score_order="max"
+        ),
+    )
+
+
+def loop_inputs(cfg: TrainConfig, train_set: CocoDataset, prepared: bool) -> LoopInputs:
+    """What every worker gets: the config, and the annotation records in the object store (the
+    training ones unless a prepared dataset replaces them, and the validation ones)."""
+    val_records = (ray.put(records_of(load_coco(cfg.val_annotations, cfg.val_images)))
+                   if cfg.val_annotations else None)
+    return LoopInputs(cfg, train_set.num_classes, len(train_set.images),
+                      None if prepared else ray.put(records_of(train_set)), val_records,
+                      uris.join(storage_uri(cfg), cfg.name, "progress"), best_uri(cfg))
+
+
+def check_initialisation(cfg: TrainConfig) -> None:
+    """A paper preset learns from a pretrained backbone (its frozen BatchNorm keeps ImageNet's
+    statistics): refuse to start one from random weights unless asked to."""
+    if cfg.init and cfg.backbone_weights:
+        raise ValueError("--init and --backbone-weights both set the backbone's weights: give one")
+    if cfg.backbone_weights:
+        if get_config(cfg.preset, **cfg.model_overrides).backbone == "small_cnn":
+            raise ValueError(f"--backbone-weights: {cfg.preset}'s small_cnn backbone has no pretrained weights")
+        if uris.file_type(cfg.backbone_weights) != pafs.FileType.File:
+            raise ValueError(f"--backbone-weights {cfg.backbone_weights}: no such file")
+    paper = get_config(cfg.preset).backbone_norm == "frozen_bn"
+    if paper and not (cfg.init or cfg.backbone_weights or cfg.from_scratch):
+        raise ValueError(f"{cfg.preset} starts from an ImageNet backbone: give --backbone-weights FILE (a "
+                         "torchvision ResNet state_dict, see docs/training.md) or --init CHECKPOINT, or "
+                         "--from-scratch to train it from random weights deliberately")
+
+
+def check_fit(cfg: TrainConfig) -> None:
+    """Stop at once, saying what is short, when the workers plus one decode/augment task cannot
+    all run on the cluster: Ray would start the workers and wait for the data tasks forever."""
+    need = {"CPU": cfg.workers * cfg.cpus_per_worker + cfg.data_cpus}
+    if cfg.use_gpu:
+        need["GPU"] = float(cfg.workers)
+    wait_s = cfg.resource_wait_s if cfg.resource_wait_s is not None else (600.0 if cfg.use_gpu else 0.0)
+    wait_for(need, wait_s, f"{cfg.workers} training workers of {cfg.cpus_per_worker:g} CPU"
+             + (" and 1 GPU" if cfg.use_gpu else "") + f" plus one decode/augment task of {cfg.data_cpus:g} CPU",
+             "Use fewer --workers, a smaller --cpus-per-worker or --data-cpus, a larger cluster, or "
+             "--resource-wait SECONDS for an autoscaler to add nodes")
+
+
+def fit(
+    cfg: TrainConfig, datasets: dict[str, ray.data.Dataset] | None = None
+) -> tuple[ray.train.Result, CocoDataset]:
+    """Validate the data and train on the current Ray cluster. Returns Ray's Result (its
+    metrics_dataframe: one row per kept checkpoint, i.e. per epoch) and the training set.
+    `datasets` ({"train": samples}) replaces the workers' per-epoch streams, e.g. with samples
+    decoded once and materialised (split between the workers by Ray Train)."""
+    if cfg.val_annotations and not cfg.val_images:
+        raise ValueError("--val-annotations needs --val-images")
+    check_initialisation(cfg)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
+    train_set = load_coco(cfg.annotations, cfg.images)
+    check_fit(cfg)
+    trainer = ray.train.torch.TorchTrainer(
+        train_loop,
+        train_loop_config={"inputs": loop_inputs(cfg, train_set, bool(datasets))},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker},
+            placement_strategy=cfg.placement,
+        ),
+        run_config=run_config(cfg),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]) if datasets else None,
+    )
+    return trainer.fit(), train_set
+
+
+def learning_rate_line(cfg: TrainConfig) -> str:
+    """The learning rates used and the rule behind them: as given, whatever the total batch
+    (the paper's recipe is lr 1e-4 at a total batch of 64; the job does not rescale it)."""
+    total = cfg.workers * cfg.batch_size
+    return (f"training {cfg.init or cfg.preset}: {cfg.workers} worker(s) x batch {cfg.batch_size} = total batch "
+            f"{total}; lr {cfg.lr:g}, backbone lr {cfg.lr_backbone:g}, as given (not scaled with the total batch; "
+            "the paper's recipe: 1e-4 / 1e-5 at total batch 64)")
+
+
+def run_training(cfg: TrainConfig) -> dict[str, Any]:
+    """Train (see fit) and summarise the run: path, last and best checkpoint, final metrics."""
+    print(learning_rate_line(cfg), flush=True)
+    result, train_set = fit(cfg)
+    summary: dict[str, Any] = {
+        "run": result.path,
+        "checkpoint": checkpoint_uri(result.checkpoint) if result.checkpoint else None,
+        "best_checkpoint": None,
+        "metrics": result.metrics,
+        "num_classes": train_set.num_classes,
+        "dropped_boxes": train_set.dropped_boxes,
+    }
+    if cfg.val_annotations and uris.file_type(best_uri(cfg)) == pafs.FileType.File:
+        summary["best_checkpoint"] = best_uri(cfg)
+    return summary

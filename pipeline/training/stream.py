@@ -1,0 +1,122 @@
+"""Training data: COCO records -> read + decode + augment (Ray Data CPU tasks) -> batches.
+
+The driver holds only the annotation records (small: paths and boxes). Each epoch every
+worker takes its share of a fresh permutation of them and streams it: image bytes are read,
+decoded and augmented in Ray Data tasks as the worker consumes them, so a dataset larger
+than a node's memory or disk trains. Images travel as uint8; the worker normalises and pads
+them. Images are decoded by the one decoder of training, validation and detection
+(pipeline/decode.py); validation runs the detection path itself (training/validation.py).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import numpy as np
+import ray
+import torch
+import torchvision.transforms.v2.functional as F
+
+from model import pad_images
+from model import uri as uris
+
+from ..coco import CocoDataset
+from ..decode import decode_image
+from .augment import AugmentConfig, train_transform, transform_sample
+
+
+def records_of(dataset: CocoDataset) -> list[dict[str, Any]]:
+    """Arrow-friendly rows: boxes flattened (x0, y0, x1, y1, ...) so empty images type-check."""
+    return [
+        {
+            "path": r["path"],
+            "image_id": r["image_id"],
+            "boxes": [float(v) for box in r["boxes"] for v in box],
+            "labels": [int(v) for v in r["labels"]],
+        }
+        for r in dataset.records()
+    ]
+
+
+def augment_samples(samples: Iterable[tuple[torch.Tensor, np.ndarray, np.ndarray, int]], transform) -> dict[str, list]:
+    """(decoded uint8 image, xyxy boxes, labels, image id) -> a batch of transformed samples
+    with normalised cxcywh boxes (flattened) and each image's original (height, width)."""
+    out: dict[str, list] = {"image": [], "boxes": [], "labels": [], "image_id": [], "orig_size": []}
+    for image, boxes, labels, image_id in samples:
+        out["orig_size"].append(np.array(image.shape[-2:], dtype=np.int64))
+        image, boxes, labels = transform_sample(image, boxes, labels, transform)
+        out["image"].append(image.numpy())
+        out["boxes"].append(boxes.reshape(-1).astype(np.float32))
+        out["labels"].append(labels.astype(np.int64))
+        out["image_id"].append(int(image_id))
+    return out
+
+
+def read_image(path: str) -> torch.Tensor:
+    try:
+        return decode_image(uris.read_bytes(path))
+    except (OSError, ValueError) as e:  # a training set must be readable: fail naming the file
+        raise ValueError(f"cannot read training image {path}: {e}") from e
+
+
+def load_and_augment(batch: dict[str, np.ndarray], augment: AugmentConfig) -> dict[str, list]:
+    transform = train_transform(augment)
+    samples = (
+        (read_image(str(path)), np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64), image_id)
+        for path, image_id, boxes, labels in zip(batch["path"], batch["image_id"], batch["boxes"], batch["labels"])
+    )
+    return augment_samples(samples, transform)
+
+
+def epoch_order(count: int, seed: int, epoch: int) -> np.ndarray:
+    """The epoch's permutation of all training records: drawn from (seed, epoch), so every
+    worker and every restart sees the same one, and each epoch a new one, as the reference's
+    sampler reshuffles the whole set."""
+    return np.random.default_rng([seed, epoch]).permutation(count)
+
+
+def worker_share(order: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """Rank's records of an epoch: every world_size-th of the order from rank, no overlap, and
+    the same count on every rank (data-parallel steps must match); the last count % world_size
+    of the order sit this epoch out, other records each epoch."""
+    return order[rank::world_size][: len(order) // world_size]
+
+
+def sample_stream(records: list[dict[str, Any]], augment: AugmentConfig, num_cpus: float = 0.5,
+                  records_per_block: int = 32) -> ray.data.Dataset:
+    """A Ray Dataset of the records' augmented samples.
+
+    Records go in blocks of records_per_block, one Ray task per block: a task per image
+    would cost more in scheduling than in decoding. The order is the records' when the
+    consumer's DataContext preserves order (training sets it)."""
+    ds = ray.data.from_items(records, override_num_blocks=max(1, math.ceil(len(records) / records_per_block)))
+    return ds.map_batches(
+        load_and_augment,
+        fn_kwargs={"augment": augment},
+        batch_size=None,  # a whole block per call
+        num_cpus=num_cpus,
+    )
+
+
+def shuffle_buffer(batch_size: int) -> int:
+    """Samples mixed across neighbouring blocks by the consumer of a prepared dataset."""
+    return 8 * batch_size
+
+
+def collate(
+    batch: dict[str, Any], device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]]:
+    """Normalise and zero-pad a numpy batch: images [B,3,H,W], mask [B,H,W], targets."""
+    images = [
+        F.normalize(F.to_dtype(torch.from_numpy(np.array(img)).to(device), torch.float32, scale=True), mean, std)
+        for img in batch["image"]
+    ]
+    images, mask = pad_images(images)
+    targets = [
+        {
+            "boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4), device=device),
+            "labels": torch.as_tensor(np.asarray(labels, dtype=np.int64), device=device),
+        }
+        for boxes, labels in zip(batch["boxes"], batch["labels"])
+    ]
+    return images, mask, targets

@@ -1,0 +1,96 @@
+"""Multi-node behaviour on one host: Ray's own multi-node facility (ray.cluster_utils.Cluster)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import torch
+
+from model import build_detr, load_checkpoint, save_checkpoint
+
+from tests import REPO
+from tests.corpus import write_pictures
+from tests.local_cluster import job_env
+
+pytestmark = pytest.mark.own_ray
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    """A ResNet-18 detr-tiny: slow enough that a node can be removed while images remain."""
+    torch.manual_seed(0)
+    model = build_detr("detr-tiny", num_classes=12, backbone="resnet18", masked_backbone=False)
+    return save_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "r18.pt"), model)
+
+
+def run_script(script: str, *args: str) -> dict:
+    # with the AWS_* variables of the S3 server, if started
+    proc = subprocess.run([sys.executable, f"tests/cluster/{script}", *args], cwd=REPO, env=job_env(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def detection_runs(checkpoint, tmp_path_factory) -> dict:
+    """Both detection runs, in one 3-node cluster (one start-up for the two tests)."""
+    folder = tmp_path_factory.mktemp("multinode-detect")
+    write_pictures(folder / "images", 40, seed=4)
+    return run_script("multinode_detect.py", str(folder / "images"), str(folder / "out"), checkpoint)
+
+
+@pytest.mark.parametrize("remove_node", [False, True], ids=["all-nodes", "node-removed-mid-run"])
+def test_detection_across_nodes(detection_runs, remove_node):
+    summary = detection_runs["node-removed" if remove_node else "all-nodes"]
+    assert summary["rows"] == summary["inputs"] == 40 and summary["duplicates"] == summary["missing"] == 0
+    assert summary["errors"] == {}
+    if remove_node:
+        assert summary["removed"] == [summary["worker_nodes"][1]]
+    else:
+        assert set(summary["worker_nodes"]) <= set(summary["actor_nodes"])  # an actor on each worker node
+
+
+@pytest.fixture(scope="module")
+def shapes32(tmp_path_factory) -> dict:
+    """32 training images of 64-128 px: 8 steps of 2 images per worker and epoch."""
+    from pipeline.synthetic import SyntheticConfig, make_synthetic
+
+    return make_synthetic(str(tmp_path_factory.mktemp("shapes32")), train=32, val=0, seed=3,
+                          config=SyntheticConfig(min_side=64, max_side=128, max_objects=3, min_object=12,
+                                                 max_object=40))
+
+
+@pytest.fixture(scope="module")
+def training_runs(shapes32, s3_server) -> dict:
+    """Both training runs, in one cluster: 1 epoch on 2 nodes, then 3 epochs losing a node."""
+    import uuid
+
+    import pyarrow.fs as pafs
+
+    bucket = f"multinode-{uuid.uuid4().hex[:8]}"
+    pafs.S3FileSystem(endpoint_override=s3_server, allow_bucket_creation=True, region="us-east-1").create_dir(bucket)
+    runs = run_script("multinode_train.py", shapes32["train_annotations"], shapes32["train_images"],
+                      f"s3://{bucket}/runs", "1", "3")
+    return {"bucket": f"s3://{bucket}", **runs}
+
+
+def test_training_on_two_nodes_checkpoints_to_object_storage(training_runs):
+    summary = training_runs["two_nodes"]
+    assert sorted(summary["train_nodes"]) == sorted(summary["worker_nodes"])  # one worker on each node
+    assert summary["metrics"]["epoch"] == 1 and summary["metrics"]["steps"] == 8
+    assert summary["checkpoint"].startswith(f"{training_runs['bucket']}/runs/multinode/")
+    _, config = load_checkpoint(summary["checkpoint"])
+    assert config.num_queries == 10
+
+
+def test_training_survives_losing_a_node(training_runs):
+    summary = training_runs["node_removed"]
+    assert summary["registered_at_removal"] == [1]  # the node went mid-way, before epoch 2's checkpoint
+    assert summary["removed"] in summary["train_nodes"]
+    assert summary["train_nodes"] == sorted(summary["worker_nodes"])  # the restart used the spare node
+    assert summary["metrics"]["epoch"] == 3
+    assert summary["metrics"]["steps"] == 3 * 8  # resumed from epoch 1: no epoch counted twice
+    assert summary["registered"] == [1, 2, 3]

@@ -1,0 +1,214 @@
+"""Training runs on Ray Train: step counts over shards, retention, resume, recovery from a killed
+worker, fine-tuning, and runs refused before they start."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import load_checkpoint
+from model.checkpoint import safe_torch_load
+from pipeline.coco import load_coco
+from pipeline.training import TrainConfig, check_initialisation, fit, records_of, run_training
+from pipeline.training.stream import sample_stream
+from pipeline.training.run import run_config
+from tests import REPO
+from tests.local_cluster import STATE_API, job_env
+from tests.pipeline.training import small_run
+
+
+def _payload(uri: str) -> dict:
+    return safe_torch_load(Path(uri).read_bytes(), uri)
+
+
+def _checkpoints(run: str) -> list[Path]:
+    return sorted(Path(run).glob("checkpoint_*/checkpoint.pt"))
+
+
+def _registered_epochs(run: str) -> list[int]:
+    """Epochs of the checkpoints Ray Train has registered (what a restart resumes from)."""
+    snapshot = Path(run) / "checkpoint_manager_snapshot.json"
+    try:
+        results = json.loads(snapshot.read_text())["checkpoint_results"]
+    except (OSError, ValueError, KeyError):
+        return []
+    return sorted(r["metrics"]["epoch"] for r in results)
+
+
+def _loadable_epochs(run: str) -> list[int]:
+    """Epochs of the complete checkpoints (a worker killed while one is being copied to
+    storage leaves a partial file behind, which Ray never registers)."""
+    epochs = []
+    for path in _checkpoints(run):
+        try:
+            epochs.append(_payload(str(path))["epoch"])
+        except Exception:
+            pass
+    return sorted(epochs)
+
+
+def test_two_workers_step_count_validation_and_retention(ray_cluster, tiny_shapes, tmp_path):
+    batch = 3
+    summary = run_training(small_run(
+        tiny_shapes, tmp_path, "two", workers=2, batch_size=batch, epochs=2, num_to_keep=1, log_every=1,
+        val_annotations=tiny_shapes["val_annotations"], val_images=tiny_shapes["val_images"],
+    ))
+    per_worker = 16 // 2  # equal split of the 16 training images
+    assert summary["metrics"]["steps"] == 2 * math.ceil(per_worker / batch)
+    assert summary["metrics"]["epoch"] == 2
+    # the progress lines are kept with the run, one JSON line each, then the epoch's metrics
+    epochs = [[json.loads(line) for line in (tmp_path / "two" / "progress" / f"epoch_000{e}.jsonl").open()]
+              for e in (1, 2)]
+    assert [(p["epoch"], p["step"]) for p in epochs[1][:-1]] == [(2, 1), (2, 2), (2, 3)]
+    assert all(p["images_per_s"] > 0 and p["steps"] == 3 for p in epochs[1][:-1])
+    ap = [lines[-1]["epoch_metrics"]["AP"] for lines in epochs]
+    assert ap[1] == summary["metrics"]["AP"]
+    # retention: the last checkpoint only, and beside it the best by validation AP (the earliest
+    # of equals: an epoch must do better to replace it)
+    assert [_payload(str(p))["epoch"] for p in _checkpoints(summary["run"])] == [2]
+    best = _payload(summary["best_checkpoint"])
+    assert summary["best_checkpoint"] == str(tmp_path / "two" / "best" / "checkpoint.pt")
+    assert best["epoch"] == (2 if ap[1] > ap[0] else 1)
+    assert best["extra"]["metrics"]["AP"] == best["extra"]["best_AP"] == max(ap)
+    assert 0.0 <= summary["metrics"]["AP50"] <= 1.0 and "AP" in summary["metrics"]
+    assert all(math.isfinite(summary["metrics"][k]) for k in ("loss", "loss_ce", "loss_bbox", "loss_giou"))
+    model, config = load_checkpoint(summary["checkpoint"])
+    assert config.num_classes == 12 and config.num_queries == 10  # synthetic ids go up to 11
+
+
+def test_fit_trains_on_the_datasets_it_is_given(ray_cluster, tiny_shapes, tmp_path):
+    """A prepared dataset (here 8 of the 16 samples, decoded once and materialised) replaces
+    the stream fit would build from the annotations."""
+    cfg = small_run(tiny_shapes, tmp_path, "prepared")
+    samples = sample_stream(records_of(load_coco(cfg.annotations, cfg.images)), cfg.augment).limit(8)
+    samples = samples.materialize()
+    result, train_set = fit(cfg, {"train": samples})
+    assert train_set.num_classes == 12  # the model's classes still come from the annotations
+    assert result.metrics["steps"] == 8 // cfg.batch_size  # not 16 // 4: the stream was not built
+
+
+def test_training_workers_are_not_deprioritised(ray_cluster, tmp_path):
+    """Ray starts worker processes at niceness 15; the training workers run at 0, as a driver does."""
+    import ray.train.torch
+
+    seen = tmp_path / "niceness"
+
+    def loop() -> None:
+        seen.write_text(str(os.nice(0)))  # Ray keeps only checkpointed metrics: report through a file
+
+    trainer = ray.train.torch.TorchTrainer(
+        loop, scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+        run_config=run_config(small_run({"train_annotations": "", "train_images": ""}, tmp_path, "nice")),
+    )
+    trainer.fit()
+    assert seen.read_text() == "0"
+    assert ray_cluster.get(ray_cluster.remote(lambda: os.nice(0)).remote()) > 0  # other workers: Ray's default
+
+
+def test_resume_continues_at_the_next_epoch(ray_cluster, tiny_shapes, tmp_path):
+    first = run_training(small_run(tiny_shapes, tmp_path, "resume", epochs=1))
+    steps_per_epoch = first["metrics"]["steps"]
+    assert _payload(first["checkpoint"])["epoch"] == 1
+    second = run_training(small_run(tiny_shapes, tmp_path, "resume", epochs=2))
+    assert second["metrics"]["epoch"] == 2
+    assert second["metrics"]["steps"] == 2 * steps_per_epoch  # epoch 1 was not trained again
+    assert _payload(second["checkpoint"])["epoch"] == 2
+    assert len(_checkpoints(second["run"])) == 2
+
+
+def _train_worker_pids() -> list[int]:
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=os.environ[STATE_API],  # this test process's Ray (tests/local_cluster.py)
+                         filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    return [a.pid for a in actors if a.pid]
+
+
+def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, tiny_shapes, tmp_path):
+    # ResNet-18 backbone: an epoch long enough (~7 s) for the kill to land inside epoch 2
+    config = small_run(tiny_shapes, tmp_path, "faults", epochs=2, batch_size=1, max_failures=1,
+                     model_overrides={"num_queries": 10, "backbone": "resnet18"})
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(summary=run_training(config)), daemon=True)
+    thread.start()
+    run = str(tmp_path / "faults")
+    deadline = time.time() + 300
+    while not _registered_epochs(run) and time.time() < deadline:  # epoch 1 is stored and registered
+        time.sleep(0.2)
+    assert _registered_epochs(run) == [1], "no registered checkpoint within 300 s"
+    time.sleep(1.0)  # into epoch 2 (16 steps of one image)
+    pids = _train_worker_pids()
+    assert pids, "no live training worker found"
+    os.kill(pids[0], signal.SIGKILL)
+    thread.join(timeout=600)
+    assert not thread.is_alive()
+    summary = outcome["summary"]
+    assert summary["metrics"]["epoch"] == 2
+    assert summary["metrics"]["steps"] == 2 * 16  # steps restored with the checkpoint: no epoch counted twice
+    assert pids[0] not in _train_worker_pids()
+    # resumed from epoch 1's checkpoint: epoch 1 was not trained (and stored) a second time
+    assert _registered_epochs(summary["run"]) == [1, 2]
+    stored = _loadable_epochs(summary["run"])
+    # a kill between epoch 2's file landing and its registration leaves that file behind, and
+    # epoch 2 is rightly trained again: only epochs after the registered checkpoint may repeat
+    assert stored.count(1) == 1 and set(stored) == {1, 2}
+
+
+def test_fine_tune_run(ray_cluster, small_fixture, tmp_path, tiny_shapes):
+    path = tmp_path / "detr-small.pth"
+    torch.save({"model": small_fixture["state_dict"], "args": argparse.Namespace(nheads=4, dropout=0.0)}, path)
+    summary = run_training(small_run(tiny_shapes, tmp_path, "ftrun", init=str(path), model_overrides={}))
+    model, config = load_checkpoint(summary["checkpoint"])
+    assert (config.hidden_dim, config.nheads, config.num_classes) == (64, 4, 12)
+    trained = model.state_dict()["transformer.decoder.norm.weight"]
+    assert not torch.equal(trained, small_fixture["state_dict"]["transformer.decoder.norm.weight"])
+
+
+def test_unknown_val_images_is_explained(tiny_shapes, tmp_path):
+    with pytest.raises(ValueError, match="--val-images"):
+        run_training(small_run(tiny_shapes, tmp_path, "x", val_annotations=tiny_shapes["val_annotations"]))
+
+
+@pytest.mark.own_ray
+def test_as_many_workers_as_cores_stops_with_a_message(tiny_shapes, tmp_path):
+    """`jobs/train.py --workers N` on an N-core machine (its own local Ray): the workers would
+    take every CPU and the decode/augment tasks would never run, so Ray would wait forever.
+    The job stops at once, saying what is short and what to change."""
+    cores = os.cpu_count()
+    proc = subprocess.run(
+        [sys.executable, "jobs/train.py", "--annotations", tiny_shapes["train_annotations"],
+         "--images", tiny_shapes["train_images"], "--storage", str(tmp_path), "--name", "full",
+         "--workers", str(cores), "--epochs", "1"],
+        cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("train: the cluster cannot hold this run: it needs ")
+    assert f"({cores} training workers of 1 CPU plus one decode/augment task of 0.5 CPU)" in last
+    assert f"has {cores:g} CPU" in last and "fewer --workers" in last
+    assert not list(tmp_path.glob("full/checkpoint_*"))
+
+
+def test_a_paper_preset_without_pretrained_weights_is_refused(tiny_shapes, tmp_path):
+    check_initialisation(TrainConfig("", "", "", ""))  # detr-tiny trains from scratch by design
+    check_initialisation(TrainConfig("", "", "", "", preset="detr-r50", from_scratch=True))
+    check_initialisation(TrainConfig("", "", "", "", preset="detr-r50", init="ck.pt"))
+    with pytest.raises(ValueError, match="no such file"):
+        check_initialisation(TrainConfig("", "", "", "", preset="detr-r50", backbone_weights=str(tmp_path / "x.pt")))
+    proc = subprocess.run(
+        [sys.executable, "jobs/train.py", "--annotations", tiny_shapes["train_annotations"], "--images",
+         tiny_shapes["train_images"], "--storage", str(tmp_path), "--name", "r50", "--preset", "detr-r50"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        "train: detr-r50 starts from an ImageNet backbone: give --backbone-weights FILE (a torchvision ResNet "
+        "state_dict, see docs/training.md) or --init CHECKPOINT, or --from-scratch to train it from random "
+        "weights deliberately"]
