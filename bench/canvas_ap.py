@@ -4,7 +4,7 @@
   the training job validated before validation ran the detection path, and how the reference
   DETR evaluates): an image's detections then depend on its neighbours;
 - `alone`: each image alone at its resized size, no padding (the reference's batch of one);
-- `detection`: the detection path (pipeline/detector.py: the read stage, the one decoder,
+- `detection`: the detection path (pipeline/detection/actor.py: the read stage, the one decoder,
   canvases, batches of --batch-size), which training's validation now runs too.
 
 Each image is resized by the checkpoint's input contract (or --min-size / --max-size), and the
@@ -68,7 +68,7 @@ def measure(checkpoint: str, records: list[dict], gt: CocoScorer, batch_size: in
             "masked_backbone": model.config.masked_backbone,
             "batch": score(padded_batches(model, contract, records, batch_size), gt),
             "alone": score(padded_batches(model, contract, records, 1), gt),
-            "detection": score(detect_images(model, records, contract, batch_size), gt)}
+            "detection": score(detect_images(model, records, contract, batch_size, score_threshold=0.0), gt)}
 
 
 def main() -> None:

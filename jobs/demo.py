@@ -68,7 +68,7 @@ def main() -> None:
     predictions = os.path.join(out, "predictions")
     detection = run_detection(DetectConfig(
         images=data["val_annotations"], image_root=data["val_images"], output=predictions,
-        checkpoint=checkpoint, score_threshold=0.0, overwrite=True,  # sizes: the checkpoint's input contract
+        checkpoint=checkpoint, overwrite=True,  # the detection defaults: sizes from the checkpoint, threshold 0.05
     ))
     ray.shutdown()
     scores = score_files(predictions, data["val_annotations"])

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import ray  # noqa: E402
 
-from pipeline.cluster import init_ray  # noqa: E402
 from pipeline.detection import DetectConfig, run_detection  # noqa: E402
+from pipeline.paths import absolute  # noqa: E402
 from pipeline.progress import detection_headline  # noqa: E402
 from pipeline.render import render_predictions  # noqa: E402
 
@@ -81,7 +81,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[DetectConfig, argparse.Na
 
 def main(argv: list[str] | None = None) -> None:
     config, args = parse_args(argv)
-    init_ray()
     try:
         summary = run_detection(config)
     except (ValueError, RuntimeError, OSError, ImportError) as e:  # bad input, a cluster too small, no onnxruntime
@@ -89,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         ray.shutdown()
     if args.render:
-        summary["rendered"] = render_predictions(config.output, int(args.render[0]), args.render[1])
+        summary["rendered"] = render_predictions(summary["output"], int(args.render[0]),
+                                                 absolute(args.render[1], "--render"))
     print(detection_headline(summary))
     print(json.dumps(summary))
 

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from pipeline.evaluation import (BACKENDS, DEFAULT_BACKEND, MAX_DETECTIONS, score_files,  # noqa: E402
                                  format_tables, max_dets_arg, write_evaluation)
+from pipeline.paths import absolute  # noqa: E402
 from pipeline.progress import evaluation_headline  # noqa: E402
 
 
@@ -36,14 +37,16 @@ def main(argv: list[str] | None = None) -> None:
                    help=f"detections scored per image, the top by score (default {MAX_DETECTIONS}, COCO's rule)")
     args = p.parse_args(argv)
     try:
-        result = score_files(args.predictions, args.annotations, args.backend, args.max_dets)
+        predictions, annotations, output = (absolute(getattr(args, name), f"--{name}")
+                                            for name in ("predictions", "annotations", "output"))
+        result = score_files(predictions, annotations, args.backend, args.max_dets)
     except (ValueError, FileNotFoundError, OSError) as e:  # CocoFormatError is a ValueError
         sys.exit(f"evaluate: {e}")
     print(format_tables(result))
     for warning in result["report"]["warnings"]:
         print(f"evaluate: warning: {warning}", file=sys.stderr)
-    if args.output:
-        result["written"] = write_evaluation(args.output, result)
+    if output:
+        result["written"] = write_evaluation(output, result)
     print(evaluation_headline(result))
     print(json.dumps(result))
 

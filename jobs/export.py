@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from model import CheckpointError  # noqa: E402
 from model.export import DEFAULT_OPSET, SUFFIXES, ExportError, export_checkpoint  # noqa: E402
 from pipeline.coco import load_coco  # noqa: E402
+from pipeline.paths import absolute  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-size", type=int, help="longer side cap recorded in the metadata (default: the checkpoint's)")
     args = p.parse_args(argv)
     try:
+        args.checkpoint, args.output, args.annotations = (absolute(getattr(args, name), f"--{name}")
+                                                          for name in ("checkpoint", "output", "annotations"))
         if not args.output.endswith(SUFFIXES):
             raise ExportError(f"{args.output}: unknown format; the output must end in .onnx or .pt2")
         if args.opset < DEFAULT_OPSET:

@@ -68,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     while True:
         started = time.time()
-        summary = reevaluate(config)
+        try:
+            summary = reevaluate(config)
+        except (ValueError, OSError) as e:  # bad input, or images mostly unreadable: one line, no history row
+            ray.shutdown()
+            sys.exit(f"reevaluate: {e}")
         if args.every is None and ray.is_initialized():
             ray.shutdown()  # before the JSON line: Ray's own log lines must not follow it
         print(reevaluation_headline(summary))

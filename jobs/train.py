@@ -16,10 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import ray  # noqa: E402
 
-from pipeline.cluster import ClusterTooSmall, init_ray  # noqa: E402
+from pipeline.cluster import ClusterTooSmall  # noqa: E402
 from pipeline.evaluation import BACKENDS  # noqa: E402
 from pipeline.progress import dry_run_headline, training_headline  # noqa: E402
-from pipeline.training import (PAPER_RECIPE, RECIPES, TrainConfig, check_initialisation, dry_run,  # noqa: E402
+from pipeline.training import (PAPER_RECIPE, RECIPES, TrainConfig, dry_run,  # noqa: E402
                                run_training)
 
 
@@ -89,10 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    return config_from(build_parser().parse_args(argv))
-
-
 def config_from(a: argparse.Namespace) -> TrainConfig:
     """The flags as a TrainConfig; the recipe flags not given stay None, so TrainConfig fills
     them from the preset's recipe as it does for a library call."""
@@ -113,20 +109,18 @@ def config_from(a: argparse.Namespace) -> TrainConfig:
 
 def main() -> None:
     args = build_parser().parse_args()
-    config = config_from(args)
+    try:
+        config = config_from(args).resolved()  # relative paths: against the folder the job started from
+    except ValueError as e:
+        sys.exit(f"train: {e}")
     if args.dry_run:
         summary = dry_run(config, check_all_files=args.check_all_files)
         print(dry_run_headline(summary))
         print(json.dumps(summary))
         sys.exit(0 if summary["ok"] else 1)
     try:
-        check_initialisation(config)  # before starting Ray: a refused run costs nothing
-    except ValueError as e:
-        sys.exit(f"train: {e}")
-    init_ray()
-    try:
-        summary = run_training(config)
-    except (ValueError, ClusterTooSmall) as e:  # bad input or a cluster too small: one line, no traceback
+        summary = run_training(config)  # checks the run and its data, then starts (or joins) Ray
+    except (ValueError, OSError, ClusterTooSmall) as e:  # bad input or a cluster too small: one line
         ray.shutdown()
         sys.exit(f"train: {e}")
     ray.shutdown()  # flush the workers' log lines before the summary

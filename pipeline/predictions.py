@@ -1,6 +1,6 @@
 """The predictions table (DESIGN.md): one row per input image, written as Parquet part files.
 
-A part file holds rows of one input shard (pipeline/inputs.py) and is named after it, its
+A part file holds rows of one input shard (pipeline/detection/plan.py) and is named after it, its
 row count and a hash of its paths (`part-000042-00512-<hash>.parquet`); it is written whole
 (local rename, one S3 PUT), so it is either complete or absent, and listing the names says
 how many rows of each shard are done without opening a file. Each file's key-value metadata
@@ -36,6 +36,10 @@ SCHEMA = pa.schema([
 METADATA_KEY = b"detr.run"  # JSON of the run's parameters in each file's key-value metadata
 COUNTS_KEY = b"detr.errors"  # JSON of the file's error rows by kind
 PART_PREFIX = "part-"
+# Boxes scoring below this are dropped unless a job says otherwise: bulk detection's default and
+# training's validation alike, so the AP a run prints is that of jobs/detect.py then jobs/evaluate.py.
+# torchvision's and Detectron2's convention: COCO AP within ~0.002 of keeping every query.
+SCORE_THRESHOLD = 0.05
 
 
 def detections_table(
@@ -149,11 +153,12 @@ def prediction_batches(source: str, columns: Sequence[str], batch_rows: int) -> 
 
 
 def run_metadata(source: str) -> dict[str, Any] | None:
-    """The run parameters stored in the first part file, or None for an empty output."""
-    files = part_files(source)
+    """The run parameters stored in a predictions file, or the first part file of a folder; None
+    for an empty output or a file written by something else."""
+    fs, path = uris.resolve(source)
+    files = [path] if fs.get_file_info(path).is_file else part_files(source)
     if not files:
         return None
-    fs, _ = uris.resolve(source)
     with fs.open_input_file(files[0]) as f:
         metadata = pq.read_schema(f).metadata or {}
     return json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else None

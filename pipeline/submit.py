@@ -1,5 +1,6 @@
 """Submitting a job to a Ray head as `ray job submit --working-dir .` does, with the cluster's
-token and a one-line message when the head is down or refuses the token."""
+token and a one-line message when the head is down or refuses the token. The job is told the
+folder it was submitted from, which its relative paths mean (pipeline/paths.py)."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,8 @@ import shlex
 import sys
 import time
 from pathlib import Path
+
+from .paths import SUBMITTED_FROM
 
 DEFAULT_TOKEN = Path.home() / ".config" / "detr-ray" / "auth_token"  # what `make token` writes
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -60,7 +63,10 @@ def submit(address: str, entrypoint: list[str], working_dir: str = ".", wait: bo
     deadline = time.time() + agent_wait_s
     while True:  # a fresh head answers before its job agent has registered
         try:
-            job_id = jobs.submit_job(entrypoint=shlex.join(entrypoint), runtime_env={"working_dir": working_dir})
+            job_id = jobs.submit_job(entrypoint=shlex.join(entrypoint), runtime_env={
+                "working_dir": working_dir,
+                "env_vars": {SUBMITTED_FROM: os.getcwd()},  # the folder the job's relative paths mean
+            })
             break
         except RuntimeError as e:
             if "No available agent" not in str(e) or time.time() > deadline:

@@ -14,7 +14,7 @@ _MODULE_OF = {
     "DetectConfig": "run",
     "run_detection": "run",
     "read_model": "run",
-    "SCORE_THRESHOLD": "actor",
+    "SCORE_THRESHOLD": "run",
     "Detector": "actor",
     "DetectorActor": "actor",
     "model_batches": "actor",

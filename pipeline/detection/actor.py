@@ -4,7 +4,7 @@ Ray Data hands an actor a window of rows (encoded bytes + header facts); the act
 them by canvas into model batches of up to `batch_size`, decodes the next batch on a thread
 while the model runs the current one (pipeline/decode.py: nvJPEG in one batched call on a GPU),
 and returns one row per input. Training's validation runs the same Detector in its workers
-(pipeline/training.py), so the AP a training run prints is the AP bulk detection delivers.
+(pipeline/training/validation.py), so the AP a training run prints is the AP bulk detection delivers.
 
 Faults: a batch that runs out of memory is split in halves and re-run; a batch that fails
 otherwise is re-run image by image, so one bad image never costs its neighbours their rows;
@@ -32,10 +32,6 @@ from ..decode import decode_images
 from ..images import Header
 
 Batch = tuple[tuple[int, int], list[int]]  # (canvas, row indices)
-# Boxes scoring below this are dropped unless a job says otherwise: bulk detection's default and
-# training's validation alike, so the AP a run prints is that of jobs/detect.py then jobs/evaluate.py.
-# torchvision's and Detectron2's convention: COCO AP within ~0.002 of keeping every query.
-SCORE_THRESHOLD = 0.05
 
 
 def model_batches(canvas_heights: list, canvas_widths: list, errors: list, batch_size: int) -> list[Batch]:
@@ -49,7 +45,7 @@ def model_batches(canvas_heights: list, canvas_widths: list, errors: list, batch
 
 
 class Detector:
-    """A model and its input contract: rows of the read stage (pipeline/fetch.py) -> one
+    """A model and its input contract: rows of the read stage (read.py) -> one
     predictions row each. Runs in-process (training's validation) or as DetectorActor."""
 
     def __init__(self, model: Callable[..., dict], contract: InputContract, score_threshold: float,

@@ -2,10 +2,10 @@
 
 The chain reads as Ray's examples do:
 
-    read_shards(the plan's shard files)            a read task per file (pipeline/inputs.py)
-      -> map_batches(fetch)         CPU tasks: encoded bytes + header + canvas (pipeline/fetch.py)
-      -> map_batches(Detector)      actor pool: decode, canvas batches, DETR (pipeline/detector.py)
-      -> write_datasink(PartSink)   whole part files per shard (pipeline/part_sink.py)
+    read_shards(the plan's shard files)            a read task per file (plan.py)
+      -> map_batches(fetch)         CPU tasks: encoded bytes + header + canvas (read.py)
+      -> map_batches(DetectorActor) actor pool: decode, canvas batches, DETR (actor.py)
+      -> write_datasink(PartSink)   whole part files per shard (sink.py)
 
 Every input ends as exactly one row: detections, or an `error` saying why not. The driver
 holds one entry per shard, never one per input; a re-run over the same output skips the
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Any
 import pyarrow.fs as pafs
 import ray
 from ray.data import ActorPoolStrategy
+from ray.util.annotations import RayDeprecationWarning
 
 from model import PRESETS, DetrConfig, InputContract, read_checkpoint, weights_id
 from model import uri as uris
@@ -30,14 +32,19 @@ from model.contract import resolve_contract
 from model.onnx_model import import_onnxruntime, read_onnx
 
 from .. import predictions
-from ..cluster import wait_for
+from ..cluster import init_ray, wait_for
 from ..images import MAX_PIXELS
-from . import plan as inputs
-from .actor import SCORE_THRESHOLD, DetectorActor
+from ..paths import with_absolute_paths
+from ..predictions import SCORE_THRESHOLD
+from . import plan as input_plan
+from .actor import DetectorActor
 from .read import ATTEMPTS, TRANSIENT_ERRORS, fetch
 from .sink import PartSink
 
 FETCH_CPUS = 0.5  # a read task: mostly waiting on storage, header parsing
+# Restarts of one model actor (killed by the host's memory monitor, a crash, a lost node) before
+# the run stops and says why; Ray's default restarts it forever.
+ACTOR_RESTARTS = 4
 WRITE_CPUS = 0.25  # light work: never starved by actors holding whole CPUs
 
 
@@ -69,6 +76,11 @@ class DetectConfig:
     def images_per_window(self) -> int:
         return self.window or 32 * self.batch_size
 
+    def resolved(self) -> "DetectConfig":
+        """The config with its local paths absolute (pipeline/paths.py)."""
+        return with_absolute_paths(self, {"images": "--images", "output": "--output", "checkpoint": "--checkpoint",
+                                          "image_root": "--image-root"})
+
 
 def log(message: str) -> None:
     print(f"[detect] {message}", file=sys.stderr, flush=True)
@@ -77,24 +89,29 @@ def log(message: str) -> None:
 # ---------------------------------------------------------------- the job
 
 def run_detection(config: DetectConfig) -> dict[str, Any]:
-    """Detect every input not yet in config.output; returns the summary the job prints."""
+    """Detect every input not yet in config.output; returns the summary the job prints. The
+    checkpoint and the inputs are checked before Ray is joined or started."""
     started = time.time()
+    config = config.resolved()
+    if uris.file_type(config.images) == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"--images {config.images}: no such folder or file")
     model_config, weights, model_id, recorded = read_model(config.checkpoint)
     contract, said = resolve_contract(recorded, uris.strip_credentials(config.checkpoint), config.min_size,
                                       config.max_size)
     for line in said:
         log(line)
-    run = run_parameters(config, model_config, model_id, contract)
+    run = run_parameters(config, model_config, model_id, contract, recorded)
     if config.overwrite:
         predictions.remove_parts(config.output)
-        inputs.remove_plan(config.output)
+        input_plan.remove_plan(config.output)
     else:
         check_same_run(config.output, run)
+    init_ray()
     gpus, (low, high) = resources(config)  # before any work: a run that cannot fit stops here
     if gpus and isinstance(weights, bytes):
         check_onnx_on_gpu()
     try:
-        plan = inputs.load_or_make_plan(config.images, config.image_root, config.output, config.shard_size)
+        plan = input_plan.load_or_make_plan(config.images, config.image_root, config.output, config.shard_size)
     except ray.exceptions.RayTaskError as e:  # the planning task's own error, without Ray's wrapping
         raise e.cause from None
     done, previous_errors = resume(config.output, plan, config.retry_errors)
@@ -104,8 +121,13 @@ def run_detection(config: DetectConfig) -> dict[str, Any]:
     sink = PartSink(config.output, run, config.rows_per_file)
     if todo:
         weights = ray.put((model_config.to_dict(), weights))  # once, shared by every actor
-        build_dataset(todo, config, contract, run, weights, gpus, low, high).write_datasink(
-            sink, ray_remote_args={"num_cpus": WRITE_CPUS})
+        try:
+            build_dataset(todo, config, contract, run, weights, gpus, low, high).write_datasink(
+                sink, ray_remote_args={"num_cpus": WRITE_CPUS})
+        except ray.exceptions.RayError as e:
+            if not dead_actor(e):
+                raise
+            raise RuntimeError(actor_failure(e, config, contract)) from None
     summary = summarize(config, plan, sink.totals, previous_errors, time.time() - started, run)
     return {**summary, "gpus_per_actor": gpus}
 
@@ -127,8 +149,8 @@ def check_onnx_on_gpu() -> None:
                          "onnxruntime-gpu, or run the graph on CPUs with --device cpu")
 
 
-def run_parameters(config: DetectConfig, model_config: DetrConfig, model_id: str,
-                   contract: InputContract) -> dict[str, Any]:
+def run_parameters(config: DetectConfig, model_config: DetrConfig, model_id: str, contract: InputContract,
+                   recorded: InputContract | None) -> dict[str, Any]:
     """What the files' metadata records: enough to reproduce the rows, no credentials."""
     return {
         "model": model_id,
@@ -141,6 +163,7 @@ def run_parameters(config: DetectConfig, model_config: DetrConfig, model_id: str
         "max_size": contract.max_size,
         "max_pixels": config.max_pixels,
         "contract": contract.to_dict(),
+        "checkpoint_contract": recorded.to_dict() if recorded else None,  # what it was trained with
     }
 
 
@@ -167,7 +190,7 @@ def check_same_run(output: str, run: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- resuming
 
-def resume(output: str, plan: inputs.Plan, retry_errors: bool) -> tuple[set[int], Counter]:
+def resume(output: str, plan: input_plan.Plan, retry_errors: bool) -> tuple[set[int], Counter]:
     """The shards whose part files hold all their rows (and, with retry_errors, no transient
     error), and their error counts. Part files of every other shard are deleted: that shard
     runs again whole, so no row can be written twice."""
@@ -244,25 +267,51 @@ def resources(config: DetectConfig) -> tuple[float, tuple[int, int]]:
 def build_dataset(todo: list[int], config: DetectConfig, contract: InputContract, run: dict[str, Any], weights,
                   gpus: float, low: int, high: int) -> ray.data.Dataset:
     per_task = min(config.images_per_read_task, config.images_per_window)
-    return (
-        inputs.read_shards(config.output, todo, num_cpus=FETCH_CPUS)
-        .repartition(target_num_rows_per_block=per_task)  # streamed: a read task's share of a shard
-        .map_batches(fetch, batch_size=per_task, batch_format="pyarrow", num_cpus=FETCH_CPUS,
-                     fn_kwargs={"contract": contract, "max_pixels": config.max_pixels,
-                                "attempts": config.read_attempts})
-        .map_batches(DetectorActor, batch_size=config.images_per_window, batch_format="pyarrow",
-                     compute=ActorPoolStrategy(min_size=low, max_size=high),
-                     num_cpus=config.cpus_per_actor, num_gpus=gpus,
-                     fn_constructor_kwargs={"weights": weights, "model_id": run["model"],
-                                            "score_threshold": config.score_threshold,
-                                            "batch_size": config.batch_size, "contract": contract.to_dict(),
-                                            "cpus": config.cpus_per_actor})
-    )
+    with warnings.catch_warnings():
+        # Ray 2.60 bounds an actor pool's restarts only through its remote args, deprecated for
+        # removal in 2.64 (this project pins 2.60); unbounded, Ray restarts a dying actor forever.
+        warnings.simplefilter("ignore", RayDeprecationWarning)
+        return (
+            input_plan.read_shards(config.output, todo, num_cpus=FETCH_CPUS)
+            .repartition(target_num_rows_per_block=per_task)  # streamed: a read task's share of a shard
+            .map_batches(fetch, batch_size=per_task, batch_format="pyarrow", num_cpus=FETCH_CPUS,
+                         fn_kwargs={"contract": contract, "max_pixels": config.max_pixels,
+                                    "attempts": config.read_attempts})
+            .map_batches(DetectorActor, batch_size=config.images_per_window, batch_format="pyarrow",
+                         compute=ActorPoolStrategy(min_size=low, max_size=high),
+                         num_cpus=config.cpus_per_actor, num_gpus=gpus,
+                         max_restarts=ACTOR_RESTARTS,
+                         fn_constructor_kwargs={"weights": weights, "model_id": run["model"],
+                                                "score_threshold": config.score_threshold,
+                                                "batch_size": config.batch_size, "contract": contract.to_dict(),
+                                                "cpus": config.cpus_per_actor})
+        )
+
+
+def dead_actor(error: ray.exceptions.RayError) -> bool:
+    """Whether the run failed because a model actor died for good."""
+    return isinstance(error, (ray.exceptions.ActorDiedError, ray.exceptions.OutOfMemoryError)) or any(
+        isinstance(cause, (ray.exceptions.ActorDiedError, ray.exceptions.OutOfMemoryError))
+        for cause in (getattr(error, "cause", None), error.__cause__))
+
+
+def actor_failure(error: ray.exceptions.RayError, config: DetectConfig, contract: InputContract) -> str:
+    """One line: why the run stopped, and what to change."""
+    text = " ".join(str(error).split())
+    memory = (f"images resized to {contract.min_size} / {contract.max_size} px in batches of {config.batch_size}: "
+              "lower --batch-size, or give each actor more memory")
+    if isinstance(error, ray.exceptions.OutOfMemoryError) or "low on memory" in text:
+        why = f"Ray's memory monitor killed it, the host being low on memory ({memory})"
+    else:  # a kill, the kernel's OOM killer or a crash look alike from here
+        detail = text.split("Worker exit detail: ", 1)[-1].split(". ", 1)[0][:200]
+        why = f"its process died ({detail}); if the host ran out of memory ({memory})"
+    return (f"a model actor died {ACTOR_RESTARTS + 1} times and is not restarted again: {why}. Shards written "
+            "so far are kept: the same command resumes")
 
 
 # ---------------------------------------------------------------- the summary
 
-def summarize(config: DetectConfig, plan: inputs.Plan, totals: dict[str, Any], previous_errors: Counter,
+def summarize(config: DetectConfig, plan: input_plan.Plan, totals: dict[str, Any], previous_errors: Counter,
               seconds: float, run: dict[str, Any]) -> dict[str, Any]:
     """Counts from the write results and the part files' names: nothing read back per row."""
     rows: Counter = Counter()

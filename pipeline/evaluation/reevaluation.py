@@ -29,13 +29,16 @@ from matplotlib.ticker import MaxNLocator
 from model import read_checkpoint, weights_id
 from model import uri as uris
 
-from ..cluster import init_ray
 from ..coco import load_coco
-from ..detection import SCORE_THRESHOLD, DetectConfig, run_detection
-from ..predictions import prediction_batches
+from ..detection import DetectConfig, run_detection
+from ..paths import with_absolute_paths
+from ..predictions import SCORE_THRESHOLD, prediction_batches
 from .scoring import BATCH_ROWS, COLUMNS, DEFAULT_BACKEND, MAX_DETECTIONS, CocoScorer, score_predictions
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
+# A checkpoint's score counts only when at most this share of the evaluation images failed
+# (missing, unreadable): more means the evaluation set, not the checkpoint, is wrong.
+MAX_ERROR_FRACTION = 0.05
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,11 @@ class ReevaluateConfig:
     regression_pct: float = 1.0  # an AP drop of more than this (relative %) is reported
     backend: str = DEFAULT_BACKEND  # COCO scorer; both give the same numbers, so not part of the key
     max_dets: int = MAX_DETECTIONS  # detections scored per image: part of the key, as it changes the numbers
+
+    def resolved(self) -> "ReevaluateConfig":
+        """The config with its local paths absolute (pipeline/paths.py)."""
+        return with_absolute_paths(self, {"checkpoints": "--checkpoints", "images": "--images",
+                                          "annotations": "--annotations", "history": "--history"})
 
 
 def find_checkpoints(root: str) -> list[dict[str, Any]]:
@@ -116,6 +124,7 @@ def write_row(history: str, row: dict[str, Any]) -> str:
 def reevaluate(config: ReevaluateConfig) -> dict[str, Any]:
     """Detect + score each checkpoint not yet in the history; returns the run's summary."""
     started = time.time()
+    config = config.resolved()
     annotation_bytes = uris.read_bytes(config.annotations)
     dataset_hash = "sha256:" + hashlib.sha256(annotation_bytes).hexdigest()
     parameters = {"score_threshold": config.score_threshold, "min_size": config.min_size,
@@ -156,7 +165,6 @@ def reevaluate(config: ReevaluateConfig) -> dict[str, Any]:
 
 def score_checkpoint(config: ReevaluateConfig, found: dict[str, Any], weights: str, dataset: str,
                         parameters: dict[str, Any], key: str, gt: CocoScorer) -> dict[str, Any]:
-    init_ray()
     output = uris.join(config.history, "predictions", key, uuid.uuid4().hex[:12])  # this run's own folder
     detect_started = time.time()
     detection = run_detection(DetectConfig(
@@ -164,6 +172,11 @@ def score_checkpoint(config: ReevaluateConfig, found: dict[str, Any], weights: s
         score_threshold=config.score_threshold, min_size=config.min_size, max_size=config.max_size,
         batch_size=config.batch_size, actors=config.actors,
     ))
+    failed = sum(detection["errors"].values())
+    if failed > MAX_ERROR_FRACTION * detection["inputs"]:
+        raise ValueError(f"{failed} of the {detection['inputs']} evaluation images of {found['uri']} could not be "
+                         f"detected ({detection['errors']}): more than {MAX_ERROR_FRACTION:.0%}, so no history row "
+                         f"was written; is --images {config.images} the folder of the annotation file's images?")
     evaluate_started = time.time()
     result = score_predictions(prediction_batches(output, COLUMNS, BATCH_ROWS), gt)
     return {
@@ -227,7 +240,7 @@ def write_reports(history_uri: str, history: list[dict[str, Any]], regressions: 
     uris.write_bytes(png, buffer.getvalue())
     flagged = {r["checkpoint"] for r in regressions}
     lines = ["# Re-evaluation history", "", "![AP over checkpoints](history.png)", "",
-             "| # | checkpoint | evaluated | max dets | AP | AP50 | AP75 | AR at max dets | |",
+             "| # | checkpoint | evaluated | max dets | AP | AP50 | AP75 | AR at max dets | flag |",
              "|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(history, 1):
         flag = "regression" if r["checkpoint"] in flagged else ""

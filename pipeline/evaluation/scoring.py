@@ -26,9 +26,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from model import uri as uris
+from model.contract import PAPER_CONTRACT
 
 from ..coco import load_coco
-from ..predictions import error_kinds, prediction_batches
+from ..predictions import SCORE_THRESHOLD, error_kinds, prediction_batches, run_metadata
 
 BACKENDS = ("faster-coco-eval", "pycocotools")
 DEFAULT_BACKEND = "faster-coco-eval"  # proven equal to pycocotools: tests/test_evaluation.py
@@ -310,7 +311,30 @@ def score_files(predictions_uri: str, annotations_uri: str, backend: str = DEFAU
     dataset = load_coco(annotations_uri, ".", check_files=False)  # validates, names a bad record
     scorer = CocoScorer(dataset.raw, backend, max_dets)
     result = score_predictions(prediction_batches(predictions_uri, COLUMNS, BATCH_ROWS), scorer)
-    return {"predictions": predictions_uri, "annotations": annotations_uri, **result}
+    run = run_metadata(predictions_uri) or {}
+    result["report"]["warnings"] += run_warnings(run, result["metrics"])
+    made_with = {k: run[k] for k in ("model", "score_threshold", "min_size", "max_size") if k in run}
+    return {"predictions": predictions_uri, "annotations": annotations_uri, "made_with": made_with, **result}
+
+
+def run_warnings(run: dict[str, Any], metrics: dict[str, float]) -> list[str]:
+    """What the predictions' own metadata (the detection run's parameters) says about their AP."""
+    said = []
+    threshold = run.get("score_threshold")
+    if threshold is not None and threshold > SCORE_THRESHOLD:
+        said.append(f"the predictions keep only boxes scoring at least {threshold:g} (detect's --score-threshold, "
+                    "in their metadata): COCO AP counts lower-scoring boxes too, so this AP is below the one "
+                    f"training's validation reports; detect with the default {SCORE_THRESHOLD:g} to compare")
+    own = run.get("checkpoint_contract")
+    sizes = (run.get("min_size"), run.get("max_size"))
+    if own and sizes != (own["min_size"], own["max_size"]):
+        said.append(f"the images were resized to {sizes[0]} / {sizes[1]} (--min-size / --max-size), not the "
+                    f"{own['min_size']} / {own['max_size']} the checkpoint was trained and validated with")
+    paper = (PAPER_CONTRACT.min_size, PAPER_CONTRACT.max_size)
+    if metrics.get("AP", 0) <= 0 and "checkpoint_contract" in run and own is None and sizes == paper:
+        said.append(f"the checkpoint records no input contract, so its images were resized to the paper's "
+                    f"{paper[0]} / {paper[1]}: a model trained at other sizes detects little at these")
+    return said
 
 
 def write_evaluation(output: str, result: dict[str, Any]) -> list[str]:

@@ -8,6 +8,7 @@ from typing import Any
 from model import InputContract
 
 from ..evaluation import DEFAULT_BACKEND
+from ..paths import with_absolute_paths
 from .augment import AugmentConfig
 
 # The settings a preset's recipe decides, with the paper's values (made for a pretrained backbone).
@@ -77,6 +78,14 @@ class TrainConfig:
         fine-tunes (`init`, when that records one), else ImageNet's."""
         base = init or InputContract()
         return dataclasses.replace(base, min_size=self.augment.val_size, max_size=self.augment.max_size)
+
+    def resolved(self) -> "TrainConfig":
+        """The config with its local paths absolute (pipeline/paths.py), as the workers, whose
+        working directory is not the user's, must get them."""
+        return with_absolute_paths(self, {"annotations": "--annotations", "images": "--images",
+                                          "val_annotations": "--val-annotations", "val_images": "--val-images",
+                                          "storage": "--storage", "init": "--init",
+                                          "backbone_weights": "--backbone-weights"})
 
     def recipe(self) -> dict[str, Any]:
         """The recipe fields as this run uses them."""

@@ -19,11 +19,13 @@ from model import uri as uris
 
 from ..coco import CocoDataset, CocoFormatError, load_coco, missing_image_files
 from .config import TrainConfig
-from .run import check_initialisation, storage_uri
+from .run import check_initialisation
 
 
 def dry_run(cfg: TrainConfig, check_all_files: bool = False, sample: int = 100) -> dict[str, Any]:
-    """The JSON summary; `ok` is False when the run could not start or would fail on its data."""
+    """The JSON summary; `ok` is False when the run could not start or would fail on its data.
+    The paths are those the run would use (relative ones resolved as pipeline/paths.py says)."""
+    cfg = cfg.resolved()
     started = time.perf_counter()
     summary: dict[str, Any] = {"train": check_split(cfg.annotations, cfg.images, check_all_files, sample, cfg.seed)}
     if cfg.val_annotations:
@@ -112,7 +114,7 @@ def describe_model(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
 
 def describe_storage(cfg: TrainConfig) -> dict[str, Any]:
     """Where the run would live, and whether it would resume."""
-    run = uris.join(storage_uri(cfg), cfg.name)
+    run = uris.join(cfg.storage, cfg.name)
     try:
         fs, path = uris.resolve(run)
         infos = fs.get_file_info(pafs.FileSelector(path)) if fs.get_file_info(path).type == pafs.FileType.Directory else []

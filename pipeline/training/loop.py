@@ -92,6 +92,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     val_records = ray.get(inputs.val_records) if inputs.val_records is not None else None
     scorer = (CocoScorer(load_coco(cfg.val_annotations, cfg.val_images, check_files=False).raw, cfg.eval_backend)
               if val_records is not None and worker.rank == 0 else None)
+    if worker.state.epoch >= cfg.epochs and worker.rank == 0:
+        print(f"already at epoch {worker.state.epoch}/{cfg.epochs}: nothing to train (a larger --epochs trains on)",
+              flush=True)
     for epoch in range(worker.state.epoch, cfg.epochs):
         batches = epoch_batches(cfg, records, epoch, worker.rank, worker.world_size)
         metrics, steps = train_epoch(worker, batches, epoch, inputs.train_images)

@@ -5,7 +5,6 @@ failure Ray restarts the group (FailureConfig) and training continues from that 
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -17,7 +16,7 @@ from model import get_config
 from model import uri as uris
 from model.checkpoint import CHECKPOINT_FILE
 
-from ..cluster import wait_for
+from ..cluster import init_ray, wait_for
 from ..coco import CocoDataset, load_coco
 from .config import TrainConfig
 from .loop import LoopInputs, train_loop
@@ -27,18 +26,14 @@ from .stream import records_of
 # frequent short wake-ups then preempt the training step. At 0, as a driver runs, the
 # training workers keep their cores; Ray Data's decode/augment tasks stay at 15 and so
 # take what the step leaves. On a 2-core VM the gain in bench/train_overhead.py was
-# within its noise (bench/README.md).
-WORKER_RUNTIME_ENV = {"env_vars": {"RAY_worker_niceness": "0"}}
-
-
-def storage_uri(cfg: TrainConfig) -> str:
-    """--storage as a URI every worker reads alike (a relative path made absolute here)."""
-    return cfg.storage if "://" in cfg.storage else os.path.abspath(cfg.storage)
+# within its noise (bench/README.md). Ray Train's print patch sends each printed line to the
+# console twice (a tee to the worker's redirected stdout, and its logger): plain print instead.
+WORKER_RUNTIME_ENV = {"env_vars": {"RAY_worker_niceness": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
 
 
 def best_uri(cfg: TrainConfig) -> str:
     """Where the checkpoint with the best validation AP so far is kept, beside Ray's."""
-    return uris.join(storage_uri(cfg), cfg.name, "best", CHECKPOINT_FILE)
+    return uris.join(cfg.storage, cfg.name, "best", CHECKPOINT_FILE)
 
 
 def checkpoint_uri(checkpoint: ray.train.Checkpoint) -> str:
@@ -52,7 +47,7 @@ def run_config(cfg: TrainConfig) -> ray.train.RunConfig:
     num_to_keep (ranked by epoch; Ray also never deletes the latest), all when None."""
     return ray.train.RunConfig(
         name=cfg.name,
-        storage_path=storage_uri(cfg),
+        storage_path=cfg.storage,
         worker_runtime_env=WORKER_RUNTIME_ENV,
         failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(
@@ -68,12 +63,15 @@ def loop_inputs(cfg: TrainConfig, train_set: CocoDataset, prepared: bool) -> Loo
                    if cfg.val_annotations else None)
     return LoopInputs(cfg, train_set.num_classes, len(train_set.images),
                       None if prepared else ray.put(records_of(train_set)), val_records,
-                      uris.join(storage_uri(cfg), cfg.name, "progress"), best_uri(cfg))
+                      uris.join(cfg.storage, cfg.name, "progress"), best_uri(cfg))
 
 
 def check_initialisation(cfg: TrainConfig) -> None:
-    """A paper preset learns from a pretrained backbone (its frozen BatchNorm keeps ImageNet's
+    """The network the run would build is a valid one (checked here, not in the workers), and a
+    paper preset learns from a pretrained backbone (its frozen BatchNorm keeps ImageNet's
     statistics): refuse to start one from random weights unless asked to."""
+    if not cfg.init:
+        get_config(cfg.preset, **cfg.model_overrides)  # a ValueError naming what does not fit
     if cfg.init and cfg.backbone_weights:
         raise ValueError("--init and --backbone-weights both set the backbone's weights: give one")
     if cfg.backbone_weights:
@@ -104,15 +102,18 @@ def check_fit(cfg: TrainConfig) -> None:
 def fit(
     cfg: TrainConfig, datasets: dict[str, ray.data.Dataset] | None = None
 ) -> tuple[ray.train.Result, CocoDataset]:
-    """Validate the data and train on the current Ray cluster. Returns Ray's Result (its
-    metrics_dataframe: one row per kept checkpoint, i.e. per epoch) and the training set.
-    `datasets` ({"train": samples}) replaces the workers' per-epoch streams, e.g. with samples
-    decoded once and materialised (split between the workers by Ray Train)."""
+    """Check the run and its data, then train on the Ray cluster (joined, or started here once
+    the inputs are known to be good). Returns Ray's Result (its metrics_dataframe: one row per
+    kept checkpoint, i.e. per epoch) and the training set. `datasets` ({"train": samples})
+    replaces the workers' per-epoch streams, e.g. with samples decoded once and materialised
+    (split between the workers by Ray Train). Relative paths are the caller's (resolved())."""
+    cfg = cfg.resolved()
     if cfg.val_annotations and not cfg.val_images:
         raise ValueError("--val-annotations needs --val-images")
     check_initialisation(cfg)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
     train_set = load_coco(cfg.annotations, cfg.images)
+    init_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
     check_fit(cfg)
     trainer = ray.train.torch.TorchTrainer(
         train_loop,
@@ -139,6 +140,7 @@ def learning_rate_line(cfg: TrainConfig) -> str:
 
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
     """Train (see fit) and summarise the run: path, last and best checkpoint, final metrics."""
+    cfg = cfg.resolved()
     print(learning_rate_line(cfg), flush=True)
     result, train_set = fit(cfg)
     summary: dict[str, Any] = {

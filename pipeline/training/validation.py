@@ -17,7 +17,7 @@ import torch
 from model import DETR, InputContract
 
 from .. import predictions
-from ..detection import SCORE_THRESHOLD, Detector, fetch
+from ..detection import Detector, fetch
 from ..evaluation import CocoScorer, score_predictions
 from ..images import MAX_PIXELS
 
@@ -25,7 +25,7 @@ WINDOW_BATCHES = 32  # images read and grouped by canvas at once, in batches: as
 
 
 def detect_images(model: DETR, records: list[dict[str, Any]], contract: InputContract, batch_size: int,
-                  score_threshold: float = SCORE_THRESHOLD) -> pa.Table:
+                  score_threshold: float = predictions.SCORE_THRESHOLD) -> pa.Table:
     """Predictions rows of the images of `records` (path, image_id), made as bulk detection makes
     them, window by window. A row that is an error (an unreadable image) is a ValueError naming it."""
     detector = Detector.of_model(model, contract, score_threshold, batch_size, model_id="validation")

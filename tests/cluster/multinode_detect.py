@@ -30,7 +30,7 @@ def detect(cluster, workers: list, images: str, output: str, checkpoint: str, re
     stop = threading.Event()
 
     def record_actor_nodes(alive_only: bool) -> None:
-        filters = [("class_name", "=", "MapWorker(MapBatches(Detector))")]
+        filters = [("class_name", "=", "MapWorker(MapBatches(DetectorActor))")]
         try:
             actors = list_actors(filters=filters + ([("state", "=", "ALIVE")] if alive_only else []),
                                  address=cluster.address)

@@ -73,13 +73,15 @@ def token_head(tmp_path_factory):
         subprocess.run(["rm", "-rf", temp_dir])
 
 
-def _run(args: list[str], env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+def _run(args: list[str], env: dict, timeout: int = 900, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
-def _submit(address: str, entrypoint: str, env: dict) -> subprocess.CompletedProcess:
-    """The README's command: jobs/submit.py (`ray job submit --working-dir .` with the token)."""
-    return _run([sys.executable, "jobs/submit.py", "--address", address, "--", *entrypoint.split()], env)
+def _submit(address: str, entrypoint: str, env: dict, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """The README's command: jobs/submit.py (`ray job submit --working-dir .` with the token),
+    from cwd, the checkout uploaded as the working dir."""
+    return _run([sys.executable, str(REPO / "jobs" / "submit.py"), "--address", address, "--working-dir", str(REPO),
+                 "--", *entrypoint.split()], env, cwd=cwd)
 
 
 def _anonymous() -> dict:
@@ -88,21 +90,32 @@ def _anonymous() -> dict:
 
 
 def test_train_job_submitted_as_the_readme_says(token_head, tiny_shapes, tmp_path):
+    """Relative paths, as the README writes them, mean the folder the job was submitted from: the
+    run, its best checkpoint and progress files land there, not in Ray's copy of the working dir."""
     address, token = token_head
+
+    def relative(key: str) -> str:
+        return os.path.relpath(tiny_shapes[key], tmp_path)
+
     entrypoint = (
-        f"python jobs/train.py --annotations {tiny_shapes['train_annotations']} --images {tiny_shapes['train_images']}"
-        f" --storage {tmp_path / 'runs'} --name submitted --epochs 2 --batch-size 4 --augment-scale 0.15"
-        " --log-every 2"
+        f"python jobs/train.py --annotations {relative('train_annotations')} --images {relative('train_images')}"
+        f" --val-annotations {relative('val_annotations')} --val-images {relative('val_images')}"
+        " --storage runs --name submitted --epochs 2 --batch-size 4 --augment-scale 0.15 --log-every 2"
     )
-    proc = _submit(address, entrypoint, dict(_anonymous(), RAY_AUTH_TOKEN_PATH=str(token)))
+    proc = _submit(address, entrypoint, dict(_anonymous(), RAY_AUTH_TOKEN_PATH=str(token)), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
-    assert any("epoch 2/2 step 4/4 loss " in line and " eta " in line for line in lines)  # progress lines
+    steps = [line for line in lines if "epoch 2/2 step 4/4 loss " in line and " eta " in line]
+    assert len(steps) == 1  # a progress line, printed once
     assert any(line.startswith("training detr-tiny: 1 worker(s) x batch 4 = total batch 4; lr 0.0003,")
                for line in lines)  # the learning rate used, and its rule
     assert lines[-2].startswith("trained 2 epochs")  # the human summary, then the JSON
     summary = json.loads(lines[-1])
-    assert summary["metrics"]["epoch"] == 2
+    run = tmp_path / "runs" / "submitted"
+    assert summary["metrics"]["epoch"] == 2 and summary["run"] == str(run)
+    assert summary["best_checkpoint"] == str(run / "best" / "checkpoint.pt")
+    assert Path(summary["best_checkpoint"]).is_file()
+    assert sorted(p.name for p in (run / "progress").iterdir()) == ["epoch_0001.jsonl", "epoch_0002.jsonl"]
     _, config = load_checkpoint(summary["checkpoint"])
     assert config.num_classes == 12
 

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -147,7 +148,8 @@ def test_resume_after_the_driver_is_killed(ray_cluster, checkpoint, tmp_path):
     assert 0 < before < 60, f"the run should have been cut midway ({before} rows)"
     complete = sum(_complete_shards(out, 8))
 
-    summary = detect(str(tmp_path / "images"), str(out), checkpoint, min_size=128, max_size=200, score_threshold=0.5,
+    summary = detect(str(tmp_path / "images"), str(out), checkpoint, min_size=128, max_size=200,
+                     score_threshold=predictions.SCORE_THRESHOLD,  # the job's default, as the killed run
                      shard_size=1000)  # the saved plan's 8-input shards apply
     assert summary["shards"] == 8 and summary["skipped"] == complete > 0  # incomplete shards ran again
     assert summary["processed"] == 60 - summary["skipped"]
@@ -236,3 +238,45 @@ def test_a_run_that_cannot_fit_stops_with_a_message(ray_cluster, checkpoint, tmp
     with pytest.raises(RuntimeError, match="needs .*1 GPU .* has .*0 GPU"):
         detect(str(tmp_path / "images"), str(tmp_path / "out"), checkpoint, device="cuda", resource_wait_s=1)
     assert not predictions.part_files(str(tmp_path / "out"))
+
+
+def test_an_actor_that_keeps_dying_stops_the_run_with_one_line(ray_cluster, checkpoint, tmp_path):
+    """A model actor killed again and again (as the host's memory monitor kills one that does not
+    fit) is restarted a bounded number of times, then the run stops saying so; what was written is
+    kept and the same command completes."""
+    from ray.util.state import list_actors
+
+    from pipeline.detection.run import ACTOR_RESTARTS
+    from tests.local_cluster import STATE_API
+
+    write_pictures(tmp_path / "images", 400, seed=5)
+    settings = dict(min_size=192, max_size=320, batch_size=2, window=4, shard_size=20)
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["summary"] = detect(str(tmp_path / "images"), str(tmp_path / "out"), checkpoint, **settings)
+        except Exception as e:  # noqa: BLE001 (what the job would print)
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    killed: set[int] = set()
+    deadline = time.time() + 300
+    while thread.is_alive() and len(killed) <= ACTOR_RESTARTS and time.time() < deadline:
+        actors = list_actors(address=os.environ[STATE_API], filters=[
+            ("class_name", "=", "MapWorker(MapBatches(DetectorActor))"), ("state", "=", "ALIVE")])
+        for pid in {a.pid for a in actors if a.pid} - killed:
+            time.sleep(0.5)  # let it take a window
+            os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+        time.sleep(0.2)
+    thread.join(timeout=300)
+    assert len(killed) == ACTOR_RESTARTS + 1, (killed, outcome)
+    error = outcome.get("error")
+    assert isinstance(error, RuntimeError), outcome
+    assert str(error).startswith(f"a model actor died {ACTOR_RESTARTS + 1} times and is not restarted again: ")
+    assert str(error).count("\n") == 0 and "the same command resumes" in str(error)
+    assert "its process died (Worker unexpectedly exits" in str(error) and "lower --batch-size" in str(error)
+    summary = detect(str(tmp_path / "images"), str(tmp_path / "out"), checkpoint, **settings)
+    assert summary["rows"] == summary["inputs"] == 400 and summary["duplicates"] == summary["missing"] == 0

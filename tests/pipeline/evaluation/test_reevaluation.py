@@ -14,6 +14,7 @@ import torch
 from model import build_detr, save_checkpoint
 from pipeline.evaluation import STAT_NAMES, stat_names
 from pipeline.evaluation import ReevaluateConfig, reevaluate
+from pipeline.predictions import SCORE_THRESHOLD
 from pipeline.evaluation.reevaluation import find_checkpoints, read_history, write_row
 from tests import REPO
 
@@ -65,12 +66,13 @@ def test_regression_fails_the_job_and_concurrent_runs_do_not_duplicate(ray_clust
                "missed_images": 0, "errors": "{}", "predictions": "", "detect_seconds": 0.0, "evaluate_seconds": 0.0}
     # an earlier, better checkpoint's row, written before the cap was a parameter (so: 100) ...
     write_row(cfg.history, {**earlier, "key": "earlier", "checkpoint": "/old/checkpoint.pt",
-                            "parameters": json.dumps({"max_size": 160, "min_size": 96, "score_threshold": 0.0}),
+                            "parameters": json.dumps({"max_size": 160, "min_size": 96,
+                                                      "score_threshold": SCORE_THRESHOLD}),
                             **{name: 0.5 for name in STAT_NAMES}})
     # ... and a far better one at another cap: another series, never compared
     write_row(cfg.history, {**earlier, "key": "other-cap", "checkpoint": "/old/other-cap.pt", "max_dets": 300,
                             "parameters": json.dumps({"max_dets": 300, "max_size": 160, "min_size": 96,
-                                                      "score_threshold": 0.0}),
+                                                      "score_threshold": SCORE_THRESHOLD}),
                             **{name: 0.9 for name in stat_names(300)}})
     new_checkpoint(tmp_path / "runs" / "checkpoint_000000", 3)
     env = dict(os.environ, RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address)
@@ -89,3 +91,25 @@ def test_regression_fails_the_job_and_concurrent_runs_do_not_duplicate(ray_clust
     history = read_history(cfg.history)
     assert len(history) == 3 and len({r["key"] for r in history}) == 3
     assert {r["max_dets"] for r in history} == {100, 300}
+
+
+def test_a_wrong_images_folder_stores_nothing_and_says_so(ray_cluster, tiny_shapes, tmp_path):
+    """Images mostly missing: no history row, exit 1 with one line; the corrected command then
+    scores that checkpoint."""
+    new_checkpoint(tmp_path / "runs" / "checkpoint_000000", 0)
+    cfg = config(tmp_path, tiny_shapes)
+    (tmp_path / "elsewhere").mkdir()
+    env = dict(os.environ, RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address)
+    command = [sys.executable, "jobs/reevaluate.py", "--checkpoints", cfg.checkpoints, "--images",
+               str(tmp_path / "elsewhere"), "--annotations", cfg.annotations, "--history", cfg.history,
+               "--min-size", "96", "--max-size", "160", "--actors", "1,1"]
+    wrong = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    last = wrong.stderr.strip().splitlines()[-1]
+    assert wrong.returncode == 1 and last.startswith("reevaluate: 8 of the 8 evaluation images"), wrong.stderr[-2000:]
+    assert "'missing': 8" in last and "no history row was written" in last and "--images" in last
+    assert read_history(cfg.history) == []
+    missing = subprocess.run(command[:3] + [str(tmp_path / "nowhere")] + command[4:], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert missing.returncode == 1 and missing.stderr.strip().splitlines() == [
+        f"reevaluate: no checkpoints folder or file at {tmp_path / 'nowhere'}"]
+    assert len(reevaluate(cfg)["evaluated"]) == 1 and len(read_history(cfg.history)) == 1

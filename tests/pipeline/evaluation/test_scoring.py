@@ -333,3 +333,26 @@ def test_the_job_says_what_is_wrong_in_one_line(tmp_path):
     assert any("1 ground-truth image(s) have no prediction row" in w for w in warnings)
     assert any("1 row(s) name images that are not in the annotations" in w for w in warnings)
     assert any("categories the annotations do not declare were dropped: ids [42]" in w for w in warnings)
+
+
+def test_the_predictions_own_parameters_are_said_where_they_lower_the_ap(tmp_path):
+    """A table made above the default threshold, or at other sizes than the checkpoint's, says so."""
+    from pipeline.evaluation import score_files
+    from pipeline.predictions import write_part
+
+    gt_json = small_ground_truth()
+    (tmp_path / "gt.json").write_text(json.dumps(gt_json))
+    names = {1: "sub/img1.jpg", 2: "sub/img2.jpg", 3: "sub/img3.jpg"}
+    table = table_from_results(perfect(gt_json, {1, 2, 3}), names)
+    own = {"min_size": 160, "max_size": 267}
+    write_part(str(tmp_path / "made"), 0, table, {"score_threshold": 0.5, "min_size": 800, "max_size": 1333,
+                                                   "checkpoint_contract": own, "model": "sha256:x"})
+    result = score_files(str(tmp_path / "made"), str(tmp_path / "gt.json"))
+    assert result["made_with"] == {"model": "sha256:x", "score_threshold": 0.5, "min_size": 800, "max_size": 1333}
+    said = result["report"]["warnings"]
+    assert len(said) == 2
+    assert "keep only boxes scoring at least 0.5" in said[0] and "the default 0.05" in said[0]
+    assert "resized to 800 / 1333 (--min-size / --max-size), not the 160 / 267 the checkpoint" in said[1]
+    write_part(str(tmp_path / "default"), 0, table, {"score_threshold": 0.05, "min_size": 160, "max_size": 267,
+                                                      "checkpoint_contract": own, "model": "sha256:x"})
+    assert score_files(str(tmp_path / "default"), str(tmp_path / "gt.json"))["report"]["warnings"] == []

@@ -137,15 +137,15 @@ def _train_worker_pids() -> list[int]:
 def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, tiny_shapes, tmp_path):
     # ResNet-18 backbone: an epoch long enough (~7 s) for the kill to land inside epoch 2
     config = small_run(tiny_shapes, tmp_path, "faults", epochs=2, batch_size=1, max_failures=1,
-                     model_overrides={"num_queries": 10, "backbone": "resnet18"})
+                     model_overrides={"num_queries": 10, "backbone": "resnet18", "masked_backbone": False})
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.update(summary=run_training(config)), daemon=True)
     thread.start()
     run = str(tmp_path / "faults")
     deadline = time.time() + 300
-    while not _registered_epochs(run) and time.time() < deadline:  # epoch 1 is stored and registered
+    while not _registered_epochs(run) and thread.is_alive() and time.time() < deadline:  # epoch 1 registered
         time.sleep(0.2)
-    assert _registered_epochs(run) == [1], "no registered checkpoint within 300 s"
+    assert _registered_epochs(run) == [1], f"no registered checkpoint within 300 s (run: {outcome or 'failed'})"
     time.sleep(1.0)  # into epoch 2 (16 steps of one image)
     pids = _train_worker_pids()
     assert pids, "no live training worker found"

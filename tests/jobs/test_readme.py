@@ -1,0 +1,48 @@
+"""The README's commands, copied in order into a fresh folder, run as written."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import REPO
+from tests.local_cluster import job_env
+
+# Flags the README also shows, that make a run take seconds: later flags win over earlier ones.
+SHORTER = {"make_synthetic.py": ["--train", "24", "--val", "8"], "train.py": ["--epochs", "2", "--eval-every", "1"]}
+
+
+def readme_commands() -> list[str]:
+    """The README's local job commands, in order: every `.venv/bin/python jobs/...` line of its
+    bash blocks (continuations joined, comments dropped), but those that need a bucket or a
+    cluster (s3://, placeholders, jobs/submit.py: tests/cluster)."""
+    blocks = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    lines = [line.split("#", 1)[0].strip() for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    return [" ".join(line.split()) for line in lines if line.startswith(".venv/bin/python jobs/")
+            and not any(s in line for s in ("s3://", "...", "jobs/submit.py"))]
+
+
+@pytest.mark.own_ray
+def test_the_readme_commands_run_as_written(tmp_path):
+    (tmp_path / "jobs").symlink_to(REPO / "jobs")  # a checkout's layout; the data land in this folder
+    commands = readme_commands()
+    assert [c.split()[1] for c in commands] == [
+        "jobs/make_synthetic.py", "jobs/train.py", "jobs/detect.py", "jobs/evaluate.py", "jobs/reevaluate.py",
+        "jobs/export.py", "jobs/detect.py"]
+    for command in commands:
+        args = command.split()
+        args[0] = sys.executable
+        args += SHORTER.get(Path(args[1]).name, [])
+        proc = subprocess.run(args, cwd=tmp_path, env=job_env(), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, (command, proc.stderr[-3000:])
+        json.loads(proc.stdout.strip().splitlines()[-1])  # each ends with its JSON line
+    assert (tmp_path / "runs" / "shapes" / "best" / "checkpoint.pt").is_file()
+    assert len(list((tmp_path / "runs" / "shapes" / "progress").iterdir())) == 2
+    assert (tmp_path / "metrics" / "metrics.json").is_file() and (tmp_path / "history" / "report.md").is_file()
+    assert (tmp_path / "detr.onnx").is_file()
+    for predictions in ("predictions", "predictions-onnx"):
+        assert len(list((tmp_path / predictions).glob("part-*.parquet"))) == 1
