@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests import REPO
-from tests.local_cluster import job_env
 
 # Flags the README also shows, that make a run take seconds: later flags win over earlier ones.
 SHORTER = {"make_synthetic.py": ["--train", "24", "--val", "8"], "train.py": ["--epochs", "2", "--eval-every", "1"]}
@@ -26,9 +24,11 @@ def readme_commands() -> list[str]:
             and not any(s in line for s in ("s3://", "...", "jobs/submit.py"))]
 
 
-@pytest.mark.own_ray
-def test_the_readme_commands_run_as_written(tmp_path):
-    (tmp_path / "jobs").symlink_to(REPO / "jobs")  # a checkout's layout; the data land in this folder
+def test_the_readme_commands_run_as_written(ray_cluster, tmp_path):
+    """In a fresh folder with a checkout's layout, where the data, runs and outputs land. The jobs
+    join the test process's Ray (as under RAY_ADDRESS), as the demo's test covers a job's own."""
+    (tmp_path / "jobs").symlink_to(REPO / "jobs")
+    env = dict(os.environ, RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address)
     commands = readme_commands()
     assert [c.split()[1] for c in commands] == [
         "jobs/make_synthetic.py", "jobs/train.py", "jobs/detect.py", "jobs/evaluate.py", "jobs/reevaluate.py",
@@ -37,7 +37,7 @@ def test_the_readme_commands_run_as_written(tmp_path):
         args = command.split()
         args[0] = sys.executable
         args += SHORTER.get(Path(args[1]).name, [])
-        proc = subprocess.run(args, cwd=tmp_path, env=job_env(), capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, (command, proc.stderr[-3000:])
         json.loads(proc.stdout.strip().splitlines()[-1])  # each ends with its JSON line
     assert (tmp_path / "runs" / "shapes" / "best" / "checkpoint.pt").is_file()
