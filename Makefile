@@ -8,7 +8,7 @@ DEMO_OUT ?= demo-output
 RAY_AUTH_TOKEN_PATH ?= $(HOME)/.config/detr-ray/auth_token
 HEAD_ARGS ?=
 
-.PHONY: demo test bench install clean token head
+.PHONY: demo test bench bench-gpu install clean token head
 
 install: $(STAMP)
 
@@ -20,6 +20,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench.forward_vs_huggingface
+
+# Every GPU figure in one command (bench/gpu.py; ~8 minutes on one GPU). Where the project is not
+# installed (a GPU machine's own Python with torch), run `python -m bench.gpu` from the checkout.
+bench-gpu:
+	$(if $(wildcard $(STAMP)),$(VENV)/bin/python,python3) -m bench.gpu
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

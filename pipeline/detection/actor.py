@@ -20,7 +20,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
-import ray
 import torch
 import torchvision.transforms.v2.functional as TF
 
@@ -171,6 +170,8 @@ class DetectorActor(Detector):
                  contract: dict[str, Any], cpus: float):
         """weights: (config dict, state_dict or an ONNX graph's bytes), or an object ref of it
         (shared by all actors); contract: InputContract.to_dict()."""
+        import ray  # only the actor needs Ray: the in-process Detector runs where Ray is not installed
+
         config_dict, state = ray.get(weights) if isinstance(weights, ray.ObjectRef) else weights
         config = DetrConfig.from_dict(config_dict)
         on_gpu = torch.cuda.is_available() and ray.is_initialized() and bool(ray.get_gpu_ids())

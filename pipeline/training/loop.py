@@ -32,6 +32,7 @@ from ..coco import load_coco
 from ..evaluation import CocoScorer
 from ..progress import StepProgress
 from .config import TrainConfig
+from .step import param_groups, train_step
 from .stream import collate, epoch_order, sample_stream, shuffle_buffer, worker_share
 from .validation import validate
 
@@ -137,15 +138,6 @@ def build_model(cfg: TrainConfig, num_classes: int) -> DETR:
     return build_detr(config, backbone_weights=cfg.backbone_weights).train()
 
 
-def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """Two learning rates, as the paper: the backbone's and the rest's."""
-    backbone, rest = [], []
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            (backbone if name.startswith("backbone.") else rest).append(parameter)
-    return [{"params": rest, "lr": cfg.lr}, {"params": backbone, "lr": cfg.lr_backbone}]
-
-
 def restore(model: DETR, optimizer: torch.optim.Optimizer, scheduler) -> RunState:
     """Load the latest reported checkpoint into model, optimizer and scheduler, if there is one."""
     checkpoint = ray.train.get_checkpoint()
@@ -211,33 +203,6 @@ def train_epoch(worker: Worker, batches: Iterable[dict[str, Any]], epoch: int,
     return metrics, progress.records if progress is not None else []
 
 
-def train_step(ddp_model: torch.nn.Module, criterion, optimizer: torch.optim.Optimizer,
-               batch: tuple[torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]], cfg: TrainConfig,
-               steps: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One optimizer step on a collated batch (gradients averaged over the data-parallel
-    workers by DistributedDataParallel); returns the total loss and its terms."""
-    images, mask, targets = batch
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
-        outputs = ddp_model(images, mask)
-    losses = criterion(outputs, targets)  # float32: heads and criterion (model/precision.py)
-    loss = criterion.total_loss(losses)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if cfg.clip_max_norm > 0:
-        torch.nn.utils.clip_grad_norm_(ddp_model.parameters(), cfg.clip_max_norm)
-    warm_up(optimizer, steps, cfg.warmup_steps)
-    optimizer.step()
-    return loss, losses
-
-
-def warm_up(optimizer: torch.optim.Optimizer, step: int, warmup_steps: int) -> None:
-    """Linear warm-up: step i (from 0) of the first warmup_steps runs at (i + 1) / warmup_steps
-    of each group's initial learning rate (StepLR's drops come later, per epoch)."""
-    if step < warmup_steps:
-        for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * (step + 1) / warmup_steps
-
-
 def report(worker: Worker, metrics: dict[str, Any], steps: list[dict[str, Any]], inputs: LoopInputs) -> None:
     """Every worker reports the epoch's metrics (the COCO stats only in an epoch that validated);
     rank 0 prints them, keeps the epoch's progress lines and then its metrics with the run
@@ -262,4 +227,3 @@ def report(worker: Worker, metrics: dict[str, Any], steps: list[dict[str, Any]],
             with open(os.path.join(folder, CHECKPOINT_FILE), "rb") as f:
                 uris.write_bytes(inputs.best_checkpoint, f.read())
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-

@@ -249,7 +249,7 @@ def test_an_actor_that_keeps_dying_stops_the_run_with_one_line(ray_cluster, chec
     from pipeline.detection.run import ACTOR_RESTARTS
     from tests.local_cluster import STATE_API
 
-    write_pictures(tmp_path / "images", 300, seed=5)
+    write_pictures(tmp_path / "images", 200, seed=5)
     settings = dict(min_size=192, max_size=320, batch_size=2, window=4, shard_size=20)
     outcome: dict = {}
 
@@ -279,4 +279,4 @@ def test_an_actor_that_keeps_dying_stops_the_run_with_one_line(ray_cluster, chec
     assert str(error).count("\n") == 0 and "the same command resumes" in str(error)
     assert "its process died (Worker unexpectedly exits" in str(error) and "lower --batch-size" in str(error)
     summary = detect(str(tmp_path / "images"), str(tmp_path / "out"), checkpoint, **settings)
-    assert summary["rows"] == summary["inputs"] == 300 and summary["duplicates"] == summary["missing"] == 0
+    assert summary["rows"] == summary["inputs"] == 200 and summary["duplicates"] == summary["missing"] == 0

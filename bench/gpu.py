@@ -1,0 +1,297 @@
+"""Every GPU figure of the project in one command: `make bench-gpu` (python -m bench.gpu).
+
+On a GPU (detr-r50, random weights, bf16; a few thousand JPEGs at COCO's photo sizes made on the
+spot; detection at the paper's 800 / 1333) it measures, each part checked as it runs and a failure
+reported in that part's entry instead of stopping the rest:
+
+- detection: the detection path end to end in one process (the read stage's threads, the one
+  decoder with nvJPEG, canvases, batches, the model: what one actor of `jobs/detect.py` does, as
+  Ray need not be installed) for batches of 8, 16 and 32: images/s, the bare model's images/s on
+  the same canvases decoded beforehand (the limit), their ratio, batch_fill, GPU memory peak;
+- decode: nvJPEG's batched decode against the CPU decoder on the same files, images/s of each and
+  the largest pixel difference;
+- training: one worker's step (`pipeline.training.train_step`: bf16 autocast, float32 heads) at
+  800x1066, batches of 2 and 4: images/s, memory peak, the loss finite;
+- onnx: the exported graph on ONNX Runtime's CUDA provider against PyTorch (float32) on the same
+  canvases: outputs within 1e-3, images/s of each;
+- bf16: detections in bf16 against float32 on the same images: largest box (px) and score change.
+
+Prints one JSON line. `--small` runs the same on a CPU in seconds (the shipped detr-tiny, a few
+small images, the CPU decoder and provider): the test suite runs it, so that the command works
+the first time a GPU is at hand.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import torch
+from PIL import Image
+
+from model import InputContract, build_criterion, build_detr, load_checkpoint, optimize_for_inference, save_checkpoint
+from model.export import export_checkpoint
+from model.onnx_model import OnnxDetr, import_onnxruntime
+from pipeline.decode import decode_images
+from pipeline.detection import Detector, fetch, model_batches
+from pipeline.detection.actor import to_canvas
+from pipeline.images import probe
+from pipeline.training import TrainConfig, param_groups, train_step
+
+# (height, width) of common COCO photos: most are 640 on their longer side
+COCO_SIZES = ((480, 640), (427, 640), (640, 480), (640, 427), (425, 640), (612, 612), (375, 500), (480, 640),
+              (360, 640), (640, 640), (512, 640), (640, 512), (333, 500), (500, 375), (424, 640), (640, 424))
+TOLERANCE = 1e-3  # ONNX Runtime against PyTorch, float32
+SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "detr-tiny-shapes.pt"
+
+
+class Setting:
+    """What one run measures with: model, sizes and counts, GPU or small."""
+
+    def __init__(self, small: bool, images: int, folder: str):
+        self.small = small
+        self.device = torch.device("cpu" if small or not torch.cuda.is_available() else "cuda")
+        self.preset = "detr-tiny" if small else "detr-r50"
+        self.contract = InputContract(160, 267) if small else InputContract()
+        self.batches = (2, 4) if small else (8, 16, 32)
+        self.train_size, self.train_batches = ((128, 160), (2,)) if small else ((800, 1066), (2, 4))
+        self.folder = folder
+        if small:  # trained: an untrained two-stage model's near-equal scores pick queries by rounding
+            self.model, _ = load_checkpoint(str(SHIPPED))
+            self.checkpoint = str(SHIPPED)
+        else:  # random weights: speed, not accuracy
+            torch.manual_seed(0)
+            self.model = build_detr(self.preset, num_classes=91).eval()
+            self.checkpoint = save_checkpoint(os.path.join(folder, "model.pt"), self.model, contract=self.contract)
+        self.paths = write_photos(os.path.join(folder, "photos"), images, 0.25 if small else 1.0)
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+
+def write_photos(folder: str, count: int, scale: float) -> list[str]:
+    """JPEGs at COCO's sizes: smooth colour fields with noise, as photos compress."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        height, width = (max(16, round(v * scale)) for v in COCO_SIZES[i % len(COCO_SIZES)])
+        coarse = Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).resize((width, height))
+        pixels = np.asarray(coarse, np.int16) + rng.integers(-12, 12, (height, width, 3))
+        path = os.path.join(folder, f"photo{i:05d}.jpg")
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def rows_of(paths: list[str]) -> pa.Table:
+    return pa.table({"path": pa.array(paths, pa.large_string()), "image_id": pa.nulls(len(paths), pa.int64()),
+                     "shard": pa.array([0] * len(paths), pa.int32())})
+
+
+def timed(setting: Setting, fn: Callable[[], Any]) -> float:
+    setting.synchronize()
+    started = time.perf_counter()
+    fn()
+    setting.synchronize()
+    return time.perf_counter() - started
+
+
+def peak_memory_gib(setting: Setting) -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if setting.device.type == "cuda" else None
+
+
+# ---------------------------------------------------------------- the parts
+
+def detection(setting: Setting) -> dict[str, Any]:
+    """The detection path end to end and the bare model, per batch size."""
+    out: dict[str, Any] = {"images": len(setting.paths),
+                           "sizes": [setting.contract.min_size, setting.contract.max_size]}
+    window = 256
+    for batch_size in setting.batches:
+        detector = Detector.of_model(setting.model.to(setting.device), setting.contract, 0.05, batch_size)
+        detector(fetch(rows_of(setting.paths[:window]), setting.contract, 10**9))  # warm-up: kernels, allocator
+        if setting.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        calls = []
+
+        def end_to_end() -> None:
+            for start in range(0, len(setting.paths), window):
+                table = detector(fetch(rows_of(setting.paths[start:start + window]), setting.contract, 10**9))
+                assert table.num_rows == min(window, len(setting.paths) - start)
+                assert all(error is None for error in table["error"].to_pylist()), "error rows"
+                calls.append(sum(table["call_share"].to_pylist()))
+
+        seconds = timed(setting, end_to_end)
+        bare = bare_images_per_s(setting, detector, batch_size, window)
+        pipeline = len(setting.paths) / seconds
+        out[f"batch_{batch_size}"] = {
+            "images_per_s": round(pipeline, 1), "bare_images_per_s": round(bare, 1),
+            "pipeline_over_bare": round(pipeline / bare, 3),
+            "batch_fill": round(len(setting.paths) / sum(calls) / batch_size, 3),
+            "gpu_memory_peak_gib": peak_memory_gib(setting)}
+    return out
+
+
+def bare_images_per_s(setting: Setting, detector: Detector, batch_size: int, window: int) -> float:
+    """The model alone on the same canvas batches, decoded beforehand."""
+    prepared = []
+    for start in range(0, len(setting.paths), window):
+        rows = fetch(rows_of(setting.paths[start:start + window]), setting.contract, 10**9)
+        for canvas, indices in model_batches(rows["canvas_height"].to_pylist(), rows["canvas_width"].to_pylist(),
+                                             rows["error"].to_pylist(), batch_size):
+            images, _ = detector.decode(rows, (canvas, indices))
+            sizes = [(rows["height"][i].as_py(), rows["width"][i].as_py()) for i in indices]
+            prepared.append(([images[i] for i in indices], canvas, sizes))
+    seconds = timed(setting, lambda: [detector.forward(*batch) for batch in prepared])
+    return len(setting.paths) / seconds
+
+
+def decode(setting: Setting) -> dict[str, Any]:
+    """Batched decode on the model's device against the CPU decoder, same files."""
+    items = [(open(p, "rb").read(), None) for p in setting.paths[:512]]
+    items = [(data, probe(data)) for data, _ in items]
+    cpu = torch.device("cpu")
+    decode_images(items[:8], setting.device)  # warm-up
+    on_device: list = []
+    on_cpu: list = []
+    device_s = timed(setting, lambda: on_device.extend(
+        image for k in range(0, len(items), 64) for image in decode_images(items[k:k + 64], setting.device)))
+    cpu_s = timed(setting, lambda: on_cpu.extend(decode_images(items, cpu)))
+    worst = max(int((a.cpu().int() - b.int()).abs().max()) for a, b in zip(on_device, on_cpu))
+    return {"decoder": "nvJPEG" if setting.device.type == "cuda" else "libjpeg-turbo (CPU)",
+            "images": len(items), "images_per_s": round(len(items) / device_s, 1),
+            "cpu_images_per_s": round(len(items) / cpu_s, 1), "largest_pixel_difference": worst}
+
+
+def training(setting: Setting) -> dict[str, Any]:
+    """One worker's training step at the paper's sizes."""
+    model = build_detr(setting.preset, num_classes=91).to(setting.device).train()
+    criterion = build_criterion(91, model.config.dec_layers, two_stage=model.config.two_stage).to(setting.device)
+    cfg = TrainConfig("", "", "", "", preset=setting.preset)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    out: dict[str, Any] = {"size": "x".join(map(str, setting.train_size))}
+    height, width = setting.train_size
+    for batch in setting.train_batches:
+        images = torch.randn(batch, 3, height, width, device=setting.device)
+        mask = torch.zeros(batch, height, width, dtype=torch.bool, device=setting.device)
+        targets = [{"labels": torch.randint(1, 91, (5,), device=setting.device),
+                    "boxes": torch.rand(5, 4, device=setting.device) * 0.4 + 0.3} for _ in range(batch)]
+        step = 0
+        losses = []
+
+        def steps(count: int) -> None:
+            nonlocal step
+            for _ in range(count):
+                loss, _ = train_step(model, criterion, optimizer, (images, mask, targets), cfg, step)
+                losses.append(loss.item())
+                step += 1
+
+        steps(2)  # warm-up
+        if setting.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        count = 3 if setting.small else 10
+        seconds = timed(setting, lambda: steps(count))
+        assert all(math.isfinite(v) for v in losses), f"loss not finite: {losses}"
+        out[f"batch_{batch}"] = {"images_per_s": round(batch * count / seconds, 2),
+                                 "gpu_memory_peak_gib": peak_memory_gib(setting), "loss": round(losses[-1], 3)}
+    return out
+
+
+def onnx(setting: Setting) -> dict[str, Any]:
+    """The exported graph on ONNX Runtime (CUDA provider on a GPU) against PyTorch, float32."""
+    provider = "CUDAExecutionProvider" if setting.device.type == "cuda" else "CPUExecutionProvider"
+    if provider not in import_onnxruntime().get_available_providers():
+        raise RuntimeError(f"this onnxruntime has no {provider}: install onnxruntime-gpu")
+    graph_path = os.path.join(setting.folder, "model.onnx")
+    export_checkpoint(setting.checkpoint, graph_path, log=lambda line: None)
+    graph = OnnxDetr(open(graph_path, "rb").read(), setting.device.type)
+    model = optimize_for_inference(setting.model).to(setting.device)
+    batch, canvas = canvases(setting, setting.batches[0])
+    with torch.inference_mode():
+        want = model(*batch)
+        got = graph(*batch)
+        worst = max(float((got[k].float() - want[k].float()).abs().max()) for k in ("pred_logits", "pred_boxes"))
+        repeats = 3 if setting.small else 10
+        torch_s = timed(setting, lambda: [model(*batch) for _ in range(repeats)])
+        ort_s = timed(setting, lambda: [graph(*batch) for _ in range(repeats)])
+    assert worst <= TOLERANCE, f"ONNX Runtime differs from PyTorch by {worst:.3g} (tolerance {TOLERANCE})"
+    images = repeats * batch[0].shape[0]
+    return {"provider": provider, "canvas": "x".join(map(str, canvas)), "max_abs_difference": worst,
+            "images_per_s": round(images / ort_s, 2), "torch_images_per_s": round(images / torch_s, 2)}
+
+
+def bf16(setting: Setting) -> dict[str, Any]:
+    """Every query's box (in canvas pixels) and score in bf16 autocast against float32; for a
+    two-stage model every encoder token's proposal (its queries are chosen among them by score,
+    so a query of one precision need not be the same token in the other)."""
+    model = optimize_for_inference(setting.model).to(setting.device)
+    (pixels, mask), canvas = canvases(setting, setting.batches[-1])
+    scale = torch.tensor([canvas[1], canvas[0], canvas[1], canvas[0]], device=setting.device)
+    compared = "encoder proposals" if model.config.two_stage else "queries"
+
+    def boxes_and_scores() -> tuple[torch.Tensor, torch.Tensor]:
+        out = model(pixels, mask)
+        out = out["enc_outputs"] if model.config.two_stage else out
+        return out["pred_boxes"].float() * scale, out["pred_logits"].float().softmax(-1)[..., :-1].max(-1).values
+
+    with torch.inference_mode():
+        exact_boxes, exact_scores = boxes_and_scores()
+        with torch.autocast(setting.device.type, dtype=torch.bfloat16):
+            fast_boxes, fast_scores = boxes_and_scores()
+    box = float((fast_boxes - exact_boxes).abs().max())
+    score = float((fast_scores - exact_scores).abs().max())
+    return {"canvas": "x".join(map(str, canvas)), "images": pixels.shape[0], "compared": compared,
+            "largest_box_change_px": round(box, 3), "largest_score_change": round(score, 5)}
+
+
+def canvases(setting: Setting, batch_size: int) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[int, int]]:
+    """A full batch of the commonest canvas: (pixels, mask) on the device, and the canvas."""
+    rows = fetch(rows_of(setting.paths[:8 * batch_size]), setting.contract, 10**9)
+    canvas, indices = max(model_batches(rows["canvas_height"].to_pylist(), rows["canvas_width"].to_pylist(),
+                                        rows["error"].to_pylist(), batch_size), key=lambda b: len(b[1]))
+    items = [(rows["data"][i].as_py(), probe(rows["data"][i].as_py())) for i in indices]
+    images = decode_images(items, setting.device)
+    mean = torch.tensor(setting.contract.image_mean, device=setting.device).view(3, 1, 1)
+    std = torch.tensor(setting.contract.image_std, device=setting.device).view(3, 1, 1)
+    return to_canvas(images, canvas, setting.contract, mean, std), canvas
+
+
+PARTS = {"detection": detection, "decode": decode, "training": training, "onnx": onnx, "bf16": bf16}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", action="store_true", help="detr-tiny on a few small images, on the CPU")
+    parser.add_argument("--images", type=int, help="photos for detection (default 2048, --small 16)")
+    parser.add_argument("--parts", nargs="*", choices=sorted(PARTS), default=list(PARTS))
+    args = parser.parse_args()
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as folder:
+        setting = Setting(args.small, args.images or (16 if args.small else 2048), folder)
+        result: dict[str, Any] = {
+            "gpu": torch.cuda.get_device_name() if setting.device.type == "cuda" else None,
+            "device": setting.device.type, "preset": setting.preset, "torch": torch.__version__}
+        for name in args.parts:
+            try:
+                result[name] = PARTS[name](setting)
+            except Exception as e:  # report it in the line, measure the rest
+                result[name] = {"error": f"{type(e).__name__}: {e}",
+                                "where": traceback.extract_tb(e.__traceback__)[-1].name}
+    result["seconds"] = round(time.time() - started, 1)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""One optimizer step of training, and the learning rates it takes: torch only (no Ray), so
+that a benchmark on a machine without Ray times exactly what a training worker runs."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .config import TrainConfig
+
+
+def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Two learning rates, as the paper: the backbone's and the rest's."""
+    backbone, rest = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (backbone if name.startswith("backbone.") else rest).append(parameter)
+    return [{"params": rest, "lr": cfg.lr}, {"params": backbone, "lr": cfg.lr_backbone}]
+
+
+def train_step(ddp_model: torch.nn.Module, criterion, optimizer: torch.optim.Optimizer,
+               batch: tuple[torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]], cfg: TrainConfig,
+               steps: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimizer step on a collated batch (gradients averaged over the data-parallel
+    workers by DistributedDataParallel); returns the total loss and its terms."""
+    images, mask, targets = batch
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
+        outputs = ddp_model(images, mask)
+    losses = criterion(outputs, targets)  # float32: heads and criterion (model/precision.py)
+    loss = criterion.total_loss(losses)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.clip_max_norm > 0:
+        torch.nn.utils.clip_grad_norm_(ddp_model.parameters(), cfg.clip_max_norm)
+    warm_up(optimizer, steps, cfg.warmup_steps)
+    optimizer.step()
+    return loss, losses
+
+
+def warm_up(optimizer: torch.optim.Optimizer, step: int, warmup_steps: int) -> None:
+    """Linear warm-up: step i (from 0) of the first warmup_steps runs at (i + 1) / warmup_steps
+    of each group's initial learning rate (StepLR's drops come later, per epoch)."""
+    if step < warmup_steps:
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * (step + 1) / warmup_steps
