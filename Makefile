@@ -28,7 +28,7 @@ bench-gpu:
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -e '.[dev,export]'
+	$(VENV)/bin/pip install -e '.[dev,export,mlflow]'
 	touch $(STAMP)
 
 token:

@@ -194,7 +194,7 @@ def training(setting: Setting) -> dict[str, Any]:
         def steps(count: int) -> None:
             nonlocal step
             for _ in range(count):
-                loss, _ = train_step(model, criterion, optimizer, (images, mask, targets), cfg, step)
+                loss, _, _ = train_step(model, criterion, optimizer, (images, mask, targets), cfg, step)
                 losses.append(loss.item())
                 step += 1
 

@@ -62,7 +62,8 @@ def main() -> None:
         storage=os.path.join(out, "runs"), name="demo", preset="detr-tiny", epochs=args.epochs,
         cpus_per_worker=1.0, augment_scale=0.2,  # and detr-tiny's recipe, as jobs/train.py gives it
     ))
-    print(f"trained {training['metrics']['epoch']} epochs; last checkpoint {training['checkpoint']}", flush=True)
+    print(f"trained {training['metrics']['epoch']} epochs; last checkpoint {training['checkpoint']}; curves in "
+          f"{training['curves']} (or: tensorboard --logdir {training['tensorboard']})", flush=True)
 
     checkpoint = SHIPPED if args.detect_with == "shipped" else training["checkpoint"]
     predictions = os.path.join(out, "predictions")
@@ -84,6 +85,7 @@ def main() -> None:
         "data": data["out"],
         "run": training["run"],
         "checkpoint": training["checkpoint"],
+        "curves": training["curves"],
         "metrics": {k: training["metrics"].get(k) for k in ("epoch", "loss", "AP", "AP50")},
         "detected_with": checkpoint,
         "predictions": predictions,

@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[DetectConfig, argparse.Na
                    help="rows a write task gathers before writing (a file holds one shard's rows)")
     p.add_argument("--read-attempts", type=int, default=d.read_attempts,
                    help="reads of a file, with backoff, before its row records `unreadable`")
+    p.add_argument("--actor-restarts", type=int, default=d.actor_restarts,
+                   help="restarts of a model actor that dies (a crash, out of memory, a lost node) before the run "
+                        f"stops with a line that says why (default {d.actor_restarts})")
     p.add_argument("--no-retry-errors", dest="retry_errors", action="store_false",
                    help="on a re-run, keep rows whose error is transient (unreadable, inference) instead of "
                         "running their shard again")
@@ -67,11 +70,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[DetectConfig, argparse.Na
         p.error("--actors takes MIN,MAX with 1 <= MIN <= MAX")
     if args.read_attempts < 1:
         p.error("--read-attempts must be at least 1")
+    if args.actor_restarts < 0:
+        p.error("--actor-restarts must be at least 0")
     config = DetectConfig(
         images=args.images, output=args.output, checkpoint=args.checkpoint, image_root=args.image_root,
         score_threshold=args.score_threshold, batch_size=args.batch_size, window=args.window,
         min_size=args.min_size, max_size=args.max_size, max_pixels=args.max_pixels,
-        read_attempts=args.read_attempts, device=args.device,
+        read_attempts=args.read_attempts, actor_restarts=args.actor_restarts, device=args.device,
         actors=actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
         shard_size=args.shard_size, rows_per_file=args.rows_per_file, retry_errors=args.retry_errors,
         resource_wait_s=args.resource_wait, overwrite=args.overwrite,

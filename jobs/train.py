@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the last checkpoints to keep (default {d.num_to_keep}; 0: all); the best by validation AP "
                         "is kept besides, in RUN/best/")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--mlflow", metavar="URI",
+                   help="also log to MLflow: a tracking server's URI or a local folder (needs the mlflow extra); "
+                        "TensorBoard's files and curves.png are written under the run folder either way")
     p.add_argument("--dry-run", action="store_true",
                    help="check the annotations, a sample of the image files, the model, storage and resources; "
                         "print a JSON summary and exit (0 when the run could start) without training")
@@ -103,7 +106,7 @@ def config_from(a: argparse.Namespace) -> TrainConfig:
         augment_scale=a.augment_scale, eval_every=a.eval_every, eval_backend=a.eval_backend,
         log_every=a.log_every, max_failures=a.max_failures,
         num_to_keep=a.keep or None, seed=a.seed, resource_wait_s=a.resource_wait, lr=a.lr, lr_backbone=a.lr_backbone,
-        warmup_steps=a.warmup_steps, encoder_matches=a.encoder_matches, batch_size=a.batch_size,
+        warmup_steps=a.warmup_steps, encoder_matches=a.encoder_matches, batch_size=a.batch_size, mlflow=a.mlflow,
     )
 
 

@@ -53,7 +53,8 @@ def training_headline(summary: dict) -> str:
     m = summary.get("metrics") or {}
     scores = f", val AP {m['AP']:.3f} AP50 {m['AP50']:.3f}" if "AP" in m else ""
     return (f"trained {m.get('epoch', 0)} epochs: loss {m.get('loss', float('nan')):.3f}{scores}; "
-            f"last checkpoint {summary.get('checkpoint')}")
+            f"last checkpoint {summary.get('checkpoint')}"
+            + (f"; curves in {summary['curves']}" if summary.get("curves") else ""))
 
 
 def detection_headline(summary: dict) -> str:

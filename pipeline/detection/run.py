@@ -61,6 +61,7 @@ class DetectConfig:
     max_size: int | None = None  # longer side cap; default the checkpoint's
     max_pixels: int = MAX_PIXELS  # larger images get an error row (decompression bombs)
     read_attempts: int = ATTEMPTS  # reads of a file (with backoff) before its row records `unreadable`
+    actor_restarts: int = ACTOR_RESTARTS  # of a model actor that dies, before the run stops and says why
     device: str = "auto"  # auto: GPUs when the cluster has them; cuda: wait for GPU nodes; cpu
     actors: tuple[int, int] | None = None  # (min, max) pool size; default from the cluster
     gpus_per_actor: float | None = None  # default: 1 on a GPU, else 0
@@ -280,7 +281,7 @@ def build_dataset(todo: list[int], config: DetectConfig, contract: InputContract
             .map_batches(DetectorActor, batch_size=config.images_per_window, batch_format="pyarrow",
                          compute=ActorPoolStrategy(min_size=low, max_size=high),
                          num_cpus=config.cpus_per_actor, num_gpus=gpus,
-                         max_restarts=ACTOR_RESTARTS,
+                         max_restarts=config.actor_restarts,
                          fn_constructor_kwargs={"weights": weights, "model_id": run["model"],
                                                 "score_threshold": config.score_threshold,
                                                 "batch_size": config.batch_size, "contract": contract.to_dict(),
@@ -305,7 +306,7 @@ def actor_failure(error: ray.exceptions.RayError, config: DetectConfig, contract
     else:  # a kill, the kernel's OOM killer or a crash look alike from here
         detail = text.split("Worker exit detail: ", 1)[-1].split(". ", 1)[0][:200]
         why = f"its process died ({detail}); if the host ran out of memory ({memory})"
-    return (f"a model actor died {ACTOR_RESTARTS + 1} times and is not restarted again: {why}. Shards written "
+    return (f"a model actor died {config.actor_restarts + 1} times and is not restarted again: {why}. Shards written "
             "so far are kept: the same command resumes")
 
 

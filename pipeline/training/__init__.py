@@ -8,6 +8,8 @@
     validation.py  validation: the detection path itself, scored as jobs/evaluate.py scores
     run.py         a run on the cluster: checks, TorchTrainer, the summary
     preflight.py   `jobs/train.py --dry-run`: a run's inputs checked before anything starts
+    watch.py       what rank 0 keeps for the people watching: progress files, TensorBoard's
+                   event files (events.py), curves.png (curves.py), MLflow (tracking.py)
 """
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from model import InputContract
 from ..evaluation import DEFAULT_BACKEND
 from ..paths import with_absolute_paths
 from .augment import AugmentConfig
+from .tracking import tracking_uri
 
 # The settings a preset's recipe decides, with the paper's values (made for a pretrained backbone).
 PAPER_RECIPE: dict[str, Any] = {"lr": 1e-4, "lr_backbone": 1e-5, "warmup_steps": 0, "encoder_matches": 1,
@@ -61,6 +62,7 @@ class TrainConfig:
     resource_wait_s: float | None = None  # for an autoscaler to add nodes; default 600 with GPUs, else 0
     max_failures: int = 0
     num_to_keep: int | None = 3  # the last checkpoints kept (None: all); the best is kept besides
+    mlflow: str | None = None  # MLflow tracking URI (a folder is a local store); None: no MLflow
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -82,7 +84,8 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """The config with its local paths absolute (pipeline/paths.py), as the workers, whose
         working directory is not the user's, must get them."""
-        return with_absolute_paths(self, {"annotations": "--annotations", "images": "--images",
+        config = dataclasses.replace(self, mlflow=tracking_uri(self.mlflow)) if self.mlflow else self
+        return with_absolute_paths(config, {"annotations": "--annotations", "images": "--images",
                                           "val_annotations": "--val-annotations", "val_images": "--val-images",
                                           "storage": "--storage", "init": "--init",
                                           "backbone_weights": "--backbone-weights"})

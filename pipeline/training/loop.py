@@ -5,11 +5,11 @@ Each epoch every worker streams its share of a fresh permutation of the training
 AdamW; every eval_every epochs (and the last) the workers validate (training/validation.py);
 rank 0 attaches a checkpoint with the losses and, from the epochs that validated, the COCO stats.
 A checkpoint holds what resuming needs (RunState); after a worker failure Ray restarts the group
-and training continues from the latest one.
+and training continues from the latest one. Rank 0 also keeps the run watchable (watch.py):
+progress files, TensorBoard's event files, curves.png and, when asked, MLflow.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
@@ -34,7 +34,9 @@ from ..progress import StepProgress
 from .config import TrainConfig
 from .step import param_groups, train_step
 from .stream import collate, epoch_order, sample_stream, shuffle_buffer, worker_share
+from .tracking import MlflowLog
 from .validation import validate
+from .watch import RunLog
 
 LOGGED_LOSSES = ("loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error")
 
@@ -47,8 +49,9 @@ class LoopInputs:
     train_images: int
     train_records: Any  # object ref of the training records, or None: a prepared dataset replaces them
     val_records: Any  # object ref of the validation records, or None: no validation
-    progress_folder: str  # RUN/progress: the progress lines of each epoch
+    run_folder: str  # RUN: its progress files, TensorBoard events and curves (watch.py)
     best_checkpoint: str  # RUN/best/checkpoint.pt: the checkpoint with the best validation AP so far
+    mlflow: MlflowLog | None = None  # the run's MLflow run, with --mlflow
 
 
 @dataclass
@@ -82,6 +85,7 @@ class Worker:
     scheduler: torch.optim.lr_scheduler.StepLR
     contract: InputContract
     state: RunState
+    log: RunLog | None  # rank 0's
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:
@@ -125,8 +129,10 @@ def start_worker(inputs: LoopInputs) -> Worker:
     data = ray.data.DataContext.get_current()
     data.execution_options.preserve_order = True  # the epoch's permutation is the order trained
     data.enable_progress_bars = data.print_on_execution_start = False  # a stream per epoch: no banners
-    return Worker(cfg, context.get_world_rank(), context.get_world_size(), device, model,
-                  ray.train.torch.prepare_model(model), criterion, optimizer, scheduler, model.contract, state)
+    rank = context.get_world_rank()
+    log = RunLog(inputs.run_folder, state.epoch, inputs.mlflow) if rank == 0 else None
+    return Worker(cfg, rank, context.get_world_size(), device, model, ray.train.torch.prepare_model(model),
+                  criterion, optimizer, scheduler, model.contract, state, log)
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> DETR:
@@ -169,8 +175,9 @@ def epoch_batches(cfg: TrainConfig, records: list[dict[str, Any]] | None, epoch:
 def train_epoch(worker: Worker, batches: Iterable[dict[str, Any]], epoch: int,
                 train_images: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One pass over the worker's batches; returns the epoch's mean losses and timings, and the
-    progress lines rank 0 printed (a line every log_every steps and at least once a minute)."""
-    cfg, world_size = worker.config, worker.world_size
+    progress lines rank 0 printed (a line every log_every steps and at least once a minute).
+    Rank 0 logs every step's loss terms, learning rates and gradient norm (watch.py)."""
+    cfg, world_size, log = worker.config, worker.world_size, worker.log
     steps_per_epoch = -(-(train_images // world_size) // cfg.batch_size)
     progress = StepProgress(epoch + 1, cfg.epochs, steps_per_epoch, cfg.log_every) if worker.rank == 0 else None
     sums: dict[str, float] = defaultdict(float)
@@ -178,20 +185,29 @@ def train_epoch(worker: Worker, batches: Iterable[dict[str, Any]], epoch: int,
     data_seconds = 0.0  # blocked waiting for the next batch: input-bound when large
     started = waited = time.perf_counter()
     cpu0 = time.thread_time()
+    if log:
+        log.start_epoch(epoch + 1)
     for batch in batches:
         data_seconds += time.perf_counter() - waited
         collated = collate(batch, worker.device, worker.contract.image_mean, worker.contract.image_std)
-        loss, losses = train_step(worker.ddp_model, worker.criterion, worker.optimizer, collated, cfg,
-                                  worker.state.steps)
+        scalars = step_scalars(*train_step(worker.ddp_model, worker.criterion, worker.optimizer, collated, cfg,
+                                           worker.state.steps))
         worker.state.steps += 1
         count += 1
         images_seen += len(collated[0])
-        sums["loss"] += loss.item()
-        for name in LOGGED_LOSSES:
-            sums[name] += losses[name].item()
+        for name in ("loss", *LOGGED_LOSSES):
+            sums[name] += scalars[name]
         line = progress and progress.line(count, sums["loss"] / count, images_seen * world_size)
         if line:
             print(line, flush=True)
+        if log:
+            groups = worker.optimizer.param_groups
+            scalars.update(lr=groups[0]["lr"], lr_backbone=groups[1]["lr"])
+            if line:
+                scalars["images_per_s"] = progress.records[-1]["images_per_s"]
+            log.step(worker.state.steps, scalars)
+            if line:
+                log.flush()
         waited = time.perf_counter()
     worker.scheduler.step()
     elapsed = time.perf_counter() - started
@@ -203,11 +219,21 @@ def train_epoch(worker: Worker, batches: Iterable[dict[str, Any]], epoch: int,
     return metrics, progress.records if progress is not None else []
 
 
+def step_scalars(loss: torch.Tensor, losses: dict[str, torch.Tensor], grad_norm: torch.Tensor) -> dict[str, float]:
+    """A step's loss, loss terms (final, auxiliary, encoder) and gradient norm, read from the
+    device at once (one synchronisation, not one per term)."""
+    names = sorted(losses)
+    values = torch.stack([loss.detach().float(), grad_norm.detach().float(),
+                          *(losses[name].detach().float() for name in names)]).tolist()
+    return {"loss": values[0], "grad_norm": values[1], **dict(zip(names, values[2:]))}
+
+
 def report(worker: Worker, metrics: dict[str, Any], steps: list[dict[str, Any]], inputs: LoopInputs) -> None:
     """Every worker reports the epoch's metrics (the COCO stats only in an epoch that validated);
-    rank 0 prints them, keeps the epoch's progress lines and then its metrics with the run
-    (RUN/progress/epoch_NNNN.jsonl), attaches the checkpoint and, when validation AP improved,
-    also writes it to RUN/best (outside Ray's retention, which keeps the last --keep)."""
+    rank 0 prints them, records the epoch for the people watching (watch.py), attaches the
+    checkpoint and, when validation AP improved, also writes it to RUN/best (outside Ray's
+    retention, which keeps the last --keep). The records come first: a worker lost before the
+    checkpoint trains the epoch again and rewrites them."""
     if worker.rank != 0:
         ray.train.report(metrics)
         return
@@ -218,12 +244,13 @@ def report(worker: Worker, metrics: dict[str, Any], steps: list[dict[str, Any]],
     shown = " ".join(f"{k} {metrics[k]:.4g}" for k in ("loss", "loss_ce", "loss_bbox", "loss_giou", "AP", "AP50",
                                                           "images_per_s", "data_seconds") if k in metrics)
     print(f"epoch {state.epoch}: {shown}" + ("" if "AP" in metrics else " (not validated this epoch)"), flush=True)
-    lines = "".join(json.dumps(r) + "\n" for r in [*steps, {"epoch_metrics": metrics}])
-    uris.write_bytes(uris.join(inputs.progress_folder, f"epoch_{state.epoch:04d}.jsonl"), lines.encode())
+    worker.log.end_epoch(metrics, steps)
     with tempfile.TemporaryDirectory() as folder:
         save_checkpoint(folder, worker.model, optimizer=worker.optimizer, epoch=state.epoch,
                         extra={**state.to_extra(), "metrics": metrics})
         if improved:
-            with open(os.path.join(folder, CHECKPOINT_FILE), "rb") as f:
+            file = os.path.join(folder, CHECKPOINT_FILE)
+            with open(file, "rb") as f:
                 uris.write_bytes(inputs.best_checkpoint, f.read())
+            worker.log.best(file)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))

@@ -19,6 +19,7 @@ from model import uri as uris
 
 from ..coco import CocoDataset, CocoFormatError, load_coco, missing_image_files
 from .config import TrainConfig
+from .events import FOLDER
 from .run import check_initialisation
 
 
@@ -121,7 +122,8 @@ def describe_storage(cfg: TrainConfig) -> dict[str, Any]:
     except OSError as e:
         return {"run": run, "error": str(e)}
     checkpoints = [i.base_name for i in infos if i.base_name.startswith("checkpoint_")]
-    return {"run": run, "resumes": bool(checkpoints), "checkpoints": len(checkpoints), "keep": cfg.num_to_keep}
+    return {"run": run, "resumes": bool(checkpoints), "checkpoints": len(checkpoints), "keep": cfg.num_to_keep,
+            "tensorboard": uris.join(run, FOLDER), "curves": uris.join(run, "curves.png"), "mlflow": cfg.mlflow}
 
 
 def describe_resources(cfg: TrainConfig) -> dict[str, Any]:

@@ -19,6 +19,8 @@ from model.checkpoint import CHECKPOINT_FILE
 from ..cluster import init_ray, wait_for
 from ..coco import CocoDataset, load_coco
 from .config import TrainConfig
+from .events import FOLDER
+from . import tracking
 from .loop import LoopInputs, train_loop
 from .stream import records_of
 
@@ -31,9 +33,13 @@ from .stream import records_of
 WORKER_RUNTIME_ENV = {"env_vars": {"RAY_worker_niceness": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
 
 
+def run_folder(cfg: TrainConfig) -> str:
+    return uris.join(cfg.storage, cfg.name)
+
+
 def best_uri(cfg: TrainConfig) -> str:
     """Where the checkpoint with the best validation AP so far is kept, beside Ray's."""
-    return uris.join(cfg.storage, cfg.name, "best", CHECKPOINT_FILE)
+    return uris.join(run_folder(cfg), "best", CHECKPOINT_FILE)
 
 
 def checkpoint_uri(checkpoint: ray.train.Checkpoint) -> str:
@@ -56,22 +62,26 @@ def run_config(cfg: TrainConfig) -> ray.train.RunConfig:
     )
 
 
-def loop_inputs(cfg: TrainConfig, train_set: CocoDataset, prepared: bool) -> LoopInputs:
+def loop_inputs(cfg: TrainConfig, train_set: CocoDataset, prepared: bool,
+                mlflow: tracking.MlflowLog | None) -> LoopInputs:
     """What every worker gets: the config, and the annotation records in the object store (the
     training ones unless a prepared dataset replaces them, and the validation ones)."""
     val_records = (ray.put(records_of(load_coco(cfg.val_annotations, cfg.val_images)))
                    if cfg.val_annotations else None)
     return LoopInputs(cfg, train_set.num_classes, len(train_set.images),
                       None if prepared else ray.put(records_of(train_set)), val_records,
-                      uris.join(cfg.storage, cfg.name, "progress"), best_uri(cfg))
+                      run_folder(cfg), best_uri(cfg), mlflow)
 
 
 def check_initialisation(cfg: TrainConfig) -> None:
     """The network the run would build is a valid one (checked here, not in the workers), and a
     paper preset learns from a pretrained backbone (its frozen BatchNorm keeps ImageNet's
-    statistics): refuse to start one from random weights unless asked to."""
+    statistics): refuse to start one from random weights unless asked to. With --mlflow, MLflow's
+    client is installed."""
     if not cfg.init:
         get_config(cfg.preset, **cfg.model_overrides)  # a ValueError naming what does not fit
+    if cfg.mlflow:
+        tracking.client(cfg.mlflow)  # installed, or a line that says how to install it
     if cfg.init and cfg.backbone_weights:
         raise ValueError("--init and --backbone-weights both set the backbone's weights: give one")
     if cfg.backbone_weights:
@@ -115,9 +125,11 @@ def fit(
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
     check_fit(cfg)
+    mlflow = (tracking.MlflowLog(cfg.mlflow, tracking.open_run(cfg.mlflow, run_folder(cfg), tracking.run_params(cfg)))
+              if cfg.mlflow else None)
     trainer = ray.train.torch.TorchTrainer(
         train_loop,
-        train_loop_config={"inputs": loop_inputs(cfg, train_set, bool(datasets))},
+        train_loop_config={"inputs": loop_inputs(cfg, train_set, bool(datasets), mlflow)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker},
             placement_strategy=cfg.placement,
@@ -126,7 +138,15 @@ def fit(
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]) if datasets else None,
     )
-    return trainer.fit(), train_set
+    try:
+        result = trainer.fit()
+    except BaseException:
+        if mlflow:
+            tracking.close_run(mlflow.uri, mlflow.run_id, failed=True)
+        raise
+    if mlflow:
+        tracking.close_run(mlflow.uri, mlflow.run_id, failed=result.error is not None)
+    return result, train_set
 
 
 def learning_rate_line(cfg: TrainConfig) -> str:
@@ -150,6 +170,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         "metrics": result.metrics,
         "num_classes": train_set.num_classes,
         "dropped_boxes": train_set.dropped_boxes,
+        "curves": uris.join(run_folder(cfg), "curves.png"),  # and TensorBoard's files (watch.py)
+        "tensorboard": uris.join(run_folder(cfg), FOLDER),
+        "mlflow": cfg.mlflow,
     }
     if cfg.val_annotations and uris.file_type(best_uri(cfg)) == pafs.FileType.File:
         summary["best_checkpoint"] = best_uri(cfg)

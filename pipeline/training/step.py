@@ -20,9 +20,10 @@ def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any
 
 def train_step(ddp_model: torch.nn.Module, criterion, optimizer: torch.optim.Optimizer,
                batch: tuple[torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]], cfg: TrainConfig,
-               steps: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               steps: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """One optimizer step on a collated batch (gradients averaged over the data-parallel
-    workers by DistributedDataParallel); returns the total loss and its terms."""
+    workers by DistributedDataParallel); returns the total loss, its terms and the gradients'
+    norm before clipping (tensors on the device: reading them is the caller's one sync)."""
     images, mask, targets = batch
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
         outputs = ddp_model(images, mask)
@@ -31,10 +32,12 @@ def train_step(ddp_model: torch.nn.Module, criterion, optimizer: torch.optim.Opt
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.clip_max_norm > 0:
-        torch.nn.utils.clip_grad_norm_(ddp_model.parameters(), cfg.clip_max_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(ddp_model.parameters(), cfg.clip_max_norm)
+    else:
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in ddp_model.parameters() if p.grad is not None])
     warm_up(optimizer, steps, cfg.warmup_steps)
     optimizer.step()
-    return loss, losses
+    return loss, losses, grad_norm
 
 
 def warm_up(optimizer: torch.optim.Optimizer, step: int, warmup_steps: int) -> None:

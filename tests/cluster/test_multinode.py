@@ -14,6 +14,7 @@ from model import build_detr, load_checkpoint, save_checkpoint
 from tests import REPO
 from tests.corpus import write_pictures
 from tests.local_cluster import job_env
+from tests.pipeline.training import tensorboard_scalars
 
 pytestmark = pytest.mark.own_ray
 
@@ -94,3 +95,6 @@ def test_training_survives_losing_a_node(training_runs):
     assert summary["metrics"]["epoch"] == 3
     assert summary["metrics"]["steps"] == 3 * 8  # resumed from epoch 1: no epoch counted twice
     assert summary["registered"] == [1, 2, 3]
+    # TensorBoard's files on the object store: every step once, though epoch 2 ran twice
+    assert ([s for s, _ in tensorboard_scalars(f"{training_runs['bucket']}/runs/node-removed")["train/loss"]]
+            == list(range(1, 25)))

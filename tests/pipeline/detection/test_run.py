@@ -246,16 +246,17 @@ def test_an_actor_that_keeps_dying_stops_the_run_with_one_line(ray_cluster, chec
     kept and the same command completes."""
     from ray.util.state import list_actors
 
-    from pipeline.detection.run import ACTOR_RESTARTS
     from tests.local_cluster import STATE_API
 
+    restarts = 1  # --actor-restarts (default 4): each death costs the test an actor's start
     write_pictures(tmp_path / "images", 200, seed=5)
     settings = dict(min_size=192, max_size=320, batch_size=2, window=4, shard_size=20)
     outcome: dict = {}
 
     def run() -> None:
         try:
-            outcome["summary"] = detect(str(tmp_path / "images"), str(tmp_path / "out"), checkpoint, **settings)
+            outcome["summary"] = detect(str(tmp_path / "images"), str(tmp_path / "out"), checkpoint,
+                                        actor_restarts=restarts, **settings)
         except Exception as e:  # noqa: BLE001 (what the job would print)
             outcome["error"] = e
 
@@ -263,7 +264,7 @@ def test_an_actor_that_keeps_dying_stops_the_run_with_one_line(ray_cluster, chec
     thread.start()
     killed: set[int] = set()
     deadline = time.time() + 300
-    while thread.is_alive() and len(killed) <= ACTOR_RESTARTS and time.time() < deadline:
+    while thread.is_alive() and len(killed) <= restarts and time.time() < deadline:
         actors = list_actors(address=os.environ[STATE_API], filters=[
             ("class_name", "=", "MapWorker(MapBatches(DetectorActor))"), ("state", "=", "ALIVE")])
         for pid in {a.pid for a in actors if a.pid} - killed:
@@ -272,10 +273,10 @@ def test_an_actor_that_keeps_dying_stops_the_run_with_one_line(ray_cluster, chec
             killed.add(pid)
         time.sleep(0.2)
     thread.join(timeout=300)
-    assert len(killed) == ACTOR_RESTARTS + 1, (killed, outcome)
+    assert len(killed) == restarts + 1, (killed, outcome)
     error = outcome.get("error")
     assert isinstance(error, RuntimeError), outcome
-    assert str(error).startswith(f"a model actor died {ACTOR_RESTARTS + 1} times and is not restarted again: ")
+    assert str(error).startswith(f"a model actor died {restarts + 1} times and is not restarted again: ")
     assert str(error).count("\n") == 0 and "the same command resumes" in str(error)
     assert "its process died (Worker unexpectedly exits" in str(error) and "lower --batch-size" in str(error)
     summary = detect(str(tmp_path / "images"), str(tmp_path / "out"), checkpoint, **settings)

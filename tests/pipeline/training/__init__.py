@@ -12,3 +12,23 @@ def small_run(shapes: dict, storage: Path, name: str, **overrides) -> TrainConfi
     )
     settings.update(overrides)
     return TrainConfig(**settings)
+
+
+def tensorboard_scalars(run_folder: str) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of a run's RUN/tensorboard as TensorBoard reads it: tag -> [(step, value)]
+    (the folder copied here first when it is on S3, which TensorBoard reads only through boto)."""
+    import tempfile
+
+    import pyarrow.fs as pafs
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from model import uri as uris
+
+    fs, path = uris.resolve(uris.join(run_folder, "tensorboard"))
+    with tempfile.TemporaryDirectory() as local:
+        for info in fs.get_file_info(pafs.FileSelector(path)):
+            with fs.open_input_file(info.path) as f:
+                Path(local, info.base_name).write_bytes(f.read())
+        events = EventAccumulator(local, size_guidance={"scalars": 0})  # 0: keep every point
+        events.Reload()
+        return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}

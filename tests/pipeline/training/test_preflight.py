@@ -20,7 +20,9 @@ def test_dry_run_reports_the_inputs_and_trains_nothing(tmp_path):
     assert ok["ok"] and ok["train"]["images"] == 12 and ok["val"]["images"] == 4 and ok["train"]["missing_files"] == 0
     assert ok["train"]["files_checked"] == 12 and ok["resources"]["at_least"] == {"CPU": 1.5}
     assert ok["model"]["preset"] == "detr-tiny" and ok["storage"] == {
-        "run": str(tmp_path / "runs" / "dry"), "resumes": False, "checkpoints": 0, "keep": 3}
+        "run": str(tmp_path / "runs" / "dry"), "resumes": False, "checkpoints": 0, "keep": 3,
+        "tensorboard": str(tmp_path / "runs" / "dry" / "tensorboard"),
+        "curves": str(tmp_path / "runs" / "dry" / "curves.png"), "mlflow": None}
 
     coco = json.loads(Path(shapes["train_annotations"]).read_text())
     image = coco["images"][0]

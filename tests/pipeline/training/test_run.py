@@ -24,7 +24,7 @@ from pipeline.training.stream import sample_stream
 from pipeline.training.run import run_config
 from tests import REPO
 from tests.local_cluster import STATE_API, job_env
-from tests.pipeline.training import small_run
+from tests.pipeline.training import small_run, tensorboard_scalars
 
 
 def _payload(uri: str) -> dict:
@@ -57,11 +57,12 @@ def _loadable_epochs(run: str) -> list[int]:
     return sorted(epochs)
 
 
-def test_two_workers_step_count_validation_and_retention(ray_cluster, tiny_shapes, tmp_path):
+def test_two_workers_step_count_validation_retention_and_what_a_watcher_sees(ray_cluster, tiny_shapes, tmp_path):
     batch = 3
     summary = run_training(small_run(
         tiny_shapes, tmp_path, "two", workers=2, batch_size=batch, epochs=2, num_to_keep=1, log_every=1,
         val_annotations=tiny_shapes["val_annotations"], val_images=tiny_shapes["val_images"],
+        mlflow=str(tmp_path / "mlflow"),
     ))
     per_worker = 16 // 2  # equal split of the 16 training images
     assert summary["metrics"]["steps"] == 2 * math.ceil(per_worker / batch)
@@ -84,6 +85,26 @@ def test_two_workers_step_count_validation_and_retention(ray_cluster, tiny_shape
     assert all(math.isfinite(summary["metrics"][k]) for k in ("loss", "loss_ce", "loss_bbox", "loss_giou"))
     model, config = load_checkpoint(summary["checkpoint"])
     assert config.num_classes == 12 and config.num_queries == 10  # synthetic ids go up to 11
+    # TensorBoard: every step once, each loss term (final and auxiliary), the learning rates,
+    # the gradient norm and images/s; each epoch's stats at its last step
+    scalars = tensorboard_scalars(summary["run"])
+    for tag in ("train/loss", "train/loss_ce", "train/loss_giou_0", "train/lr", "train/lr_backbone", "train/grad_norm"):
+        assert [step for step, _ in scalars[tag]] == [1, 2, 3, 4, 5, 6], tag
+    assert all(math.isfinite(v) and v > 0 for _, v in scalars["train/grad_norm"])
+    assert [s for s, _ in scalars["train/images_per_s"]] == [1, 2, 3, 4, 5, 6]  # a progress line per step
+    assert scalars["val/AP"] == [(3, pytest.approx(ap[0])), (6, pytest.approx(ap[1]))]
+    assert scalars["epoch/loss"] == [(3, pytest.approx(epochs[0][-1]["epoch_metrics"]["loss"])),
+                                     (6, pytest.approx(summary["metrics"]["loss"]))]
+    assert (tmp_path / "two" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # MLflow: one finished run with the settings, the same scalars and the best checkpoint
+    from mlflow.tracking import MlflowClient
+
+    mlflow = MlflowClient(f"sqlite:///{tmp_path}/mlflow/mlflow.db")
+    [run] = mlflow.search_runs([mlflow.get_experiment_by_name("detr-ray").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["workers"] == "2"
+    assert [m.step for m in mlflow.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3, 4, 5, 6]
+    assert [m.value for m in mlflow.get_metric_history(run.info.run_id, "val/AP")] == pytest.approx(ap)
+    assert [a.path for a in mlflow.list_artifacts(run.info.run_id, "best")] == ["best/checkpoint.pt"]
 
 
 def test_fit_trains_on_the_datasets_it_is_given(ray_cluster, tiny_shapes, tmp_path):
@@ -124,6 +145,7 @@ def test_resume_continues_at_the_next_epoch(ray_cluster, tiny_shapes, tmp_path):
     assert second["metrics"]["steps"] == 2 * steps_per_epoch  # epoch 1 was not trained again
     assert _payload(second["checkpoint"])["epoch"] == 2
     assert len(_checkpoints(second["run"])) == 2
+    assert [s for s, _ in tensorboard_scalars(second["run"])["train/loss"]] == list(range(1, 2 * steps_per_epoch + 1))
 
 
 def _train_worker_pids() -> list[int]:
@@ -162,6 +184,8 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, tiny_shapes, tm
     # a kill between epoch 2's file landing and its registration leaves that file behind, and
     # epoch 2 is rightly trained again: only epochs after the registered checkpoint may repeat
     assert stored.count(1) == 1 and set(stored) == {1, 2}
+    # TensorBoard holds every step once: epoch 2's file was rewritten by the retry
+    assert [s for s, _ in tensorboard_scalars(summary["run"])["train/loss"]] == list(range(1, 33))
 
 
 def test_fine_tune_run(ray_cluster, small_fixture, tmp_path, tiny_shapes):
