@@ -274,12 +274,12 @@ PARTS = {"detection": detection, "decode": decode, "training": training, "onnx":
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="detr-tiny on a few small images, on the CPU")
-    parser.add_argument("--images", type=int, help="photos for detection (default 2048, --small 16)")
+    parser.add_argument("--images", type=int, help="photos for detection (default 2048, --small 8)")
     parser.add_argument("--parts", nargs="*", choices=sorted(PARTS), default=list(PARTS))
     args = parser.parse_args()
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as folder:
-        setting = Setting(args.small, args.images or (16 if args.small else 2048), folder)
+        setting = Setting(args.small, args.images or (8 if args.small else 2048), folder)
         result: dict[str, Any] = {
             "gpu": torch.cuda.get_device_name() if setting.device.type == "cuda" else None,
             "device": setting.device.type, "preset": setting.preset, "torch": torch.__version__}

@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="run name; the same name resumes that run")
     p.add_argument("--preset", default=d.preset, help=f"model preset (default {d.preset})")
     p.add_argument("--init", help="checkpoint to fine-tune from: ours, a reference .pth, or a Hugging Face folder")
+    p.add_argument("--masks", action="store_true",
+                   help="train the mask head too (segmentation), from the annotations' polygons or RLE")
+    p.add_argument("--freeze-detr", action="store_true",
+                   help="with --masks and a box model as --init: train the mask head alone (the paper's recipe)")
     p.add_argument("--backbone-weights", metavar="FILE",
                    help="a torchvision ResNet state_dict (ImageNet), path or s3://, loaded before training")
     p.add_argument("--from-scratch", action="store_true",
@@ -98,6 +102,7 @@ def config_from(a: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         annotations=a.annotations, images=a.images, val_annotations=a.val_annotations, val_images=a.val_images,
         storage=a.storage, name=a.name, preset=a.preset, init=a.init, backbone_weights=a.backbone_weights,
+        masks=a.masks, freeze_detr=a.freeze_detr,
         from_scratch=a.from_scratch,
         model_overrides={"backbone_norm": a.backbone_norm} if a.backbone_norm else {},
         epochs=a.epochs, workers=a.workers, use_gpu=a.gpu,

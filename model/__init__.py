@@ -27,6 +27,9 @@ _MODULE_OF = {
     "optimize_for_inference": "inference",
     "HungarianMatcher": "matcher",
     "PostProcess": "postprocess",
+    "PostProcessPanoptic": "mask_postprocess",
+    "PostProcessSegm": "mask_postprocess",
+    "DETRsegm": "segmentation",
 }
 __all__ = sorted(_MODULE_OF)
 

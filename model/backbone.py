@@ -89,23 +89,38 @@ class Backbone(nn.Module):
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images [B,3,H,W], mask [B,H,W] (True = padding) -> features [B,C,h,w], mask [B,h,w]."""
+        stages, mask = self.stages(images, mask, keep_earlier=False)
+        return stages[-1], mask
+
+    def stages(self, images: torch.Tensor, mask: torch.Tensor,
+               keep_earlier: bool = True) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The stages' features (layer1 first; the last alone unless keep_earlier: a ResNet's
+        layer1 at 800x1333 holds 0.5 GB per 8 images) and the last one's mask."""
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         if self.masked:
-            return self._masked(images, mask)
-        features = self.body(images)["0"]
+            return self._masked(images, mask, keep_earlier)
+        features, stages = images, []
+        for name, module in self.body.named_children():
+            features = module(features)
+            if keep_earlier and name.startswith("layer"):
+                stages.append(features)
+        stages = stages if keep_earlier else [features]
         mask = F.interpolate(mask[None].float(), size=features.shape[-2:]).to(torch.bool)[0]
-        return features, mask
+        return stages, mask
 
-    def _masked(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _masked(self, images: torch.Tensor, mask: torch.Tensor,
+                keep_earlier: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
         """small_cnn block by block, features zeroed on padding after each. A 3x3 convolution
         of stride s (padding 1) centres output j on input s*j, so the mask of its output is the
         input mask taken every s-th pixel (a 1x1 pooling of stride s, whose output size has the
         convolution's own formula): output j is valid exactly when the image alone has it."""
-        features, padding = images, mask[:, None].float()
+        features, padding, stages = images, mask[:, None].float(), []
         for stage in self.body.values():
             for block in stage:
                 features = block(features)
                 padding = F.max_pool2d(padding, kernel_size=1, stride=block[0].stride)
                 features = features * (1 - padding).to(features.dtype)
-        return features, padding[:, 0].to(torch.bool)
+            if keep_earlier:
+                stages.append(features)
+        return stages if keep_earlier else [features], padding[:, 0].to(torch.bool)

@@ -22,7 +22,7 @@ from torch import nn
 from . import uri as uris
 from .config import DetrConfig
 from .contract import InputContract
-from .detr import DETR
+from .detr import DETR, build_detr
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _BOTTLENECK_DEPTHS = {6: "resnet50", 23: "resnet101"}  # blocks in layer3
 _BASIC_DEPTHS = {2: "resnet18", 6: "resnet34"}
 CLASS_HEADS = ("class_embed.", "query_selection.class_embed.")  # re-initialised for other label sets
+SEGM_CLASS_HEADS = tuple(f"detr.{h}" for h in CLASS_HEADS)  # the same in a model with the mask head
+MASK_HEAD = ("bbox_attention.", "mask_head.")
 
 
 class CheckpointError(ValueError):
@@ -85,7 +87,8 @@ def load_checkpoint(
     device: str | torch.device = "cpu",
     **config_overrides: Any,
 ) -> tuple[DETR, DetrConfig]:
-    """Build a DETR from a checkpoint and return it (eval mode) with its config; the model's
+    """Build a DETR (a DETRsegm for a checkpoint with the mask head) from a checkpoint and
+    return it (eval mode) with its config; the model's
     `contract` is the input contract the checkpoint records (None when it records none).
 
     source: a local path or URI of our checkpoint (file or directory), a reference release
@@ -93,22 +96,29 @@ def load_checkpoint(
     + model.safetensors or pytorch_model.bin).
     num_classes: fine-tune to another label set; the class head is then re-initialised.
     dilation: DC5 for reference files (their shapes cannot tell; default: "dc5" in the name).
-    config_overrides: other DetrConfig fields (e.g. nheads, dropout, aux_loss).
+    config_overrides: other DetrConfig fields (e.g. nheads, dropout, aux_loss; masks=True on a box
+    checkpoint adds a new mask head to it).
     """
     config, state_dict, contract = read_checkpoint(source, dilation=dilation)
     if config_overrides:
         config = config.replace(**config_overrides)
+    new_mask_head = config.masks and not any(k.startswith("detr.") for k in state_dict)
+    if new_mask_head:  # a box model given the mask head (masks=True): its weights under detr.
+        log.warning("%s is a box model: a new mask head is added to it", source)
+        state_dict = {f"detr.{k}": v for k, v in state_dict.items()}
     drop_head = num_classes is not None and num_classes != config.num_classes
+    heads = SEGM_CLASS_HEADS if config.masks else CLASS_HEADS
     if drop_head:
         log.warning(
             "%s has %d classes, building %d: the class head is re-initialised",
             source, config.num_classes, num_classes,
         )
         config = config.replace(num_classes=num_classes)
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(CLASS_HEADS)}
-    model = DETR(config)
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(heads)}
+    model = build_detr(config)
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict and not (drop_head and k.startswith(CLASS_HEADS))]
+    missing = [k for k in expected if k not in state_dict and not (drop_head and k.startswith(heads))
+               and not (new_mask_head and k.startswith(MASK_HEAD))]
     unexpected = [k for k in state_dict if k not in expected]
     mismatched = [
         f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}"
@@ -143,7 +153,7 @@ def read_checkpoint(
         return DetrConfig.from_dict(payload["config"]), payload["model"], contract
     if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
         return _reference_config(payload["model"], payload.get("args"), source, dilation), payload["model"], None
-    if isinstance(payload, dict) and any(k.startswith("backbone.0.body.") for k in payload):
+    if isinstance(payload, dict) and any(k.startswith(("backbone.0.body.", "detr.backbone.0.body.")) for k in payload):
         return _reference_config(payload, None, source, dilation), payload, None
     raise CheckpointError(f"{source} is not a DETR checkpoint (top-level keys: {_keys(payload)})")
 
@@ -192,7 +202,11 @@ def _read_directory(
 def _reference_config(
     state_dict: dict[str, torch.Tensor], args: Any, source: str, dilation: bool | None
 ) -> DetrConfig:
-    """Infer the construction arguments from a reference state_dict's key names and shapes."""
+    """Infer the construction arguments from a reference state_dict's key names and shapes
+    (a panoptic release's keys are its DETRsegm's: the DETR's under `detr.`)."""
+    masks = any(k.startswith("mask_head.") for k in state_dict)
+    if masks:
+        state_dict = {k[len("detr."):]: v for k, v in state_dict.items() if k.startswith("detr.")}
     try:
         layer3 = {int(m.group(1)) for k in state_dict if (m := re.match(r"backbone\.0\.body\.layer3\.(\d+)\.", k))}
         bottleneck = "backbone.0.body.layer1.0.conv3.weight" in state_dict
@@ -217,6 +231,7 @@ def _reference_config(
             num_queries=state_dict["query_embed.weight"].shape[0],
             num_classes=state_dict["class_embed.weight"].shape[0] - 1,
             aux_loss=getattr(args, "aux_loss", True),
+            masks=masks,
         )
     except KeyError as e:
         raise CheckpointError(f"{source} lacks the reference DETR key {e}") from e

@@ -45,6 +45,9 @@ class DetrConfig:
     num_queries: int = 100
     num_classes: int = 91  # max category id + 1; the head has num_classes + 1 logits
     aux_loss: bool = True
+    # The paper's mask head (model/segmentation.py): the model is then DETRsegm, its DETR under
+    # `detr.`, and also predicts a mask per query.
+    masks: bool = False
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:

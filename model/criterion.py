@@ -1,4 +1,5 @@
-"""DETR's set-prediction loss: Hungarian matching, then class, L1 and GIoU losses."""
+"""DETR's set-prediction loss: Hungarian matching, then class, L1 and GIoU losses (and, with a
+mask head, the mask losses of the final layer: model/mask_loss.py)."""
 from __future__ import annotations
 
 import torch
@@ -7,21 +8,26 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou
 
+from .mask_loss import mask_losses
 from .matcher import HungarianMatcher
 from .precision import upcast
 
 
 def default_weight_dict(
-    num_decoder_layers: int, ce: float = 1.0, bbox: float = 5.0, giou: float = 2.0, encoder: bool = False
+    num_decoder_layers: int, ce: float = 1.0, bbox: float = 5.0, giou: float = 2.0, encoder: bool = False,
+    masks: bool = False,
 ) -> dict[str, float]:
     """Loss weights for the final layer, every auxiliary decoder layer (suffix _i) and,
-    for two-stage models, the encoder's proposals (suffix _enc)."""
+    for two-stage models, the encoder's proposals (suffix _enc); with masks, the final layer's
+    mask losses (focal 1, DICE 1: the reference's; it computes them for no other layer)."""
     weights = {"loss_ce": ce, "loss_bbox": bbox, "loss_giou": giou}
     final = list(weights.items())
     for i in range(num_decoder_layers - 1):
         weights.update({f"{k}_{i}": v for k, v in final})
     if encoder:
         weights.update({f"{k}_enc": v for k, v in final})
+    if masks:
+        weights.update({"loss_mask": 1.0, "loss_dice": 1.0})
     return weights
 
 
@@ -111,6 +117,8 @@ class SetCriterion(nn.Module):
         )
         losses["loss_giou"] = (1 - giou).sum() / num_boxes
         losses["cardinality_error"] = self._cardinality_error(logits, targets)
+        if log and "pred_masks" in outputs:  # the final layer's only, as the reference
+            losses.update(mask_losses(outputs["pred_masks"], targets, indices, num_boxes))
         return losses
 
     @staticmethod
@@ -144,11 +152,12 @@ def build_criterion(
     aux_loss: bool = True,
     two_stage: bool = False,
     encoder_matches: int = 1,
+    masks: bool = False,
 ) -> SetCriterion:
     """The paper's loss: matcher costs class 1 / L1 5 / GIoU 2 and, set apart as the reference
     does, loss weights CE 1 / L1 5 / GIoU 2; no-object weight 0.1; two_stage adds the same
-    loss on the encoder's proposals."""
+    loss on the encoder's proposals; masks adds the mask head's losses."""
     weight_dict = default_weight_dict(num_decoder_layers if aux_loss else 1, ce_weight, bbox_weight, giou_weight,
-                                      encoder=two_stage)
+                                      encoder=two_stage, masks=masks)
     return SetCriterion(num_classes, HungarianMatcher(cost_class, cost_bbox, cost_giou), weight_dict, eos_coef,
                         encoder_matches)

@@ -67,18 +67,28 @@ class DETR(nn.Module):
     ) -> dict:
         """images: a list of normalised 3xHxW tensors, one 3xHxW image, or a padded
         [B,3,H,W] batch with its mask [B,H,W] (True = padding; all False if omitted)."""
+        return self.forward_with_features(images, mask, keep_stages=False)[0]
+
+    def forward_with_features(self, images: torch.Tensor | Sequence[torch.Tensor], mask: torch.Tensor | None = None,
+                              keep_stages: bool = True) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                 torch.Tensor, list[torch.Tensor]]:
+        """forward's outputs, and what a mask head reads (model/segmentation.py): the decoder's
+        outputs hs [L,B,Q,C], the encoder's memory [B,C,h,w], the projected features src
+        [B,C,h,w], their mask [B,h,w], and the backbone stages' features (all with
+        keep_stages, else the last)."""
         images, mask = self._as_batch(images, mask)
-        features, mask = self.backbone[0](images, mask)
-        pos = self.backbone[1](mask).to(features.dtype)
-        src = self.input_proj(features)
+        stages, mask = self.backbone[0].stages(images, mask, keep_earlier=keep_stages)
+        pos = self.backbone[1](mask).to(stages[-1].dtype)
+        src = self.input_proj(stages[-1])
         if self.config.two_stage:
             memory, pos, key_mask = self.transformer.encode(src, mask, pos)
             proposals, content, query_pos, reference = self.query_selection(memory, mask)
             hs = self.transformer.decoder(content, memory, pos, query_pos, key_mask)
+            memory = memory.transpose(1, 2).reshape(src.shape)
             with float32(hs.device):
                 boxes = (self.bbox_embed(upcast(hs)) + inverse_sigmoid(upcast(reference))).sigmoid()
         else:
-            hs, _ = self.transformer(src, mask, self.query_embed.weight, pos)
+            hs, memory = self.transformer(src, mask, self.query_embed.weight, pos)
             with float32(hs.device):
                 boxes = self.bbox_embed(upcast(hs)).sigmoid()
         with float32(hs.device):
@@ -90,7 +100,7 @@ class DETR(nn.Module):
             ]
         if self.config.two_stage:
             out["enc_outputs"] = proposals
-        return out
+        return out, hs, memory, src, mask, stages
 
     @staticmethod
     def _as_batch(images, mask) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,10 +121,16 @@ class DETR(nn.Module):
         return images, mask
 
 
-def build_detr(preset: str | DetrConfig = "detr-r50", backbone_weights: str | None = None, **overrides) -> DETR:
-    """A randomly initialised DETR from a preset name or a DetrConfig, fields overridden.
+def build_detr(preset: str | DetrConfig = "detr-r50", backbone_weights: str | None = None, **overrides) -> nn.Module:
+    """A randomly initialised DETR from a preset name or a DetrConfig, fields overridden: a
+    DETRsegm around it when the config has the mask head (masks=True).
 
     backbone_weights: optional path of a torchvision ResNet state_dict (e.g. ImageNet
     weights) loaded into the backbone before training.
     """
-    return DETR(get_config(preset, **overrides), backbone_weights)
+    config = get_config(preset, **overrides)
+    if config.masks:
+        from .segmentation import DETRsegm  # it builds on this module
+
+        return DETRsegm(DETR(config, backbone_weights))
+    return DETR(config, backbone_weights)

@@ -31,6 +31,7 @@ from .checkpoint import read_checkpoint, weights_id
 from .contract import resolve_contract
 from .detr import DETR
 from .onnx_model import INPUTS, INSTALL_HINT, OUTPUTS, OnnxDetr
+from .segmentation import boxes_only
 
 SUFFIXES = (".onnx", ".pt2")
 TOLERANCE = 1e-4  # absolute, on both outputs (CPU, float32)
@@ -169,9 +170,12 @@ def export_checkpoint(checkpoint: str, output: str, *, opset: int = DEFAULT_OPSE
     contract, said = resolve_contract(recorded, uris.strip_credentials(checkpoint), min_size, max_size)
     for line in said:
         log(line)
+    weights = weights_id(state_dict)  # the checkpoint's, mask head included
+    if config.masks:
+        log("this checkpoint has a mask head: the graph predicts its boxes (pred_masks is not exported yet)")
+        config, state_dict = boxes_only(config, state_dict)
     model = DETR(config)
     model.load_state_dict(state_dict)
-    weights = weights_id(state_dict)
     metadata = {
         "weights": weights,
         "checkpoint": uris.strip_credentials(checkpoint),

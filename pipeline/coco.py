@@ -3,16 +3,22 @@
 A malformed file fails fast with a CocoFormatError that names the offending record.
 Boxes whose width or height is not positive once clipped to the image are dropped and
 counted, as the reference implementation does; crowd boxes are left out of training.
+An object's `segmentation` (polygons or RLE) is checked too: one that cannot be a mask of its
+image (a polygon of fewer than 3 points, RLE of another size, points outside the image) is
+counted and named, never fatal; mask training leaves that object out (CocoDataset.records).
 """
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow.fs as pafs
 
 from model import uri as uris
+
+from .masks import check_segmentation
 
 REQUIRED = {
     "images": ("id", "file_name", "width", "height"),
@@ -35,6 +41,11 @@ class CocoDataset:
     boxes: dict[int, list[tuple[list[float], int]]] = field(default_factory=dict)  # image id -> [(xyxy, category)]
     crowd_boxes: int = 0  # ignored for training
     dropped_boxes: int = 0  # degenerate after clipping
+    # image id -> each kept box's segmentation (None: absent or unusable), in the order of `boxes`
+    segmentations: dict[int, list[Any]] = field(default_factory=dict)
+    mask_problems: Counter = field(default_factory=Counter)  # unusable segmentations by reason
+    mask_problem_records: list[str] = field(default_factory=list)  # the first few, named
+    unsegmented: int = 0  # kept boxes without a segmentation
 
     @property
     def num_classes(self) -> int:
@@ -44,19 +55,30 @@ class CocoDataset:
     def image_uri(self, image: dict[str, Any]) -> str:
         return uris.join(self.image_root, image["file_name"])
 
-    def records(self) -> list[dict[str, Any]]:
-        """One training record per image: uri, image id, original size, xyxy boxes, labels."""
-        return [
-            {
+    def records(self, masks: bool = False) -> list[dict[str, Any]]:
+        """One training record per image: uri, image id, original size, xyxy boxes, labels; with
+        masks, each object's segmentation as JSON text (objects without a usable one left out)."""
+        records = []
+        for image in self.images:
+            objects = list(zip(self.boxes.get(image["id"], []), self.segmentations.get(image["id"], [])))
+            if masks:
+                objects = [o for o in objects if o[1] is not None]
+            record = {
                 "path": self.image_uri(image),
                 "image_id": image["id"],
                 "width": image["width"],
                 "height": image["height"],
-                "boxes": [box for box, _ in self.boxes.get(image["id"], [])],
-                "labels": [label for _, label in self.boxes.get(image["id"], [])],
+                "boxes": [box for (box, _), _ in objects],
+                "labels": [label for (_, label), _ in objects],
             }
-            for image in self.images
-        ]
+            if masks:
+                record["segmentations"] = [json.dumps(segmentation) for _, segmentation in objects]
+            records.append(record)
+        return records
+
+    @property
+    def usable_masks(self) -> int:
+        return sum(s is not None for segmentations in self.segmentations.values() for s in segmentations)
 
 
 def _describe(section: str, index: int, record: Any) -> str:
@@ -117,7 +139,26 @@ def parse_coco(coco: Any, source: str, image_root: str) -> CocoDataset:
             dataset.dropped_boxes += 1
             continue
         dataset.boxes.setdefault(ann["image_id"], []).append(([x0, y0, x1, y1], ann["category_id"]))
+        dataset.segmentations.setdefault(ann["image_id"], []).append(_segmentation(dataset, ann, where, width, height))
     return dataset
+
+
+MASK_PROBLEMS_NAMED = 10
+
+
+def _segmentation(dataset: CocoDataset, ann: dict[str, Any], where: str, width: int, height: int) -> Any:
+    """The annotation's segmentation when usable as its mask, else None (counted, and named)."""
+    if "segmentation" not in ann:
+        dataset.unsegmented += 1
+        return None
+    problem = check_segmentation(ann["segmentation"], width, height)
+    if problem is None:
+        return ann["segmentation"]
+    kind, reason = problem
+    dataset.mask_problems[kind] += 1
+    if len(dataset.mask_problem_records) < MASK_PROBLEMS_NAMED:
+        dataset.mask_problem_records.append(f"{where}: {reason}")
+    return None
 
 
 def missing_image_files(dataset: CocoDataset) -> list[str]:

@@ -4,6 +4,10 @@ Filled shapes of several classes on cluttered backgrounds (gradient, noise, dist
 strokes), JPEG files plus COCO annotation JSON. Category ids are deliberately
 non-contiguous so id-mapping bugs show. Deterministic for a seed: each image has its own
 random stream derived from (seed, split, index).
+
+Each object's `segmentation` is exact: the generator drew it. It is the shape's visible part
+(a later shape painted over an earlier one takes those pixels), as compressed RLE, and `area`
+is its pixel count; `bbox` is the whole shape's extent.
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from model import uri as uris
+
+from .masks import encode
 
 # name -> category id (non-contiguous on purpose)
 CATEGORIES = {"circle": 2, "square": 5, "triangle": 9, "cross": 11}
@@ -82,12 +88,13 @@ def _iou(a: list[float], b: list[float]) -> float:
 
 
 def make_image(seed: int, split: str, index: int, config: SyntheticConfig) -> tuple[bytes, int, int, list[dict]]:
-    """One JPEG and its objects: (jpeg bytes, width, height, [{category_id, bbox, area}])."""
+    """One JPEG and its objects: (jpeg bytes, width, height, [{category_id, bbox, segmentation, area}])."""
     rng = np.random.default_rng([seed, SPLIT_SALT[split], index])
     width, height = (int(v) for v in rng.integers(config.min_side, config.max_side + 1, 2))
     image = _background(rng, height, width)
     draw = ImageDraw.Draw(image)
     objects: list[dict] = []
+    masks: list[np.ndarray] = []
     names = list(CATEGORIES)
     for _ in range(int(rng.integers(0, config.max_objects + 1))):
         for _attempt in range(20):
@@ -105,8 +112,14 @@ def make_image(seed: int, split: str, index: int, config: SyntheticConfig) -> tu
             continue
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
         _draw_shape(draw, kind, cx, cy, size, angle, colour)
-        area = float(np.count_nonzero(np.asarray(mask)))
-        objects.append({"category_id": CATEGORIES[kind], "bbox": bbox, "area": area})
+        masks.append(np.asarray(mask) > 0)
+        objects.append({"category_id": CATEGORIES[kind], "bbox": bbox})
+    covered = np.zeros((height, width), bool)
+    for obj, mask in reversed(list(zip(objects, masks))):  # the last drawn is on top
+        visible = mask & ~covered
+        covered |= mask
+        obj["segmentation"] = {"size": [height, width], "counts": encode(visible[None])[0]}
+        obj["area"] = float(np.count_nonzero(visible))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=config.jpeg_quality)
     return buffer.getvalue(), width, height, objects

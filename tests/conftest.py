@@ -194,3 +194,14 @@ def demo_val(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("demo-val")
     return make_synthetic(str(out), train=0, val=12, seed=0,
                           config=SyntheticConfig(min_side=96, max_side=192, max_objects=4))
+
+
+@pytest.fixture(scope="session")
+def segm_fixture(reference_dir: Path) -> dict:
+    """The reference DETRsegm's fixture (../shared/reference/README.md), its backbone's
+    convolution weights dequantized into the state_dict."""
+    fixture = torch.load(reference_dir / "detr_segm_fixture.pt", weights_only=True)
+    state = dict(fixture["state_dict"])
+    for name, q in fixture["quantized_backbone"].items():
+        state[name] = q["int8"].float() * 2.0 ** -q["exponent"]
+    return {**fixture, "state_dict": state}

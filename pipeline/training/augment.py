@@ -78,9 +78,11 @@ def train_transform(config: AugmentConfig) -> v2.Transform:
     ])
 
 
-def transform_sample(image: torch.Tensor, boxes_xyxy: np.ndarray, labels: np.ndarray,
-                     transform: v2.Transform) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """Apply a box-aware transform; return image and normalised cxcywh boxes with labels."""
+def transform_sample(image: torch.Tensor, boxes_xyxy: np.ndarray, labels: np.ndarray, transform: v2.Transform,
+                     masks: np.ndarray | None = None) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Apply a box-aware transform; return image, normalised cxcywh boxes, labels and, when
+    given ([n,H,W], one per box), the masks moved with them (flipped, resized nearest, cropped;
+    dropped with the boxes a crop empties)."""
     height, width = image.shape[-2:]
     sample = {
         "image": tv_tensors.Image(image),
@@ -88,8 +90,11 @@ def transform_sample(image: torch.Tensor, boxes_xyxy: np.ndarray, labels: np.nda
                                           format="XYXY", canvas_size=(height, width)),
         "labels": torch.tensor(labels, dtype=torch.int64),
     }
+    if masks is not None:
+        sample["masks"] = tv_tensors.Mask(torch.from_numpy(masks))
     out = transform(sample)
     new_h, new_w = out["image"].shape[-2:]
     boxes = box_convert(out["boxes"].as_subclass(torch.Tensor), "xyxy", "cxcywh")
     boxes = boxes / torch.tensor([new_w, new_h, new_w, new_h], dtype=torch.float32)
-    return out["image"].as_subclass(torch.Tensor), boxes.numpy(), out["labels"].numpy()
+    moved = out["masks"].as_subclass(torch.Tensor).numpy() if masks is not None else None
+    return out["image"].as_subclass(torch.Tensor), boxes.numpy(), out["labels"].numpy(), moved

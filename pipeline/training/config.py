@@ -37,6 +37,8 @@ class TrainConfig:
     preset: str = "detr-tiny"
     model_overrides: dict[str, Any] = field(default_factory=dict)  # DetrConfig fields
     init: str | None = None  # checkpoint to fine-tune from (any load_checkpoint source)
+    masks: bool = False  # the mask head too (model/segmentation.py), from the annotations' segmentations
+    freeze_detr: bool = False  # with masks and a box model as init: train the mask head alone (the paper's)
     backbone_weights: str | None = None  # torchvision ResNet state_dict (ImageNet), path or s3://
     from_scratch: bool = False  # a paper preset without pretrained weights, deliberately
     epochs: int = 10

@@ -8,7 +8,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-LOSSES = ("loss", "loss_ce", "loss_bbox", "loss_giou")
+LOSSES = ("loss", "loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice")  # those the run has
 SCORES = ("AP", "AP50", "AP75")
 
 
@@ -18,7 +18,7 @@ def draw_curves(history: list[dict[str, Any]], title: str) -> bytes:
     figure = Figure(figsize=(10, 4))
     losses, scores = figure.subplots(1, 2)
     epochs = [m["epoch"] for m in history]
-    for name in LOSSES:
+    for name in (n for n in LOSSES if any(n in m for m in history)):
         losses.plot(epochs, [m.get(name, float("nan")) for m in history], marker=".", label=name)
     losses.set_yscale("log")
     losses.set_title("training loss (epoch mean)")

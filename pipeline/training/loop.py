@@ -39,6 +39,7 @@ from .validation import validate
 from .watch import RunLog
 
 LOGGED_LOSSES = ("loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error")
+MASK_LOSSES = ("loss_mask", "loss_dice")  # with the mask head
 
 
 @dataclass
@@ -122,7 +123,7 @@ def start_worker(inputs: LoopInputs) -> Worker:
     config = model.config
     criterion = build_criterion(config.num_classes, config.dec_layers, eos_coef=cfg.eos_coef,
                                 aux_loss=config.aux_loss, two_stage=config.two_stage,
-                                encoder_matches=cfg.encoder_matches).to(device)
+                                encoder_matches=cfg.encoder_matches, masks=config.masks).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_drop, cfg.lr_drop_gamma)
     state = restore(model, optimizer, scheduler)
@@ -136,12 +137,17 @@ def start_worker(inputs: LoopInputs) -> Worker:
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> DETR:
-    """The network in training mode: the checkpoint fine-tuned, or the preset."""
+    """The network in training mode: the checkpoint fine-tuned, or the preset; with masks, with
+    the mask head (a new one on a box checkpoint), its DETR frozen with freeze_detr."""
+    overrides = {**cfg.model_overrides, **({"masks": True} if cfg.masks else {})}
     if cfg.init:
-        model, _ = load_checkpoint(cfg.init, num_classes=num_classes, **cfg.model_overrides)
-        return model.train()
-    config = get_config(cfg.preset, num_classes=num_classes, **cfg.model_overrides)
-    return build_detr(config, backbone_weights=cfg.backbone_weights).train()
+        model, _ = load_checkpoint(cfg.init, num_classes=num_classes, **overrides)
+    else:
+        model = build_detr(get_config(cfg.preset, num_classes=num_classes, **overrides),
+                           backbone_weights=cfg.backbone_weights)
+    if cfg.freeze_detr:
+        model.freeze_detr()
+    return model.train()
 
 
 def restore(model: DETR, optimizer: torch.optim.Optimizer, scheduler) -> RunState:
@@ -195,8 +201,9 @@ def train_epoch(worker: Worker, batches: Iterable[dict[str, Any]], epoch: int,
         worker.state.steps += 1
         count += 1
         images_seen += len(collated[0])
-        for name in ("loss", *LOGGED_LOSSES):
-            sums[name] += scalars[name]
+        for name in ("loss", *LOGGED_LOSSES, *MASK_LOSSES):
+            if name in scalars:
+                sums[name] += scalars[name]
         line = progress and progress.line(count, sums["loss"] / count, images_seen * world_size)
         if line:
             print(line, flush=True)

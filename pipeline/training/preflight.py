@@ -65,6 +65,8 @@ def check_split(annotations: str, images: str, check_all_files: bool, sample: in
         "dropped_boxes": dataset.dropped_boxes, "clipped_boxes": outside, "empty_images": empty,
         "categories": len(dataset.categories), "num_classes": dataset.num_classes, "unused_categories": unused[:20],
         "files_checked": checked, "missing_files": len(missing), "missing_examples": missing[:5],
+        "masks": {"usable": dataset.usable_masks, "without_segmentation": dataset.unsegmented,
+                  "unusable": dict(dataset.mask_problems), "unusable_examples": dataset.mask_problem_records[:5]},
     }
     split["problems"] = [text for count, text in (
         (len(missing), f"{len(missing)} of {checked} image files checked are missing under {images}, e.g. {missing[:3]}"),
@@ -72,6 +74,8 @@ def check_split(annotations: str, images: str, check_all_files: bool, sample: in
         (outside, f"{outside} boxes reach outside their image (clipped to it)"),
         (empty, f"{empty} images have no box to train on (they still teach 'no object')"),
         (len(unused), f"{len(unused)} declared categories have no box, e.g. ids {unused[:5]}"),
+        (sum(dataset.mask_problems.values()), f"{sum(dataset.mask_problems.values())} segmentations cannot be masks "
+         f"(left out of --masks training), e.g. {dataset.mask_problem_records[:2]}"),
     ) if count]
     return split
 

@@ -69,7 +69,7 @@ def loop_inputs(cfg: TrainConfig, train_set: CocoDataset, prepared: bool,
     val_records = (ray.put(records_of(load_coco(cfg.val_annotations, cfg.val_images)))
                    if cfg.val_annotations else None)
     return LoopInputs(cfg, train_set.num_classes, len(train_set.images),
-                      None if prepared else ray.put(records_of(train_set)), val_records,
+                      None if prepared else ray.put(records_of(train_set, cfg.masks)), val_records,
                       run_folder(cfg), best_uri(cfg), mlflow)
 
 
@@ -82,6 +82,8 @@ def check_initialisation(cfg: TrainConfig) -> None:
         get_config(cfg.preset, **cfg.model_overrides)  # a ValueError naming what does not fit
     if cfg.mlflow:
         tracking.client(cfg.mlflow)  # installed, or a line that says how to install it
+    if cfg.freeze_detr and not (cfg.masks and cfg.init):
+        raise ValueError("--freeze-detr trains the mask head alone: give --masks and a box model with --init")
     if cfg.init and cfg.backbone_weights:
         raise ValueError("--init and --backbone-weights both set the backbone's weights: give one")
     if cfg.backbone_weights:
@@ -94,6 +96,22 @@ def check_initialisation(cfg: TrainConfig) -> None:
         raise ValueError(f"{cfg.preset} starts from an ImageNet backbone: give --backbone-weights FILE (a "
                          "torchvision ResNet state_dict, see docs/training.md) or --init CHECKPOINT, or "
                          "--from-scratch to train it from random weights deliberately")
+
+
+def check_masks(train_set: CocoDataset) -> None:
+    """Mask training needs segmentations: say what the annotations lack, and name the unusable ones."""
+    usable = train_set.usable_masks
+    objects = sum(len(boxes) for boxes in train_set.boxes.values())
+    problems = dict(train_set.mask_problems)
+    if usable == 0:
+        raise ValueError(f"--masks: none of the {objects} objects of {train_set.annotation_uri} has a usable "
+                         f"segmentation ({train_set.unsegmented} without one, unusable: {problems or 'none'}"
+                         + (f", e.g. {train_set.mask_problem_records[0]}" if train_set.mask_problem_records else "")
+                         + ")")
+    if usable < objects:
+        print(f"--masks: {objects - usable} of {objects} objects have no usable segmentation and are left out of "
+              f"training ({train_set.unsegmented} without one, unusable: {problems or 'none'}; e.g. "
+              f"{'; '.join(train_set.mask_problem_records[:3]) or 'none'})", flush=True)
 
 
 def check_fit(cfg: TrainConfig) -> None:
@@ -122,6 +140,8 @@ def fit(
         raise ValueError("--val-annotations needs --val-images")
     check_initialisation(cfg)
     train_set = load_coco(cfg.annotations, cfg.images)
+    if cfg.masks:
+        check_masks(train_set)
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
     check_fit(cfg)

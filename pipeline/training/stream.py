@@ -6,9 +6,12 @@ decoded and augmented in Ray Data tasks as the worker consumes them, so a datase
 than a node's memory or disk trains. Images travel as uint8; the worker normalises and pads
 them. Images are decoded by the one decoder of training, validation and detection
 (pipeline/decode.py); validation runs the detection path itself (training/validation.py).
+With masks, each object's segmentation travels as JSON text, is rasterised in the task at the
+image's size and augmented with its box, and reaches the worker bit-packed (an eighth of the bytes).
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Iterable
 
@@ -22,33 +25,38 @@ from model import uri as uris
 
 from ..coco import CocoDataset
 from ..decode import decode_image
+from ..masks import decode
 from .augment import AugmentConfig, train_transform, transform_sample
 
 
-def records_of(dataset: CocoDataset) -> list[dict[str, Any]]:
-    """Arrow-friendly rows: boxes flattened (x0, y0, x1, y1, ...) so empty images type-check."""
-    return [
-        {
-            "path": r["path"],
-            "image_id": r["image_id"],
-            "boxes": [float(v) for box in r["boxes"] for v in box],
-            "labels": [int(v) for v in r["labels"]],
-        }
-        for r in dataset.records()
-    ]
+def records_of(dataset: CocoDataset, masks: bool = False) -> list[dict[str, Any]]:
+    """Arrow-friendly rows: boxes flattened (x0, y0, x1, y1, ...) so empty images type-check;
+    with masks, the objects' segmentations as JSON text (those without a usable one left out)."""
+    rows = []
+    for r in dataset.records(masks):
+        row = {"path": r["path"], "image_id": r["image_id"], "boxes": [float(v) for box in r["boxes"] for v in box],
+               "labels": [int(v) for v in r["labels"]]}
+        if masks:
+            row["segmentations"] = r["segmentations"]
+        rows.append(row)
+    return rows
 
 
-def augment_samples(samples: Iterable[tuple[torch.Tensor, np.ndarray, np.ndarray, int]], transform) -> dict[str, list]:
-    """(decoded uint8 image, xyxy boxes, labels, image id) -> a batch of transformed samples
-    with normalised cxcywh boxes (flattened) and each image's original (height, width)."""
+def augment_samples(samples: Iterable[tuple[torch.Tensor, np.ndarray, np.ndarray, int, np.ndarray | None]],
+                    transform) -> dict[str, list]:
+    """(decoded uint8 image, xyxy boxes, labels, image id, masks [n,H,W] or None) -> a batch of
+    transformed samples with normalised cxcywh boxes (flattened), each image's original (height,
+    width) and, with masks, the transformed masks bit-packed (unpacked by collate)."""
     out: dict[str, list] = {"image": [], "boxes": [], "labels": [], "image_id": [], "orig_size": []}
-    for image, boxes, labels, image_id in samples:
+    for image, boxes, labels, image_id, masks in samples:
         out["orig_size"].append(np.array(image.shape[-2:], dtype=np.int64))
-        image, boxes, labels = transform_sample(image, boxes, labels, transform)
+        image, boxes, labels, masks = transform_sample(image, boxes, labels, transform, masks)
         out["image"].append(image.numpy())
         out["boxes"].append(boxes.reshape(-1).astype(np.float32))
         out["labels"].append(labels.astype(np.int64))
         out["image_id"].append(int(image_id))
+        if masks is not None:
+            out.setdefault("masks", []).append(np.packbits(masks.astype(bool), axis=None))
     return out
 
 
@@ -61,11 +69,17 @@ def read_image(path: str) -> torch.Tensor:
 
 def load_and_augment(batch: dict[str, np.ndarray], augment: AugmentConfig) -> dict[str, list]:
     transform = train_transform(augment)
-    samples = (
-        (read_image(str(path)), np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64), image_id)
-        for path, image_id, boxes, labels in zip(batch["path"], batch["image_id"], batch["boxes"], batch["labels"])
-    )
-    return augment_samples(samples, transform)
+    segmentations = batch.get("segmentations")
+
+    def sample(i: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray, int, np.ndarray | None]:
+        image = read_image(str(batch["path"][i]))
+        masks = None
+        if segmentations is not None:  # rasterised at the decoded image's size
+            masks = decode([json.loads(s) for s in segmentations[i]], image.shape[-1], image.shape[-2])
+        return (image, np.asarray(batch["boxes"][i], np.float32).reshape(-1, 4),
+                np.asarray(batch["labels"][i], np.int64), batch["image_id"][i], masks)
+
+    return augment_samples((sample(i) for i in range(len(batch["path"]))), transform)
 
 
 def epoch_order(count: int, seed: int, epoch: int) -> np.ndarray:
@@ -106,12 +120,12 @@ def shuffle_buffer(batch_size: int) -> int:
 def collate(
     batch: dict[str, Any], device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]]:
-    """Normalise and zero-pad a numpy batch: images [B,3,H,W], mask [B,H,W], targets."""
+    """Normalise and zero-pad a numpy batch: images [B,3,H,W], mask [B,H,W], targets (with
+    "masks" [n,H,W] at each image's size when the batch has masks)."""
     images = [
         F.normalize(F.to_dtype(torch.from_numpy(np.array(img)).to(device), torch.float32, scale=True), mean, std)
         for img in batch["image"]
     ]
-    images, mask = pad_images(images)
     targets = [
         {
             "boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4), device=device),
@@ -119,4 +133,10 @@ def collate(
         }
         for boxes, labels in zip(batch["boxes"], batch["labels"])
     ]
+    if "masks" in batch:
+        for target, packed, image in zip(targets, batch["masks"], images):
+            shape = (len(target["labels"]), *image.shape[-2:])
+            bits = np.unpackbits(np.asarray(packed, np.uint8), count=int(np.prod(shape)))
+            target["masks"] = torch.from_numpy(bits.reshape(shape)).to(device)
+    images, mask = pad_images(images)
     return images, mask, targets

@@ -46,7 +46,9 @@ def detect_images(model: DETR, records: list[dict[str, Any]], contract: InputCon
 
 def validate(model: DETR, records: list[dict[str, Any]], contract: InputContract, batch_size: int,
              scorer: CocoScorer | None, rank: int, world_size: int) -> dict[str, float]:
-    """The COCO stats of the validation images on rank 0 (the others get an empty dict)."""
+    """The COCO stats (boxes) of the validation images on rank 0 (the others get an empty dict).
+    A model with the mask head is validated on its boxes."""
+    model = getattr(model, "detr", model)
     was_training = model.training
     table = detect_images(model.eval(), records[rank::world_size], contract, batch_size)
     model.train(was_training)

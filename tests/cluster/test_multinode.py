@@ -66,7 +66,7 @@ def shapes32(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def training_runs(shapes32, s3_server) -> dict:
-    """Both training runs, in one cluster: 1 epoch on 2 nodes, then 3 epochs losing a node."""
+    """Both training runs, in one cluster: 1 epoch on 2 nodes, then 2 epochs losing a node in the second."""
     import uuid
 
     import pyarrow.fs as pafs
@@ -74,7 +74,7 @@ def training_runs(shapes32, s3_server) -> dict:
     bucket = f"multinode-{uuid.uuid4().hex[:8]}"
     pafs.S3FileSystem(endpoint_override=s3_server, allow_bucket_creation=True, region="us-east-1").create_dir(bucket)
     runs = run_script("multinode_train.py", shapes32["train_annotations"], shapes32["train_images"],
-                      f"s3://{bucket}/runs", "1", "3")
+                      f"s3://{bucket}/runs", "1", "2")
     return {"bucket": f"s3://{bucket}", **runs}
 
 
@@ -92,9 +92,9 @@ def test_training_survives_losing_a_node(training_runs):
     assert summary["registered_at_removal"] == [1]  # the node went mid-way, before epoch 2's checkpoint
     assert summary["removed"] in summary["train_nodes"]
     assert summary["train_nodes"] == sorted(summary["worker_nodes"])  # the restart used the spare node
-    assert summary["metrics"]["epoch"] == 3
-    assert summary["metrics"]["steps"] == 3 * 8  # resumed from epoch 1: no epoch counted twice
-    assert summary["registered"] == [1, 2, 3]
+    assert summary["metrics"]["epoch"] == 2
+    assert summary["metrics"]["steps"] == 2 * 8  # resumed from epoch 1: no epoch counted twice
+    assert summary["registered"] == [1, 2]
     # TensorBoard's files on the object store: every step once, though epoch 2 ran twice
     assert ([s for s, _ in tensorboard_scalars(f"{training_runs['bucket']}/runs/node-removed")["train/loss"]]
-            == list(range(1, 25)))
+            == list(range(1, 17)))

@@ -20,7 +20,7 @@ def test_augmentation_moves_boxes_with_the_image():
     torch.manual_seed(0)
     kept = 0
     for _ in range(30):
-        out, boxes, labels = transform_sample(image, box, np.array([5]), transform)
+        out, boxes, labels, _ = transform_sample(image, box, np.array([5]), transform)
         height, width = out.shape[-2:]
         assert max(height, width) <= AugmentConfig().scaled(0.25).max_size
         white = (out[0] > 127).nonzero()
