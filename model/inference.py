@@ -42,13 +42,14 @@ def fold_batch_norm(module: nn.Module) -> int:
 
 
 def optimize_for_inference(model: DETR, channels_last: bool = True) -> DETR:
-    """A copy of `model` for inference only (its state_dict no longer has the reference keys:
-    save the original, never this one)."""
+    """A copy of `model` (a DETR, or a DETRsegm around one) for inference only (its state_dict
+    no longer has the reference keys: save the original, never this one)."""
     model = copy.deepcopy(model).eval()
-    fold_batch_norm(model.backbone[0].body)
+    backbone = getattr(model, "detr", model).backbone[0]
+    fold_batch_norm(backbone.body)
     if channels_last:
-        model.backbone[0].channels_last = True
-        model.backbone[0].to(memory_format=torch.channels_last)
+        backbone.channels_last = True
+        backbone.to(memory_format=torch.channels_last)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     model.inference_only = True

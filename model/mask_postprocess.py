@@ -17,10 +17,19 @@ from torch import nn
 MIN_SEGMENT_AREA = 4  # pixels: a segment this small or smaller is dropped and the rest re-assigned
 
 
+def image_masks(logits: torch.Tensor, padded: tuple[int, int], fed: tuple[int, int], original: tuple[int, int],
+                threshold: float = 0.5) -> torch.Tensor:
+    """One image's masks [k,H,W] uint8 at its original size from its queries' mask logits
+    [k,h,w]: upsampled (bilinear) to the padded batch (or canvas) it was fed in, thresholded,
+    cropped to the image as fed, resized (nearest) to the original size (the reference's rule)."""
+    masks = F.interpolate(logits[:, None].float(), size=padded, mode="bilinear", align_corners=False)[:, 0]
+    cropped = (masks.sigmoid() > threshold)[:, :fed[0], :fed[1]]
+    return F.interpolate(cropped[:, None].float(), size=original, mode="nearest")[:, 0].byte()
+
+
 class PostProcessSegm(nn.Module):
-    """Each query's mask at its image's original size: mask logits upsampled (bilinear) to the
-    padded batch of the images as fed, thresholded, cropped to the image, then resized (nearest)
-    to the original size. results: PostProcess's, one dict per image, gains "masks" [Q,1,H,W] uint8."""
+    """Each query's mask at its image's original size (image_masks). results: PostProcess's, one
+    dict per image, gains "masks" [Q,1,H,W] uint8."""
 
     def __init__(self, threshold: float = 0.5) -> None:
         super().__init__()
@@ -29,12 +38,10 @@ class PostProcessSegm(nn.Module):
     @torch.no_grad()
     def forward(self, results: list[dict], outputs: dict, orig_target_sizes: torch.Tensor,
                 max_target_sizes: torch.Tensor) -> list[dict]:
-        max_h, max_w = max_target_sizes.max(0)[0].tolist()
-        masks = F.interpolate(outputs["pred_masks"].float(), size=(max_h, max_w), mode="bilinear", align_corners=False)
-        masks = (masks.sigmoid() > self.threshold).cpu()
-        for result, mask, (h, w), original in zip(results, masks, max_target_sizes.tolist(), orig_target_sizes):
-            cropped = mask[:, :h, :w].unsqueeze(1).float()
-            result["masks"] = F.interpolate(cropped, size=tuple(original.tolist()), mode="nearest").byte()
+        padded = tuple(max_target_sizes.max(0)[0].tolist())
+        for result, logits, fed, original in zip(results, outputs["pred_masks"], max_target_sizes.tolist(),
+                                                 orig_target_sizes.tolist()):
+            result["masks"] = image_masks(logits, padded, tuple(fed), tuple(original), self.threshold).cpu()[:, None]
         return results
 
 

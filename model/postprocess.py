@@ -12,6 +12,7 @@ class PostProcess(nn.Module):
     target_sizes [B,2] holds each image's original (height, width): boxes come back as
     absolute xyxy in that image. With no threshold and no top_k every query is returned
     in query order (as the reference does); otherwise the kept ones, best score first.
+    "queries" holds each result's query index (its mask, for a model with the mask head).
     """
 
     def __init__(self, score_threshold: float = 0.0, top_k: int | None = None):
@@ -32,7 +33,8 @@ class PostProcess(nn.Module):
 
     def _select(self, scores, labels, boxes) -> dict[str, torch.Tensor]:
         if self.score_threshold <= 0 and self.top_k is None:
-            return {"scores": scores, "labels": labels, "boxes": boxes}
+            queries = torch.arange(len(scores), device=scores.device)
+            return {"scores": scores, "labels": labels, "boxes": boxes, "queries": queries}
         order = scores.argsort(descending=True, stable=True)
         order = order[scores[order] >= self.score_threshold][: self.top_k]
-        return {"scores": scores[order], "labels": labels[order], "boxes": boxes[order]}
+        return {"scores": scores[order], "labels": labels[order], "boxes": boxes[order], "queries": order}

@@ -32,6 +32,9 @@ SCHEMA = pa.schema([
     ("labels", pa.list_(pa.int32())),
     ("error", pa.string()),
     ("model", pa.string()),
+    # each box's mask (a checkpoint with the mask head): COCO compressed RLE counts at the row's
+    # height x width (pycocotools.mask.decode({"size": [height, width], "counts": c})); null otherwise
+    ("masks", pa.list_(pa.string())),
 ])
 METADATA_KEY = b"detr.run"  # JSON of the run's parameters in each file's key-value metadata
 COUNTS_KEY = b"detr.errors"  # JSON of the file's error rows by kind
@@ -51,7 +54,8 @@ def detections_table(
     error: Sequence[str | None],
     model: str,
 ) -> pa.Table:
-    """Rows of the table; detections[i] (boxes [N,4] xyxy, scores [N], labels [N]) is None for an error row."""
+    """Rows of the table; detections[i] (boxes [N,4] xyxy, scores [N], labels [N], and masks [N]
+    RLE counts with the mask head) is None for an error row."""
     counts = np.array([0 if d is None else len(d["scores"]) for d in detections], dtype=np.int32)
     offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
     missing = pa.array([d is None for d in detections], pa.bool_())
@@ -72,6 +76,7 @@ def detections_table(
         ragged("labels", np.int32),
         pa.array(error, pa.string()),
         pa.array([model] * len(path), pa.string()),
+        pa.array([d.get("masks") if d is not None else None for d in detections], pa.list_(pa.string())),
     ]
     return pa.Table.from_arrays(columns, schema=SCHEMA)
 
@@ -127,7 +132,9 @@ def read_predictions(source: str, columns: Sequence[str] | None = None) -> pa.Ta
         files = part_files(source)
     if not files:
         return SCHEMA.empty_table().select(list(columns or SCHEMA.names))
-    return pads.dataset(files, filesystem=fs, format="parquet").to_table(columns=list(columns) if columns else None)
+    # the schema fills columns that older files lack (masks) with nulls
+    return pads.dataset(files, schema=SCHEMA, filesystem=fs, format="parquet").to_table(
+        columns=list(columns) if columns else None)
 
 
 def prediction_batches(source: str, columns: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:

@@ -67,7 +67,10 @@ def detection_headline(summary: dict) -> str:
 
 def evaluation_headline(result: dict) -> str:
     m, report, cap = result["metrics"], result["report"], result.get("max_dets", 100)
-    return (f"AP {m['AP']:.4f} AP50 {m['AP50']:.4f} AR{cap} {m[f'AR{cap}']:.4f} over {report['detections']:,} "
+    segm = result.get("segm") or {}
+    masks = (f"; mask AP {segm['metrics']['AP']:.4f} AP50 {segm['metrics']['AP50']:.4f}" if "metrics" in segm
+             else f"; {segm['skipped']}" if "skipped" in segm else "")
+    return (f"AP {m['AP']:.4f} AP50 {m['AP50']:.4f} AR{cap} {m[f'AR{cap}']:.4f}{masks} over {report['detections']:,} "
             f"detections (at most {cap} per image, {result.get('backend', 'pycocotools')}); "
             f"{report['missed_images']:,} images without a row, {report['unknown_rows']:,} rows of unknown images")
 

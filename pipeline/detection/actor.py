@@ -1,4 +1,4 @@
-"""The model actor of bulk detection: decode, pad onto canvases, run DETR, keep the boxes.
+"""The model actor of bulk detection: decode, pad onto canvases, run DETR, keep the boxes (and masks).
 
 Ray Data hands an actor a window of rows (encoded bytes + header facts); the actor groups
 them by canvas into model batches of up to `batch_size`, decodes the next batch on a thread
@@ -23,12 +23,16 @@ import pyarrow as pa
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from model import DETR, DetrConfig, InputContract, PostProcess, optimize_for_inference
+from model import DETR, DetrConfig, InputContract, PostProcess, build_detr, optimize_for_inference
+from model.mask_postprocess import image_masks
 from model.onnx_model import OnnxDetr
 
 from .. import predictions
 from ..decode import decode_images
 from ..images import Header
+from ..masks import encode
+
+MASK_CHUNK = 16  # masks made at an image's full size at a time (a 4000x3000 photo: 12 MB each)
 
 Batch = tuple[tuple[int, int], list[int]]  # (canvas, row indices)
 
@@ -140,7 +144,17 @@ class Detector:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             outputs = self.model(pixels, mask)
         found = self.postprocess(outputs, torch.tensor(sizes))
-        return [{k: v.cpu().numpy() for k, v in d.items()} for d in found]
+        if "pred_masks" in outputs:
+            for d, logits, size in zip(found, outputs["pred_masks"], sizes):
+                d["masks"] = self.masks(logits[d["queries"]], canvas, size)
+        return [{k: v if k == "masks" else v.cpu().numpy() for k, v in d.items()} for d in found]
+
+    def masks(self, logits: torch.Tensor, canvas: tuple[int, int], size: tuple[int, int]) -> list[str]:
+        """The kept queries' masks at the image's original size, as RLE: MASK_CHUNK at a time, so
+        that a large photo's masks are never all held at full size."""
+        fed = self.contract.resized_size(*size)
+        return [rle for start in range(0, len(logits), MASK_CHUNK)
+                for rle in encode(image_masks(logits[start:start + MASK_CHUNK], canvas, fed, size).cpu().numpy())]
 
 
 def _is_cuda_fault(error: Exception) -> bool:
@@ -181,7 +195,7 @@ class DetectorActor(Detector):
         if isinstance(state, bytes):  # an exported graph: ONNX Runtime, CUDA provider on a GPU
             model = OnnxDetr(state, device.type, threads=max(1, int(cpus)))
         else:
-            model = DETR(config)
+            model = build_detr(config)  # with the mask head when the checkpoint has one
             model.load_state_dict(state)
             model = optimize_for_inference(model.eval()).to(device)
         super().__init__(model, InputContract.from_dict(contract), score_threshold, batch_size, model_id, device,

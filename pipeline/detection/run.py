@@ -27,7 +27,6 @@ from ray.data import ActorPoolStrategy
 from ray.util.annotations import RayDeprecationWarning
 
 from model import PRESETS, DetrConfig, InputContract, read_checkpoint, weights_id
-from model.segmentation import boxes_only
 from model import uri as uris
 from model.contract import resolve_contract
 from model.onnx_model import import_onnxruntime, read_onnx
@@ -98,9 +97,6 @@ def run_detection(config: DetectConfig) -> dict[str, Any]:
     if uris.file_type(config.images) == pafs.FileType.NotFound:
         raise FileNotFoundError(f"--images {config.images}: no such folder or file")
     model_config, weights, model_id, recorded = read_model(config.checkpoint)
-    if model_config.masks:
-        log("this checkpoint has a mask head: bulk detection writes its boxes (masks in the table are not built yet)")
-        model_config, weights = boxes_only(model_config, weights)
     contract, said = resolve_contract(recorded, uris.strip_credentials(config.checkpoint), config.min_size,
                                       config.max_size)
     for line in said:

@@ -1,5 +1,6 @@
 """COCO bbox scoring of a predictions table, streamed from Parquet through Arrow/NumPy into
-pycocotools (the reference) or faster-coco-eval (the default: a C++ port with the same numbers).
+pycocotools (the reference) or faster-coco-eval (the default: a C++ port with the same numbers);
+and mask (segm) scoring of its masks column, when it has one, by the same rules.
 
 Traps handled (measured on the COCO oracle the tests use): pycocotools breaks score ties
 by input order, so detections are ordered by image id, then score descending, stably,
@@ -28,7 +29,7 @@ import pyarrow.parquet as pq
 from model import uri as uris
 from model.contract import PAPER_CONTRACT
 
-from ..coco import load_coco
+from ..coco import CocoDataset, load_coco
 from ..predictions import SCORE_THRESHOLD, error_kinds, prediction_batches, run_metadata
 
 BACKENDS = ("faster-coco-eval", "pycocotools")
@@ -114,16 +115,27 @@ class CocoScorer:
     def cocoeval(self, detections: np.ndarray):
         """The backend's COCOeval (bbox) after evaluate and accumulate."""
         detections = by_image_and_score(np.asarray(detections, dtype=np.float64).reshape(-1, 7))
-        evaluator_class = self._classes()[1]
         with contextlib.redirect_stdout(io.StringIO()):
-            results = self._results(detections)
-            if self.backend == "pycocotools":
-                evaluator = evaluator_class(self.gt, results, "bbox")
-            else:
-                evaluator = evaluator_class(self.gt, results, "bbox", print_function=lambda *_: None)
-            evaluator.params.maxDets = [1, 10, self.max_dets]
-            evaluator.evaluate()
-            evaluator.accumulate()
+            return self._evaluate(self._results(detections), "bbox")
+
+    def cocoeval_masks(self, results: list[dict[str, Any]]):
+        """The backend's COCOeval (segm) of mask results ({image_id, category_id, segmentation
+        (RLE), score}, each image's in score order), after evaluate and accumulate."""
+        with contextlib.redirect_stdout(io.StringIO()):
+            index = (self.gt.loadRes(results) if results else
+                     self._index({"images": self.coco["images"], "categories": self.coco["categories"],
+                                  "annotations": []}))
+            return self._evaluate(index, "segm")
+
+    def _evaluate(self, results, iou_type: str):
+        evaluator_class = self._classes()[1]
+        if self.backend == "pycocotools":
+            evaluator = evaluator_class(self.gt, results, iou_type)
+        else:
+            evaluator = evaluator_class(self.gt, results, iou_type, print_function=lambda *_: None)
+        evaluator.params.maxDets = [1, 10, self.max_dets]
+        evaluator.evaluate()
+        evaluator.accumulate()
         return evaluator
 
     def stats(self, evaluator) -> dict[str, float]:
@@ -142,6 +154,10 @@ class CocoScorer:
 
     def score(self, detections: np.ndarray) -> dict[str, Any]:
         evaluator = self.cocoeval(detections)
+        return {"metrics": self.stats(evaluator), "per_category": self.per_category(evaluator)}
+
+    def score_masks(self, results: list[dict[str, Any]]) -> dict[str, Any]:
+        evaluator = self.cocoeval_masks(results)
         return {"metrics": self.stats(evaluator), "per_category": self.per_category(evaluator)}
 
 
@@ -311,6 +327,9 @@ def score_files(predictions_uri: str, annotations_uri: str, backend: str = DEFAU
     dataset = load_coco(annotations_uri, ".", check_files=False)  # validates, names a bad record
     scorer = CocoScorer(dataset.raw, backend, max_dets)
     result = score_predictions(prediction_batches(predictions_uri, COLUMNS, BATCH_ROWS), scorer)
+    segm = score_mask_files(predictions_uri, dataset, scorer)
+    if segm is not None:
+        result["segm"] = segm
     run = run_metadata(predictions_uri) or {}
     result["report"]["warnings"] += run_warnings(run, result["metrics"])
     made_with = {k: run[k] for k in ("model", "score_threshold", "min_size", "max_size") if k in run}
@@ -339,11 +358,12 @@ def run_warnings(run: dict[str, Any], metrics: dict[str, float]) -> list[str]:
 
 def write_evaluation(output: str, result: dict[str, Any]) -> list[str]:
     """output/metrics.json (everything) and output/metrics.parquet (one row: inputs, backend and
-    cap, the 12 stats as columns, per-category AP and the report as JSON text)."""
+    cap, the 12 stats as columns (and segm_* for masks), per-category AP and the report as JSON text)."""
     text = json.dumps(result, indent=2, sort_keys=True)
     row = {"predictions": [result["predictions"]], "annotations": [result["annotations"]],
            "backend": [result["backend"]], "max_dets": [result["max_dets"]],
            **{name: [value] for name, value in result["metrics"].items()},
+           **{f"segm_{name}": [value] for name, value in result.get("segm", {}).get("metrics", {}).items()},
            "per_category": [json.dumps(result["per_category"], sort_keys=True)],
            "report": [json.dumps(result["report"], sort_keys=True)]}
     buffer = io.BytesIO()
@@ -355,10 +375,59 @@ def write_evaluation(output: str, result: dict[str, Any]) -> list[str]:
 
 
 def format_tables(result: dict[str, Any]) -> str:
-    """The 12 stats and the per-category AP, as a person reads them."""
-    lines = [f"{name:>6} {value:.4f}" for name, value in result["metrics"].items()]
-    lines.append(f"{'id':>6} {'AP':>7}  category")
-    for category_id, entry in sorted(result["per_category"].items()):
-        ap = "    n/a" if entry["AP"] is None else f"{entry['AP']:.4f}"
-        lines.append(f"{category_id:>6} {ap:>7}  {entry['name']}")
+    """The 12 stats and the per-category AP, as a person reads them (boxes, then masks)."""
+    lines = []
+    for kind, scored in (("boxes", result), ("masks", result.get("segm"))):
+        if not scored or "metrics" not in scored:
+            continue
+        lines.append(f"{kind}:")
+        lines += [f"{name:>6} {value:.4f}" for name, value in scored["metrics"].items()]
+        lines.append(f"{'id':>6} {'AP':>7}  category")
+        for category_id, entry in sorted(scored["per_category"].items()):
+            ap = "    n/a" if entry["AP"] is None else f"{entry['AP']:.4f}"
+            lines.append(f"{category_id:>6} {ap:>7}  {entry['name']}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- masks (segm)
+
+def score_mask_files(predictions_uri: str, dataset: CocoDataset, scorer: CocoScorer) -> dict[str, Any] | None:
+    """Mask AP (COCO segm: the 12 stats and per-category AP) of a table's masks column, when its
+    rows carry masks and every ground-truth object has a segmentation; else None."""
+    if not _has_masks(predictions_uri):
+        return None
+    annotations = dataset.raw["annotations"]
+    without = sum("segmentation" not in a for a in annotations)
+    if without:
+        return {"skipped": f"{without} of {len(annotations)} ground-truth objects have no segmentation: no mask AP"}
+    results: list[dict[str, Any]] = []
+    for batch in prediction_batches(predictions_uri, (*COLUMNS, "width", "height", "masks"), BATCH_ROWS):
+        results += mask_results(pa.Table.from_batches([batch]), scorer)
+    return {**scorer.score_masks(results), "detections": len(results)}
+
+
+def _has_masks(predictions_uri: str) -> bool:
+    """Whether any row carries masks (a table written before masks were has no such column)."""
+    try:
+        return any(batch.column(0).null_count < batch.num_rows
+                   for batch in prediction_batches(predictions_uri, ("masks",), BATCH_ROWS))
+    except ValueError:
+        return False
+
+
+def mask_results(table: pa.Table, scorer: CocoScorer) -> list[dict[str, Any]]:
+    """COCO results of the rows' masks: matched images, known categories and finite scores, at
+    most max_dets per image (the top by score; ties: the row's order), as the boxes are kept."""
+    table = table.append_column("gt_image_id", match_image_ids(table, scorer))
+    known = set(scorer.category_ids.tolist())
+    results = []
+    for row in table.filter(pc.invert(pc.is_null(table["gt_image_id"]))).to_pylist():
+        if not row["masks"]:
+            continue
+        kept = [(s, c, m) for s, c, m in zip(row["scores"], row["labels"], row["masks"])
+                if c in known and np.isfinite(s)]
+        kept = sorted(kept, key=lambda d: -d[0])[:scorer.max_dets]  # stable: ties keep the row's order
+        size = [row["height"], row["width"]]
+        results += [{"image_id": row["gt_image_id"], "category_id": c, "score": s,
+                     "segmentation": {"size": size, "counts": m}} for s, c, m in kept]
+    return results

@@ -1,0 +1,135 @@
+"""Masks through the jobs: bulk detection writes each box's mask as RLE at the image's size (the
+reference's PostProcessSegm, a chunk of masks at a time), box-only rows keep the column empty,
+and evaluate scores segm AP, faster-coco-eval equal to pycocotools."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import torch.nn.functional as F
+
+from model import InputContract, PostProcess, load_checkpoint
+from pipeline import predictions
+from pipeline.decode import decode_image
+from pipeline.detection import Detector, fetch
+from pipeline.detection.actor import to_canvas
+from pipeline.evaluation import score_files
+from pipeline.masks import decode, encode
+from pipeline.synthetic import SyntheticConfig, make_synthetic
+from tests import SHIPPED
+
+CONTRACT = InputContract(160, 267)  # the shipped detr-tiny's
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> dict:
+    return make_synthetic(str(tmp_path_factory.mktemp("shapes")), train=0, val=6, seed=11,
+                          config=SyntheticConfig(min_side=96, max_side=192, max_objects=4))
+
+
+@pytest.fixture(scope="module")
+def segm_model():
+    """The shipped box model with a new (random) mask head: masks to check, not to score well."""
+    torch.manual_seed(0)
+    model, _ = load_checkpoint(str(SHIPPED), masks=True)
+    return model
+
+
+def _rows(shapes: dict) -> pa.Table:
+    coco = json.loads(Path(shapes["val_annotations"]).read_text())
+    paths = [str(Path(shapes["val_images"]) / i["file_name"]) for i in coco["images"]]
+    return fetch(pa.table({"path": pa.array(paths, pa.large_string()),
+                           "image_id": pa.array([i["id"] for i in coco["images"]], pa.int64()),
+                           "shard": pa.array([0] * len(paths), pa.int32())}), CONTRACT, 10**8)
+
+
+def _reference_masks(model, path: str, height: int, width: int) -> np.ndarray:
+    """The reference's rule (PostProcessSegm) on one image on its canvas, written out: the kept
+    queries' mask logits upsampled (bilinear) to the canvas, thresholded, cropped to the image as
+    fed, resized (nearest) to its original size."""
+    pixels = decode_image(Path(path).read_bytes())
+    canvas = CONTRACT.canvas_of(height, width)
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (CONTRACT.image_mean, CONTRACT.image_std))
+    batch, mask = to_canvas([pixels], canvas, CONTRACT, mean, std)
+    with torch.inference_mode():
+        out = model(batch, mask)
+        [found] = PostProcess(0.05, top_k=model.config.num_queries)(out, torch.tensor([[height, width]]))
+        logits = F.interpolate(out["pred_masks"][:, found["queries"]], size=canvas, mode="bilinear",
+                               align_corners=False)
+        fed_h, fed_w = CONTRACT.resized_size(height, width)
+        kept = (logits.sigmoid() > 0.5)[:, :, :fed_h, :fed_w].float()
+        return F.interpolate(kept, size=(height, width), mode="nearest")[0].byte().numpy()
+
+
+def test_detection_writes_the_reference_masks_of_its_boxes_as_rle(segm_model, shapes):
+    table = Detector.of_model(segm_model, CONTRACT, 0.05, batch_size=4)(_rows(shapes)).select(predictions.SCHEMA.names)
+    for row in table.to_pylist():
+        masks = decode([{"size": [row["height"], row["width"]], "counts": c} for c in row["masks"]],
+                       row["width"], row["height"])
+        assert len(masks) == len(row["boxes"]) > 0
+        assert np.array_equal(masks, _reference_masks(segm_model, row["path"], row["height"], row["width"]))
+
+
+def test_a_box_checkpoint_leaves_the_masks_column_empty(shapes, tmp_path):
+    model, _ = load_checkpoint(str(SHIPPED))
+    table = Detector.of_model(model, CONTRACT, 0.05, batch_size=4)(_rows(shapes)).select(predictions.SCHEMA.names)
+    assert table.schema.field("masks").type == pa.list_(pa.string())
+    assert table["masks"].null_count == table.num_rows
+
+
+def _mask_table(shapes: dict, jitter: int, seed: int) -> pa.Table:
+    """A predictions table whose masks are the ground truth's, each shifted by up to jitter px, with
+    scores; plus a false positive per image, scored below them."""
+    rng = np.random.default_rng(seed)
+    coco = json.loads(Path(shapes["val_annotations"]).read_text())
+    rows = []
+    for image in coco["images"]:
+        anns = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+        masks = decode([a["segmentation"] for a in anns], image["width"], image["height"])
+        shifted = [np.roll(m, tuple(rng.integers(-jitter, jitter + 1, 2)), axis=(0, 1)) for m in masks]
+        false = np.zeros((1, image["height"], image["width"]), np.uint8)
+        false[0, :10, :10] = 1
+        all_masks = np.concatenate([np.stack(shifted) if shifted else false[:0], false])
+        rows.append({"path": image["file_name"], "image_id": image["id"], "width": image["width"],
+                     "height": image["height"], "boxes": [[0.0, 0.0, 10.0, 10.0]] * len(all_masks),
+                     "scores": [*rng.uniform(0.1, 1, len(anns)).astype(np.float32).tolist(), 0.05],
+                     "labels": [a["category_id"] for a in anns] + [coco["categories"][0]["id"]],
+                     "error": None, "model": "test", "masks": encode(all_masks)})
+    return pa.Table.from_pylist(rows, schema=predictions.SCHEMA)
+
+
+def test_mask_ap_of_the_ground_truth_is_one_and_the_backends_agree(shapes, tmp_path):
+    exact = tmp_path / "exact.parquet"
+    pq.write_table(_mask_table(shapes, 0, 0), exact)
+    perfect = score_files(str(exact), shapes["val_annotations"])["segm"]["metrics"]
+    assert perfect["AP50"] == pytest.approx(1.0) and perfect["AR100"] == pytest.approx(1.0)
+    shifted = tmp_path / "shifted.parquet"
+    pq.write_table(_mask_table(shapes, 3, 1), shifted)
+    fast = score_files(str(shifted), shapes["val_annotations"], "faster-coco-eval")["segm"]
+    reference = score_files(str(shifted), shapes["val_annotations"], "pycocotools")["segm"]
+    assert 0 < reference["metrics"]["AP"] < 1
+    for name, value in reference["metrics"].items():
+        assert fast["metrics"][name] == pytest.approx(value, abs=1e-9), name
+
+
+def test_detect_then_evaluate_with_a_mask_checkpoint(ray_cluster, segm_model, shapes, tmp_path):
+    """Through the jobs' functions on Ray: the model actors build the mask head from the
+    checkpoint, and evaluate reports mask AP beside box AP."""
+    from model import save_checkpoint
+    from pipeline.detection import DetectConfig, run_detection
+
+    checkpoint = save_checkpoint(str(tmp_path / "segm.pt"), segm_model)
+    summary = run_detection(DetectConfig(images=shapes["val_annotations"], image_root=shapes["val_images"],
+                                         output=str(tmp_path / "out"), checkpoint=checkpoint, actors=(1, 1)))
+    assert summary["rows"] == 6 and summary["errors"] == {}
+    table = predictions.read_predictions(str(tmp_path / "out"))
+    assert table["masks"].null_count == 0
+    assert [len(m) for m in table["masks"].to_pylist()] == [len(b) for b in table["boxes"].to_pylist()]
+    result = score_files(str(tmp_path / "out"), shapes["val_annotations"])
+    assert set(result["segm"]["metrics"]) == set(result["metrics"]) and result["segm"]["detections"] > 0
