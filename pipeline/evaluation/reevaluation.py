@@ -33,7 +33,8 @@ from ..coco import load_coco
 from ..detection import DetectConfig, run_detection
 from ..paths import with_absolute_paths
 from ..predictions import SCORE_THRESHOLD, prediction_batches
-from .scoring import BATCH_ROWS, COLUMNS, DEFAULT_BACKEND, MAX_DETECTIONS, CocoScorer, score_predictions
+from .scoring import (BATCH_ROWS, COLUMNS, DEFAULT_BACKEND, MAX_DETECTIONS, CocoScorer, score_mask_files,
+                      score_predictions)
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 # A checkpoint's score counts only when at most this share of the evaluation images failed
@@ -154,7 +155,8 @@ def reevaluate(config: ReevaluateConfig) -> dict[str, Any]:
     written = write_reports(config.history, history, regressions) if new_rows else []
     return {
         "history": config.history,
-        "evaluated": [{"checkpoint": r["checkpoint"], **{n: r[n] for n in ("AP", "AP50", last_ar(r))}}
+        "evaluated": [{"checkpoint": r["checkpoint"], **{n: r[n] for n in ("AP", "AP50", last_ar(r), "segm_AP")
+                                                         if n in r}}
                       for r in new_rows],
         "rows": len(history),
         "regressions": regressions,
@@ -179,6 +181,7 @@ def score_checkpoint(config: ReevaluateConfig, found: dict[str, Any], weights: s
                          f"was written; is --images {config.images} the folder of the annotation file's images?")
     evaluate_started = time.time()
     result = score_predictions(prediction_batches(output, COLUMNS, BATCH_ROWS), gt)
+    segm = (score_mask_files(output, gt) or {}).get("metrics", {})  # a checkpoint with the mask head
     return {
         "key": key,
         "evaluated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -191,6 +194,7 @@ def score_checkpoint(config: ReevaluateConfig, found: dict[str, Any], weights: s
         "backend": result["backend"],
         "max_dets": result["max_dets"],
         **result["metrics"],
+        **{f"segm_{name}": value for name, value in segm.items()},
         "per_category": json.dumps(result["per_category"], sort_keys=True),
         "images": detection["inputs"],
         "detections": result["report"]["detections"],
@@ -240,12 +244,13 @@ def write_reports(history_uri: str, history: list[dict[str, Any]], regressions: 
     uris.write_bytes(png, buffer.getvalue())
     flagged = {r["checkpoint"] for r in regressions}
     lines = ["# Re-evaluation history", "", "![AP over checkpoints](history.png)", "",
-             "| # | checkpoint | evaluated | max dets | AP | AP50 | AP75 | AR at max dets | flag |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| # | checkpoint | evaluated | max dets | AP | AP50 | AP75 | AR at max dets | mask AP | flag |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(history, 1):
         flag = "regression" if r["checkpoint"] in flagged else ""
+        mask_ap = f"{r['segm_AP']:.4f}" if r.get("segm_AP") is not None else "-"
         lines.append(f"| {i} | `{r['checkpoint']}` | {r['evaluated_at']} | {r['max_dets']} | {r['AP']:.4f} "
-                     f"| {r['AP50']:.4f} | {r['AP75']:.4f} | {r[last_ar(r)]:.4f} | {flag} |")
+                     f"| {r['AP50']:.4f} | {r['AP75']:.4f} | {r[last_ar(r)]:.4f} | {mask_ap} | {flag} |")
     for g in regressions:
         lines.append(f"\n- {g['checkpoint']}: AP {g['AP']:.4f}, {g['drop_pct']}% below the {g['against']} "
                      f"({g['reference']}, AP {g['reference_AP']:.4f})")

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from model import uri as uris
 from model.contract import PAPER_CONTRACT
 
-from ..coco import CocoDataset, load_coco
+from ..coco import load_coco
 from ..predictions import SCORE_THRESHOLD, error_kinds, prediction_batches, run_metadata
 
 BACKENDS = ("faster-coco-eval", "pycocotools")
@@ -327,7 +327,7 @@ def score_files(predictions_uri: str, annotations_uri: str, backend: str = DEFAU
     dataset = load_coco(annotations_uri, ".", check_files=False)  # validates, names a bad record
     scorer = CocoScorer(dataset.raw, backend, max_dets)
     result = score_predictions(prediction_batches(predictions_uri, COLUMNS, BATCH_ROWS), scorer)
-    segm = score_mask_files(predictions_uri, dataset, scorer)
+    segm = score_mask_files(predictions_uri, scorer)
     if segm is not None:
         result["segm"] = segm
     run = run_metadata(predictions_uri) or {}
@@ -391,12 +391,12 @@ def format_tables(result: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------- masks (segm)
 
-def score_mask_files(predictions_uri: str, dataset: CocoDataset, scorer: CocoScorer) -> dict[str, Any] | None:
-    """Mask AP (COCO segm: the 12 stats and per-category AP) of a table's masks column, when its
-    rows carry masks and every ground-truth object has a segmentation; else None."""
+def score_mask_files(predictions_uri: str, scorer: CocoScorer) -> dict[str, Any] | None:
+    """Mask AP (COCO segm: the 12 stats and per-category AP) of a table's masks column when its
+    rows carry masks (None otherwise); when a ground-truth object has no segmentation, says so."""
     if not _has_masks(predictions_uri):
         return None
-    annotations = dataset.raw["annotations"]
+    annotations = scorer.coco["annotations"]
     without = sum("segmentation" not in a for a in annotations)
     if without:
         return {"skipped": f"{without} of {len(annotations)} ground-truth objects have no segmentation: no mask AP"}

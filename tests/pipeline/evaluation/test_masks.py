@@ -118,13 +118,14 @@ def test_mask_ap_of_the_ground_truth_is_one_and_the_backends_agree(shapes, tmp_p
         assert fast["metrics"][name] == pytest.approx(value, abs=1e-9), name
 
 
-def test_detect_then_evaluate_with_a_mask_checkpoint(ray_cluster, segm_model, shapes, tmp_path):
+def test_detect_evaluate_and_reevaluate_with_a_mask_checkpoint(ray_cluster, segm_model, shapes, tmp_path):
     """Through the jobs' functions on Ray: the model actors build the mask head from the
-    checkpoint, and evaluate reports mask AP beside box AP."""
+    checkpoint, evaluate reports mask AP beside box AP, and the re-evaluation history keeps it."""
     from model import save_checkpoint
     from pipeline.detection import DetectConfig, run_detection
+    from pipeline.evaluation import ReevaluateConfig, reevaluate
 
-    checkpoint = save_checkpoint(str(tmp_path / "segm.pt"), segm_model)
+    checkpoint = save_checkpoint(str(tmp_path / "runs" / "segm.pt"), segm_model)
     summary = run_detection(DetectConfig(images=shapes["val_annotations"], image_root=shapes["val_images"],
                                          output=str(tmp_path / "out"), checkpoint=checkpoint, actors=(1, 1)))
     assert summary["rows"] == 6 and summary["errors"] == {}
@@ -133,3 +134,26 @@ def test_detect_then_evaluate_with_a_mask_checkpoint(ray_cluster, segm_model, sh
     assert [len(m) for m in table["masks"].to_pylist()] == [len(b) for b in table["boxes"].to_pylist()]
     result = score_files(str(tmp_path / "out"), shapes["val_annotations"])
     assert set(result["segm"]["metrics"]) == set(result["metrics"]) and result["segm"]["detections"] > 0
+    history = reevaluate(ReevaluateConfig(checkpoints=str(tmp_path / "runs"), images=shapes["val_images"],
+                                          annotations=shapes["val_annotations"], history=str(tmp_path / "history"),
+                                          actors=(1, 1)))
+    [row] = history["evaluated"]
+    assert row["segm_AP"] == pytest.approx(result["segm"]["metrics"]["AP"])
+    assert "| mask AP |" in (tmp_path / "history" / "report.md").read_text()
+
+
+def test_pictures_fill_the_masks(segm_model, shapes, tmp_path):
+    from torchvision.io import decode_png
+
+    from pipeline.render import render_predictions
+
+    table = Detector.of_model(segm_model, CONTRACT, 0.05, batch_size=4)(_rows(shapes)).select(predictions.SCHEMA.names)
+    pq.write_table(table, tmp_path / "masks.parquet")
+    pq.write_table(table.set_column(table.schema.get_field_index("masks"), "masks",
+                                    pa.nulls(table.num_rows, pa.list_(pa.string()))), tmp_path / "boxes.parquet")
+    drawn = {kind: render_predictions(str(tmp_path / f"{kind}.parquet"), 1, str(tmp_path / kind), min_score=0.0)
+             for kind in ("masks", "boxes")}
+    with_masks, boxes_only = (decode_png(torch.frombuffer(bytearray(Path(drawn[k][0]).read_bytes()), dtype=torch.uint8))
+                              for k in ("masks", "boxes"))
+    assert with_masks.shape == boxes_only.shape
+    assert (with_masks != boxes_only).any(dim=0).float().mean() > 0.01  # the masks tint their pixels
