@@ -1,6 +1,7 @@
 """Scoring predictions with COCO metrics, and re-scoring new checkpoints on a schedule.
 
-    scoring.py       COCO bbox stats of a predictions table (pycocotools or faster-coco-eval)
+    backends.py      the COCO scorers' names
+    scoring.py       COCO bbox and mask stats of a predictions table (pycocotools or faster-coco-eval)
     reevaluation.py  the scheduled re-evaluation: detect + score each new checkpoint, keep a history
 """
 from __future__ import annotations
@@ -8,12 +9,12 @@ from __future__ import annotations
 from .. import exports
 
 _MODULE_OF = {
-    "BACKENDS": "scoring",
+    "BACKENDS": "backends",
     "STAT_NAMES": "scoring",
     "stat_names": "scoring",
     "COLUMNS": "scoring",
     "BATCH_ROWS": "scoring",
-    "DEFAULT_BACKEND": "scoring",
+    "DEFAULT_BACKEND": "backends",
     "MAX_DETECTIONS": "scoring",
     "CocoScorer": "scoring",
     "format_tables": "scoring",

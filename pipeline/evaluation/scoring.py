@@ -31,9 +31,8 @@ from model.contract import PAPER_CONTRACT
 
 from ..coco import load_coco
 from ..predictions import SCORE_THRESHOLD, error_kinds, prediction_batches, run_metadata
+from .backends import BACKENDS, DEFAULT_BACKEND
 
-BACKENDS = ("faster-coco-eval", "pycocotools")
-DEFAULT_BACKEND = "faster-coco-eval"  # proven equal to pycocotools: tests/test_evaluation.py
 MAX_DETECTIONS = 100  # COCO's rule
 BATCH_ROWS = 256  # rows (images) converted at a time: memory is one batch plus what is kept
 COLUMNS = ("path", "image_id", "boxes", "scores", "labels", "error")

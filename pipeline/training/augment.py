@@ -10,7 +10,6 @@ augmented images travel as uint8 (a quarter of the bytes).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -20,27 +19,7 @@ import torchvision.transforms.v2.functional as F
 from torchvision import tv_tensors
 from torchvision.ops import box_convert
 
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    scales: tuple[int, ...] = tuple(range(480, 801, 32))  # shorter side, chosen at random
-    max_size: int = 1333  # longer side cap
-    crop_resize: tuple[int, ...] = (400, 500, 600)  # resize before the random crop
-    crop_size: tuple[int, int] = (384, 600)  # crop sides drawn in this range
-    val_size: int = 800
-    hflip: float = 0.5
-
-    def scaled(self, factor: float) -> "AugmentConfig":
-        """Every size multiplied by factor (e.g. 0.25 for ~200 px synthetic images)."""
-        s = lambda v: max(1, int(round(v * factor)))  # noqa: E731
-        return replace(
-            self,
-            scales=tuple(sorted({s(v) for v in self.scales})),
-            max_size=s(self.max_size),
-            crop_resize=tuple(s(v) for v in self.crop_resize),
-            crop_size=(s(self.crop_size[0]), s(self.crop_size[1])),
-            val_size=s(self.val_size),
-        )
+from .config import AugmentConfig  # its sizes live with the run's settings, light to import
 
 
 class RandomSizeCrop(v2.Transform):

@@ -1,15 +1,16 @@
-"""TrainConfig: the settings of one training run, the recipe of its preset included."""
+"""TrainConfig: the settings of one training run, the recipe of its preset included, and
+AugmentConfig, the sizes of its augmentation (training/augment.py). Light to import: Ray
+Train's controller unpickles these without the loop's imports (training/entry.py)."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from model import InputContract
 
-from ..evaluation import DEFAULT_BACKEND
+from ..evaluation.backends import DEFAULT_BACKEND
 from ..paths import with_absolute_paths
-from .augment import AugmentConfig
 from .tracking import tracking_uri
 
 # The settings a preset's recipe decides, with the paper's values (made for a pretrained backbone).
@@ -20,6 +21,28 @@ PAPER_RECIPE: dict[str, Any] = {"lr": 1e-4, "lr_backbone": 1e-5, "warmup_steps":
 RECIPES: dict[str, dict[str, Any]] = {
     "detr-tiny": {"lr": 3e-4, "lr_backbone": 3e-4, "warmup_steps": 200, "encoder_matches": 4, "batch_size": 8},
 }
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    scales: tuple[int, ...] = tuple(range(480, 801, 32))  # shorter side, chosen at random
+    max_size: int = 1333  # longer side cap
+    crop_resize: tuple[int, ...] = (400, 500, 600)  # resize before the random crop
+    crop_size: tuple[int, int] = (384, 600)  # crop sides drawn in this range
+    val_size: int = 800
+    hflip: float = 0.5
+
+    def scaled(self, factor: float) -> "AugmentConfig":
+        """Every size multiplied by factor (e.g. 0.25 for ~200 px synthetic images)."""
+        s = lambda v: max(1, int(round(v * factor)))  # noqa: E731
+        return replace(
+            self,
+            scales=tuple(sorted({s(v) for v in self.scales})),
+            max_size=s(self.max_size),
+            crop_resize=tuple(s(v) for v in self.crop_resize),
+            crop_size=(s(self.crop_size[0]), s(self.crop_size[1])),
+            val_size=s(self.val_size),
+        )
 
 
 @dataclass

@@ -32,27 +32,14 @@ from ..coco import load_coco
 from ..evaluation import CocoScorer
 from ..progress import StepProgress
 from .config import TrainConfig
+from .entry import LoopInputs
 from .step import param_groups, train_step
 from .stream import collate, epoch_order, sample_stream, shuffle_buffer, worker_share
-from .tracking import MlflowLog
 from .validation import validate
 from .watch import RunLog
 
 LOGGED_LOSSES = ("loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error")
 MASK_LOSSES = ("loss_mask", "loss_dice")  # with the mask head
-
-
-@dataclass
-class LoopInputs:
-    """What fit() hands every worker."""
-    config: TrainConfig
-    num_classes: int
-    train_images: int
-    train_records: Any  # object ref of the training records, or None: a prepared dataset replaces them
-    val_records: Any  # object ref of the validation records, or None: no validation
-    run_folder: str  # RUN: its progress files, TensorBoard events and curves (watch.py)
-    best_checkpoint: str  # RUN/best/checkpoint.pt: the checkpoint with the best validation AP so far
-    mlflow: MlflowLog | None = None  # the run's MLflow run, with --mlflow
 
 
 @dataclass
@@ -89,9 +76,8 @@ class Worker:
     log: RunLog | None  # rank 0's
 
 
-def train_loop(loop_config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker (loop_config: {"inputs": LoopInputs})."""
-    inputs: LoopInputs = loop_config["inputs"]
+def run_loop(inputs: LoopInputs) -> None:
+    """Runs on every Ray Train worker (entry.train_loop)."""
     cfg = inputs.config
     worker = start_worker(inputs)
     records = ray.get(inputs.train_records) if inputs.train_records is not None else None

@@ -21,7 +21,7 @@ from ..coco import CocoDataset, load_coco
 from .config import TrainConfig
 from .events import FOLDER
 from . import tracking
-from .loop import LoopInputs, train_loop
+from .entry import LoopInputs, train_loop
 from .stream import records_of
 
 # Ray starts workers at niceness 15, below its own daemons (raylet, GCS, agents), whose

@@ -119,26 +119,25 @@ def test_mask_ap_of_the_ground_truth_is_one_and_the_backends_agree(shapes, tmp_p
 
 
 def test_detect_evaluate_and_reevaluate_with_a_mask_checkpoint(ray_cluster, segm_model, shapes, tmp_path):
-    """Through the jobs' functions on Ray: the model actors build the mask head from the
-    checkpoint, evaluate reports mask AP beside box AP, and the re-evaluation history keeps it."""
+    """Through the jobs' functions on Ray: re-evaluation detects with the checkpoint (the model
+    actors build its mask head), keeps mask AP in its history, and evaluate scores the same
+    predictions' masks beside their boxes."""
     from model import save_checkpoint
-    from pipeline.detection import DetectConfig, run_detection
     from pipeline.evaluation import ReevaluateConfig, reevaluate
+    from pipeline.evaluation.reevaluation import read_history
 
-    checkpoint = save_checkpoint(str(tmp_path / "runs" / "segm.pt"), segm_model)
-    summary = run_detection(DetectConfig(images=shapes["val_annotations"], image_root=shapes["val_images"],
-                                         output=str(tmp_path / "out"), checkpoint=checkpoint, actors=(1, 1)))
-    assert summary["rows"] == 6 and summary["errors"] == {}
-    table = predictions.read_predictions(str(tmp_path / "out"))
-    assert table["masks"].null_count == 0
-    assert [len(m) for m in table["masks"].to_pylist()] == [len(b) for b in table["boxes"].to_pylist()]
-    result = score_files(str(tmp_path / "out"), shapes["val_annotations"])
-    assert set(result["segm"]["metrics"]) == set(result["metrics"]) and result["segm"]["detections"] > 0
-    history = reevaluate(ReevaluateConfig(checkpoints=str(tmp_path / "runs"), images=shapes["val_images"],
+    save_checkpoint(str(tmp_path / "runs" / "segm.pt"), segm_model)
+    summary = reevaluate(ReevaluateConfig(checkpoints=str(tmp_path / "runs"), images=shapes["val_images"],
                                           annotations=shapes["val_annotations"], history=str(tmp_path / "history"),
                                           actors=(1, 1)))
-    [row] = history["evaluated"]
-    assert row["segm_AP"] == pytest.approx(result["segm"]["metrics"]["AP"])
+    [row] = read_history(str(tmp_path / "history"))
+    assert json.loads(row["errors"]) == {} and row["images"] == 6
+    table = predictions.read_predictions(row["predictions"])
+    assert table["masks"].null_count == 0
+    assert [len(m) for m in table["masks"].to_pylist()] == [len(b) for b in table["boxes"].to_pylist()]
+    result = score_files(row["predictions"], shapes["val_annotations"])
+    assert set(result["segm"]["metrics"]) == set(result["metrics"]) and result["segm"]["detections"] > 0
+    assert summary["evaluated"][0]["segm_AP"] == row["segm_AP"] == pytest.approx(result["segm"]["metrics"]["AP"])
     assert "| mask AP |" in (tmp_path / "history" / "report.md").read_text()
 
 

@@ -1,0 +1,30 @@
+"""The training loop as Ray Train's controller sees it: the entry point and the inputs it
+unpickles. The loop's own imports (the model, the scorer, the plots: seconds of CPU) stay out
+of the controller; each worker imports them when its loop starts (loop.py)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .config import TrainConfig
+from .tracking import MlflowLog
+
+
+@dataclass
+class LoopInputs:
+    """What fit() hands every worker."""
+    config: TrainConfig
+    num_classes: int
+    train_images: int
+    train_records: Any  # object ref of the training records, or None: a prepared dataset replaces them
+    val_records: Any  # object ref of the validation records, or None: no validation
+    run_folder: str  # RUN: its progress files, TensorBoard events and curves (watch.py)
+    best_checkpoint: str  # RUN/best/checkpoint.pt: the checkpoint with the best validation AP so far
+    mlflow: MlflowLog | None = None  # the run's MLflow run, with --mlflow
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker (loop_config: {"inputs": LoopInputs})."""
+    from .loop import run_loop  # the workers' imports, not the controller's
+
+    run_loop(loop_config["inputs"])
