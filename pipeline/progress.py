@@ -52,7 +52,8 @@ def _errors(errors: dict[str, int]) -> str:
 def training_headline(summary: dict) -> str:
     m = summary.get("metrics") or {}
     scores = f", val AP {m['AP']:.3f} AP50 {m['AP50']:.3f}" if "AP" in m else ""
-    return (f"trained {m.get('epoch', 0)} epochs: loss {m.get('loss', float('nan')):.3f}{scores}; "
+    epochs = m.get("epoch", 0)
+    return (f"trained {epochs} epoch{'' if epochs == 1 else 's'}: loss {m.get('loss', float('nan')):.3f}{scores}; "
             f"last checkpoint {summary.get('checkpoint')}"
             + (f"; curves in {summary['curves']}" if summary.get("curves") else ""))
 

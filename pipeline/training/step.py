@@ -10,11 +10,12 @@ from .config import TrainConfig
 
 
 def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """Two learning rates, as the paper: the backbone's and the rest's."""
+    """Two learning rates, as the paper: the backbone's and the rest's (a model with the mask head
+    holds its DETR under `detr.`)."""
     backbone, rest = [], []
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            (backbone if name.startswith("backbone.") else rest).append(parameter)
+            (backbone if name.removeprefix("detr.").startswith("backbone.") else rest).append(parameter)
     return [{"params": rest, "lr": cfg.lr}, {"params": backbone, "lr": cfg.lr_backbone}]
 
 

@@ -100,22 +100,22 @@ def test_train_job_submitted_as_the_readme_says(token_head, tiny_shapes, tmp_pat
     entrypoint = (
         f"python jobs/train.py --annotations {relative('train_annotations')} --images {relative('train_images')}"
         f" --val-annotations {relative('val_annotations')} --val-images {relative('val_images')}"
-        " --storage runs --name submitted --epochs 2 --batch-size 4 --augment-scale 0.15 --log-every 2"
+        " --storage runs --name submitted --epochs 1 --batch-size 4 --augment-scale 0.15 --log-every 2"
     )
     proc = _submit(address, entrypoint, dict(_anonymous(), RAY_AUTH_TOKEN_PATH=str(token)), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
-    steps = [line for line in lines if "epoch 2/2 step 4/4 loss " in line and " eta " in line]
+    steps = [line for line in lines if "epoch 1/1 step 4/4 loss " in line and " eta " in line]
     assert len(steps) == 1  # a progress line, printed once
     assert any(line.startswith("training detr-tiny: 1 worker(s) x batch 4 = total batch 4; lr 0.0003,")
                for line in lines)  # the learning rate used, and its rule
-    assert lines[-2].startswith("trained 2 epochs")  # the human summary, then the JSON
+    assert lines[-2].startswith("trained 1 epoch:")  # the human summary, then the JSON
     summary = json.loads(lines[-1])
     run = tmp_path / "runs" / "submitted"
-    assert summary["metrics"]["epoch"] == 2 and summary["run"] == str(run)
+    assert summary["metrics"]["epoch"] == 1 and summary["run"] == str(run)
     assert summary["best_checkpoint"] == str(run / "best" / "checkpoint.pt")
     assert Path(summary["best_checkpoint"]).is_file()
-    assert sorted(p.name for p in (run / "progress").iterdir()) == ["epoch_0001.jsonl", "epoch_0002.jsonl"]
+    assert sorted(p.name for p in (run / "progress").iterdir()) == ["epoch_0001.jsonl"]
     _, config = load_checkpoint(summary["checkpoint"])
     assert config.num_classes == 12
 

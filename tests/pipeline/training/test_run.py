@@ -21,7 +21,6 @@ from model.checkpoint import safe_torch_load
 from pipeline.coco import load_coco
 from pipeline.training import TrainConfig, check_initialisation, fit, records_of, run_training
 from pipeline.training.stream import sample_stream
-from pipeline.training.run import run_config
 from tests import REPO
 from tests.local_cluster import STATE_API, job_env
 from tests.pipeline.training import small_run, tensorboard_scalars
@@ -118,24 +117,6 @@ def test_fit_trains_on_the_datasets_it_is_given(ray_cluster, tiny_shapes, tmp_pa
     assert result.metrics["steps"] == 8 // cfg.batch_size  # not 16 // 4: the stream was not built
 
 
-def test_training_workers_are_not_deprioritised(ray_cluster, tmp_path):
-    """Ray starts worker processes at niceness 15; the training workers run at 0, as a driver does."""
-    import ray.train.torch
-
-    seen = tmp_path / "niceness"
-
-    def loop() -> None:
-        seen.write_text(str(os.nice(0)))  # Ray keeps only checkpointed metrics: report through a file
-
-    trainer = ray.train.torch.TorchTrainer(
-        loop, scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
-        run_config=run_config(small_run({"train_annotations": "", "train_images": ""}, tmp_path, "nice")),
-    )
-    trainer.fit()
-    assert seen.read_text() == "0"
-    assert ray_cluster.get(ray_cluster.remote(lambda: os.nice(0)).remote()) > 0  # other workers: Ray's default
-
-
 def test_resume_continues_at_the_next_epoch(ray_cluster, tiny_shapes, tmp_path):
     first = run_training(small_run(tiny_shapes, tmp_path, "resume", epochs=1))
     steps_per_epoch = first["metrics"]["steps"]
@@ -156,7 +137,8 @@ def _train_worker_pids() -> list[int]:
     return [a.pid for a in actors if a.pid]
 
 
-def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, tiny_shapes, tmp_path):
+def test_killed_worker_resumes_from_last_checkpoint_and_workers_are_not_deprioritised(ray_cluster, tiny_shapes,
+                                                                                     tmp_path):
     # ResNet-18 backbone: an epoch long enough (~7 s) for the kill to land inside epoch 2
     config = small_run(tiny_shapes, tmp_path, "faults", epochs=2, batch_size=1, max_failures=1,
                      model_overrides={"num_queries": 10, "backbone": "resnet18", "masked_backbone": False})
@@ -171,6 +153,9 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, tiny_shapes, tm
     time.sleep(1.0)  # into epoch 2 (16 steps of one image)
     pids = _train_worker_pids()
     assert pids, "no live training worker found"
+    # Ray starts worker processes at niceness 15; the training workers run at 0, as a driver does
+    assert os.getpriority(os.PRIO_PROCESS, pids[0]) == 0
+    assert ray_cluster.get(ray_cluster.remote(lambda: os.nice(0)).remote()) > 0  # other workers: Ray's default
     os.kill(pids[0], signal.SIGKILL)
     thread.join(timeout=600)
     assert not thread.is_alive()
