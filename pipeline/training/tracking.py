@@ -13,13 +13,13 @@ import dataclasses
 import os
 from typing import Any
 
+from model.uri import strip_credentials
+
 from ..paths import absolute
 
 EXPERIMENT = "detr-ray"
 RUN_FOLDER_TAG = "detr_ray.run_folder"  # finds the MLflow run of a run folder again
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
-
-
 LOCAL_STORE = "mlflow.db"  # in a folder given as --mlflow, beside its artifacts/
 
 
@@ -81,13 +81,14 @@ def _open_run(mlflow, run_folder: str, params: dict[str, Any], artifacts: str | 
 
 
 def run_params(config: Any) -> dict[str, Any]:
-    """A TrainConfig's fields as MLflow parameters (nested ones flattened with dots)."""
+    """A TrainConfig's fields as MLflow parameters (nested ones flattened with dots; URIs
+    without credentials)."""
     flat: dict[str, Any] = {}
     for name, value in dataclasses.asdict(config).items():
         if isinstance(value, dict):
             flat.update({f"{name}.{k}": v for k, v in value.items()})
         else:
-            flat[name] = value
+            flat[name] = strip_credentials(value) if isinstance(value, str) else value
     return flat
 
 
