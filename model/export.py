@@ -2,8 +2,8 @@
 
 Both take `images` (float32 [B,3,H,W], normalised with the config's mean and std) and `mask`
 (bool [B,H,W], True on padding) and return `pred_logits` [B,Q,classes+1] and `pred_boxes`
-[B,Q,4] (cx, cy, w, h relative to each image's unpadded area); batch, height and width are
-dynamic. What a consumer needs besides (config, input contract: mean, std, resize and canvas
+[B,Q,4] (cx, cy, w, h relative to each image's unpadded area), and with the mask head
+`pred_masks` [B,Q,h,w] (mask logits); batch, height and width are dynamic. What a consumer needs besides (config, input contract: mean, std, resize and canvas
 rule; class names, weights id) is in the file: ONNX metadata, or `detr.json` among the .pt2 archive's extra files.
 
 An export verifies itself before it is written: the exported file is run (ONNX Runtime on
@@ -29,9 +29,8 @@ from torch import nn
 from . import uri as uris
 from .checkpoint import read_checkpoint, weights_id
 from .contract import resolve_contract
-from .detr import DETR
-from .onnx_model import INPUTS, INSTALL_HINT, OUTPUTS, OnnxDetr
-from .segmentation import boxes_only
+from .detr import DETR, build_detr
+from .onnx_model import INPUTS, INSTALL_HINT, MASK_OUTPUT, OUTPUTS, OnnxDetr
 
 SUFFIXES = (".onnx", ".pt2")
 TOLERANCE = 1e-4  # absolute, on both outputs (CPU, float32)
@@ -46,15 +45,17 @@ class ExportError(ValueError):
 
 
 class DetectionGraph(nn.Module):
-    """DETR with the two outputs a deployment uses (no auxiliary or encoder outputs)."""
+    """DETR with the outputs a deployment uses (no auxiliary or encoder outputs): logits and
+    boxes, and the mask logits of a model with the mask head."""
 
     def __init__(self, model: DETR):
         super().__init__()
         self.model = model
+        self.outputs = OUTPUTS + ((MASK_OUTPUT,) if model.config.masks else ())
 
-    def forward(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(images, mask)
-        return out["pred_logits"].float(), out["pred_boxes"].float()
+        return tuple(out[name].float() for name in self.outputs)
 
 
 def sample_batch(batch: int, height: int, width: int, padded: bool, seed: int = 0
@@ -120,7 +121,7 @@ def _export_onnx(graph: DetectionGraph, path: str, metadata: dict[str, Any], ops
         raise ImportError(f"ONNX export needs onnx, onnxscript and onnxruntime: {INSTALL_HINT}") from e
     with _quiet():
         program = torch.onnx.export(graph, sample_batch(2, 256, 320, True), dynamo=True, opset_version=opset,
-                                    input_names=list(INPUTS), output_names=list(OUTPUTS),
+                                    input_names=list(INPUTS), output_names=list(graph.outputs),
                                     dynamic_shapes=_dynamic_shapes(), verbose=False)
         program.save(path)
     proto = onnx.load(path)
@@ -139,15 +140,15 @@ def verify(graph: DetectionGraph, path: str) -> dict[str, float]:
     """Largest |exported - PyTorch| of each output over VERIFY_CASES; ExportError above TOLERANCE."""
     if path.endswith(".onnx"):
         run = OnnxDetr(Path(path).read_bytes())
-        exported = lambda images, mask: tuple(run(images, mask)[k] for k in OUTPUTS)  # noqa: E731
+        exported = lambda images, mask: tuple(run(images, mask)[k] for k in graph.outputs)  # noqa: E731
     else:
         exported = torch.export.load(path).module()  # our own file, just written: safe to unpickle
-    worst = {name: 0.0 for name in OUTPUTS}
+    worst = {name: 0.0 for name in graph.outputs}
     for batch, height, width, padded in VERIFY_CASES:
         images, mask = sample_batch(batch, height, width, padded, seed=batch)
         with torch.no_grad():
             expected, got = graph(images, mask), exported(images, mask)
-        for name, a, b in zip(OUTPUTS, expected, got):
+        for name, a, b in zip(graph.outputs, expected, got):
             difference = float((a - b).abs().max())
             worst[name] = max(worst[name], difference)
             if not difference <= TOLERANCE:  # NaN fails too
@@ -170,11 +171,8 @@ def export_checkpoint(checkpoint: str, output: str, *, opset: int = DEFAULT_OPSE
     contract, said = resolve_contract(recorded, uris.strip_credentials(checkpoint), min_size, max_size)
     for line in said:
         log(line)
-    weights = weights_id(state_dict)  # the checkpoint's, mask head included
-    if config.masks:
-        log("this checkpoint has a mask head: the graph predicts its boxes (pred_masks is not exported yet)")
-        config, state_dict = boxes_only(config, state_dict)
-    model = DETR(config)
+    weights = weights_id(state_dict)
+    model = build_detr(config)  # with the mask head when the checkpoint has one: pred_masks is an output
     model.load_state_dict(state_dict)
     metadata = {
         "weights": weights,

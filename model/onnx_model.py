@@ -19,6 +19,7 @@ from .contract import InputContract
 
 INPUTS = ("images", "mask")
 OUTPUTS = ("pred_logits", "pred_boxes")
+MASK_OUTPUT = "pred_masks"  # a graph of a model with the mask head has it too
 INSTALL_HINT = "pip install -e '.[export]' (onnx and onnxruntime)"
 
 
@@ -60,7 +61,8 @@ def read_onnx(source: str) -> tuple[DetrConfig, bytes, str, InputContract | None
 
 
 class OnnxDetr:
-    """Callable like DETR on a padded batch: (images, mask) -> {"pred_logits", "pred_boxes"}."""
+    """Callable like DETR on a padded batch: (images, mask) -> {"pred_logits", "pred_boxes"} (and
+    "pred_masks" from a graph with the mask head)."""
 
     def __init__(self, graph: bytes, device: str = "cpu", threads: int = 0):
         ort = import_onnxruntime()
@@ -77,10 +79,10 @@ class OnnxDetr:
             providers.insert(0, "CUDAExecutionProvider")
         self.session = ort.InferenceSession(graph, options, providers=providers)
         self.providers = self.session.get_providers()
+        self.outputs = [output.name for output in self.session.get_outputs()]
 
     def __call__(self, images: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         feed = {"images": np.ascontiguousarray(images.detach().float().cpu().numpy()),
                 "mask": np.ascontiguousarray(mask.detach().cpu().numpy())}
-        logits, boxes = self.session.run(list(OUTPUTS), feed)
-        return {"pred_logits": torch.from_numpy(logits).to(images.device),
-                "pred_boxes": torch.from_numpy(boxes).to(images.device)}
+        results = self.session.run(self.outputs, feed)
+        return {name: torch.from_numpy(result).to(images.device) for name, result in zip(self.outputs, results)}

@@ -32,14 +32,6 @@ def fpn_channels(config: DetrConfig) -> list[int]:
     return [widths[i] for i in range(last - 2, last - 2 - MASK_HEAD_STAGES, -1) if i >= 0]
 
 
-def boxes_only(config: DetrConfig, state_dict: dict[str, torch.Tensor]) -> tuple[DetrConfig, dict[str, torch.Tensor]]:
-    """The box model inside a checkpoint with the mask head (its `detr.*` weights), for the paths
-    that predict boxes alone; other checkpoints as they are."""
-    if not config.masks:
-        return config, state_dict
-    return config.replace(masks=False), {k[len("detr."):]: v for k, v in state_dict.items() if k.startswith("detr.")}
-
-
 class MHAttentionMap(nn.Module):
     """The softmax attention weights (no values) of each query over the memory, per head."""
 

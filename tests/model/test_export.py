@@ -146,3 +146,21 @@ def test_a_failed_verification_writes_nothing(tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="differs"):
         export_checkpoint(checkpoint, str(tmp_path / "out" / "model.pt2"))
     assert not (tmp_path / "out").exists()
+
+
+def test_the_mask_head_is_exported_as_pred_masks(tmp_path):
+    """A checkpoint with the mask head exports a graph with pred_masks too, verified like the boxes
+    (a one-stage model: random two-stage weights pick queries by rounding)."""
+    torch.manual_seed(0)
+    model = build_detr("detr-tiny", num_classes=5, masks=True, two_stage=False)
+    report = export_checkpoint(save_checkpoint(str(tmp_path / "segm.pt"), model), str(tmp_path / "segm.onnx"),
+                               min_size=96, max_size=160, log=lambda _: None)
+    assert set(report["max_abs_difference"]) == {"pred_logits", "pred_boxes", "pred_masks"}
+    run = OnnxDetr((tmp_path / "segm.onnx").read_bytes())
+    images, mask = sample_batch(2, 128, 160, True)
+    with torch.no_grad():
+        expected = model.eval()(images, mask)["pred_masks"]
+    got = run(images, mask)["pred_masks"]
+    assert got.shape == expected.shape == (2, 20, 64, 80)  # small_cnn's stride 2
+    assert float((got - expected).abs().max()) <= 1e-4
+    assert read_onnx(str(tmp_path / "segm.onnx"))[0].masks
