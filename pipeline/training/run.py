@@ -18,10 +18,10 @@ from model.checkpoint import CHECKPOINT_FILE
 
 from ..cluster import init_ray, wait_for
 from ..coco import CocoDataset, load_coco
-from .config import TrainConfig
-from .events import FOLDER
 from . import tracking
+from .config import TrainConfig
 from .entry import LoopInputs, train_loop
+from .events import FOLDER
 from .stream import records_of
 
 # Ray starts workers at niceness 15, below its own daemons (raylet, GCS, agents), whose
@@ -34,6 +34,7 @@ WORKER_RUNTIME_ENV = {"env_vars": {"RAY_worker_niceness": "0", "RAY_TRAIN_ENABLE
 
 
 def run_folder(cfg: TrainConfig) -> str:
+    """RUN: where the run lives (Ray's checkpoints, best/, progress/, tensorboard/, curves.png)."""
     return uris.join(cfg.storage, cfg.name)
 
 
