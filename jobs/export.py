@@ -5,8 +5,8 @@
 
 CK is any checkpoint the project loads (ours, a reference .pth, a Hugging Face folder; local
 or s3://). The graph takes `images` (float32 B x 3 x H x W, normalised) and `mask` (bool
-B x H x W, true on padding) and returns `pred_logits` and `pred_boxes`, with batch, height and
-width dynamic; its metadata holds the config, the input contract (mean / std, resize and
+B x H x W, true on padding) and returns `pred_logits` and `pred_boxes` (and `pred_masks` for a
+checkpoint with the mask head), with batch, height and width dynamic; its metadata holds the config, the input contract (mean / std, resize and
 canvas rule: the checkpoint's own unless --min-size / --max-size say otherwise), class names
 (from --annotations) and the weights id. The exported file is run on several batch and image sizes,
 padding included, and compared with the PyTorch model (<= 1e-4 absolute) before it is
