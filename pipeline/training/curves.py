@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 LOSSES = ("loss", "loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice")  # those the run has
-SCORES = ("AP", "AP50", "AP75")
+SCORES = ("AP", "AP50", "AP75", "segm_AP")  # those the run has (segm_AP: masks)
 
 
 def draw_curves(history: list[dict[str, Any]], title: str) -> bytes:
@@ -23,7 +23,7 @@ def draw_curves(history: list[dict[str, Any]], title: str) -> bytes:
     losses.set_yscale("log")
     losses.set_title("training loss (epoch mean)")
     validated = [m for m in history if "AP" in m]
-    for name in SCORES:
+    for name in (n for n in SCORES if any(n in m for m in validated)):
         scores.plot([m["epoch"] for m in validated], [m[name] for m in validated], marker="o", label=name)
     scores.set_ylim(0, 1)
     scores.set_title("validation" if validated else "validation (none yet)")

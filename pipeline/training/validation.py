@@ -19,6 +19,7 @@ from model import DETR, InputContract
 from .. import predictions
 from ..detection import Detector, fetch
 from ..evaluation import CocoScorer, score_predictions
+from ..evaluation.scoring import mask_results
 from ..images import MAX_PIXELS
 
 WINDOW_BATCHES = 32  # images read and grouped by canvas at once, in batches: as a detection actor's window
@@ -46,14 +47,20 @@ def detect_images(model: DETR, records: list[dict[str, Any]], contract: InputCon
 
 def validate(model: DETR, records: list[dict[str, Any]], contract: InputContract, batch_size: int,
              scorer: CocoScorer | None, rank: int, world_size: int) -> dict[str, float]:
-    """The COCO stats (boxes) of the validation images on rank 0 (the others get an empty dict).
-    A model with the mask head is validated on its boxes."""
-    model = getattr(model, "detr", model)
+    """The COCO stats of the validation images on rank 0 (the others get an empty dict): of the
+    boxes and, for a model with the mask head whose ground truth has segmentations, of the masks
+    (as segm_AP, segm_AP50, ...), as jobs/evaluate.py scores them."""
     was_training = model.training
     table = detect_images(model.eval(), records[rank::world_size], contract, batch_size)
     model.train(was_training)
     tables = gather(table, world_size)
-    return score_predictions(tables, scorer)["metrics"] if rank == 0 else {}
+    if rank != 0:
+        return {}
+    metrics = score_predictions(tables, scorer)["metrics"]
+    if model.config.masks and all("segmentation" in a for a in scorer.coco["annotations"]):
+        results = [r for t in tables for r in mask_results(t, scorer)]
+        metrics.update({f"segm_{name}": value for name, value in scorer.score_masks(results)["metrics"].items()})
+    return metrics
 
 
 def gather(table: pa.Table, world_size: int) -> list[pa.Table]:

@@ -46,8 +46,9 @@ def read_history(run_folder: str, epochs_done: int) -> list[dict[str, Any]]:
 
 
 def epoch_scalars(metrics: dict[str, Any]) -> dict[str, float]:
-    """An epoch's metrics as TensorBoard tags: COCO stats under val/, the rest under epoch/."""
-    return {("val/" if name in STAT_NAMES else "epoch/") + name: float(value)
+    """An epoch's metrics as TensorBoard tags: COCO stats (boxes, and masks as segm_*) under val/,
+    the rest under epoch/."""
+    return {("val/" if name.removeprefix("segm_") in STAT_NAMES else "epoch/") + name: float(value)
             for name, value in metrics.items()
             if name not in NOT_SCALARS and isinstance(value, (int, float)) and math.isfinite(value)}
 

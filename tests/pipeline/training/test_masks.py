@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from model import build_criterion, build_detr, load_checkpoint
@@ -116,13 +117,16 @@ def test_a_joint_training_step_trains_boxes_and_masks():
 
 def test_the_mask_head_alone_on_the_shipped_box_model(ray_cluster, tmp_path):
     """The paper's second stage through Ray Train: a new mask head on the shipped detr-tiny, whose
-    own weights (and batch norm statistics) stay as they were."""
-    shapes = make_synthetic(str(tmp_path / "shapes"), train=8, val=0, seed=5,
+    own weights (and batch norm statistics) stay as they were; validation scores boxes and masks."""
+    shapes = make_synthetic(str(tmp_path / "shapes"), train=8, val=4, seed=5,
                             config=SyntheticConfig(min_side=64, max_side=128, max_objects=3, min_object=12,
                                                    max_object=40))
     summary = run_training(small_run(shapes, tmp_path, "masks", init=str(SHIPPED), masks=True, freeze_detr=True,
-                                     model_overrides={}, batch_size=4))
+                                     model_overrides={}, batch_size=4, val_annotations=shapes["val_annotations"],
+                                     val_images=shapes["val_images"]))
     assert summary["metrics"]["loss_mask"] > 0 and summary["metrics"]["loss_dice"] > 0
+    assert summary["metrics"]["AP"] > 0.3  # the shipped box model's, unchanged
+    assert 0 <= summary["metrics"]["segm_AP"] <= 1 and "segm_AR100" in summary["metrics"]
     trained, config = load_checkpoint(summary["checkpoint"])
     shipped, _ = load_checkpoint(str(SHIPPED))
     assert config.masks
@@ -130,3 +134,4 @@ def test_the_mask_head_alone_on_the_shipped_box_model(ray_cluster, tmp_path):
         assert torch.equal(trained.state_dict()[f"detr.{name}"], value), name
     scalars = tensorboard_scalars(summary["run"])
     assert [s for s, _ in scalars["train/loss_mask"]] == [1, 2]
+    assert scalars["val/segm_AP"] == [(2, pytest.approx(summary["metrics"]["segm_AP"]))]
