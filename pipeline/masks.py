@@ -34,9 +34,9 @@ def check_segmentation(segmentation: Any, width: int, height: int) -> tuple[str,
             return "polygon_odd", f"polygon of {len(polygon)} coordinates (odd)"
         if len(polygon) < 6:
             return "polygon_points", f"polygon of {len(polygon) // 2} points (at least 3)"
-        xs, ys = np.asarray(polygon[0::2]), np.asarray(polygon[1::2])
-        if (xs.min() < -OUTSIDE_SLACK or ys.min() < -OUTSIDE_SLACK or xs.max() > width + OUTSIDE_SLACK
-                or ys.max() > height + OUTSIDE_SLACK):
+        xs, ys = polygon[0::2], polygon[1::2]  # plain Python: COCO train has 860k polygons to check
+        if (min(xs) < -OUTSIDE_SLACK or min(ys) < -OUTSIDE_SLACK or max(xs) > width + OUTSIDE_SLACK
+                or max(ys) > height + OUTSIDE_SLACK):
             return "outside_image", "polygon outside the image"
     return None
 
