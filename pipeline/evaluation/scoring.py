@@ -152,12 +152,18 @@ class CocoScorer:
         return table
 
     def score(self, detections: np.ndarray) -> dict[str, Any]:
-        evaluator = self.cocoeval(detections)
-        return {"metrics": self.stats(evaluator), "per_category": self.per_category(evaluator)}
+        return self._scored(self.cocoeval(detections))
 
     def score_masks(self, results: list[dict[str, Any]]) -> dict[str, Any]:
-        evaluator = self.cocoeval_masks(results)
+        return self._scored(self.cocoeval_masks(results))
+
+    def _scored(self, evaluator) -> dict[str, Any]:
         return {"metrics": self.stats(evaluator), "per_category": self.per_category(evaluator)}
+
+    @property
+    def unsegmented(self) -> int:
+        """Ground-truth objects without a segmentation (mask AP needs none)."""
+        return sum("segmentation" not in a for a in self.coco["annotations"])
 
 
 def coco_stats(evaluation: dict[str, Any], iou_thresholds: np.ndarray) -> list[float]:
@@ -395,10 +401,9 @@ def score_mask_files(predictions_uri: str, scorer: CocoScorer) -> dict[str, Any]
     rows carry masks (None otherwise); when a ground-truth object has no segmentation, says so."""
     if not _has_masks(predictions_uri):
         return None
-    annotations = scorer.coco["annotations"]
-    without = sum("segmentation" not in a for a in annotations)
-    if without:
-        return {"skipped": f"{without} of {len(annotations)} ground-truth objects have no segmentation: no mask AP"}
+    if scorer.unsegmented:
+        return {"skipped": f"{scorer.unsegmented} of {len(scorer.coco['annotations'])} ground-truth objects have "
+                           "no segmentation: no mask AP"}
     results: list[dict[str, Any]] = []
     for batch in prediction_batches(predictions_uri, (*COLUMNS, "width", "height", "masks"), BATCH_ROWS):
         results += mask_results(pa.Table.from_batches([batch]), scorer)

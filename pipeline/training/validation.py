@@ -57,7 +57,7 @@ def validate(model: DETR, records: list[dict[str, Any]], contract: InputContract
     if rank != 0:
         return {}
     metrics = score_predictions(tables, scorer)["metrics"]
-    if model.config.masks and all("segmentation" in a for a in scorer.coco["annotations"]):
+    if model.config.masks and not scorer.unsegmented:
         results = [r for t in tables for r in mask_results(t, scorer)]
         metrics.update({f"segm_{name}": value for name, value in scorer.score_masks(results)["metrics"].items()})
     return metrics
