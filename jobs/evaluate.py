@@ -2,6 +2,7 @@
 
     python jobs/evaluate.py --predictions URI --annotations URI [--output URI]
         [--backend faster-coco-eval|pycocotools] [--max-dets 100]
+        [--panoptic-annotations URI [--panoptic-folder URI]]
 
 Prints the 12 standard stats and a per-category AP table; with --output writes
 metrics.json and metrics.parquet there. The last line's `metrics` object holds the 12
@@ -10,6 +11,10 @@ stats (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR<max-dets>, ARs, ARm, ARl), `
 rows of unknown images, unknown categories, invalid boxes, error rows). What was dropped is
 also said on stderr, one line each. Predictions or annotations that cannot be read end with
 one `evaluate: ...` line and exit code 1.
+
+Predictions with masks are also scored as masks (segm: the same 12 stats); with
+--panoptic-annotations (a COCO panoptic JSON; its PNGs in --panoptic-folder, default the JSON's
+path without .json), the panoptic segmentations get PQ, SQ and RQ (All, Things, Stuff).
 """
 from __future__ import annotations
 
@@ -35,11 +40,14 @@ def main(argv: list[str] | None = None) -> None:
                    help=f"COCO scorer (default {DEFAULT_BACKEND}; pycocotools is the reference, same numbers)")
     p.add_argument("--max-dets", type=max_dets_arg, default=MAX_DETECTIONS,
                    help=f"detections scored per image, the top by score (default {MAX_DETECTIONS}, COCO's rule)")
+    p.add_argument("--panoptic-annotations", help="COCO panoptic JSON (path or s3://): scores PQ / SQ / RQ")
+    p.add_argument("--panoptic-folder", help="its PNGs (default: the JSON's path without .json)")
     args = p.parse_args(argv)
     try:
-        predictions, annotations, output = (absolute(getattr(args, name), f"--{name}")
-                                            for name in ("predictions", "annotations", "output"))
-        result = score_files(predictions, annotations, args.backend, args.max_dets)
+        predictions, annotations, output, panoptic, panoptic_folder = (
+            absolute(getattr(args, name.replace("-", "_")), f"--{name}")
+            for name in ("predictions", "annotations", "output", "panoptic-annotations", "panoptic-folder"))
+        result = score_files(predictions, annotations, args.backend, args.max_dets, panoptic, panoptic_folder)
     except (ValueError, FileNotFoundError, OSError) as e:  # CocoFormatError is a ValueError
         sys.exit(f"evaluate: {e}")
     print(format_tables(result))

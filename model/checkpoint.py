@@ -100,20 +100,19 @@ def load_checkpoint(
     checkpoint adds a new mask head to it).
     """
     config, state_dict, contract = read_checkpoint(source, dilation=dilation)
-    if config_overrides:
-        config = config.replace(**config_overrides)
-    new_mask_head = config.masks and not any(k.startswith("detr.") for k in state_dict)
-    if new_mask_head:  # a box model given the mask head (masks=True): its weights under detr.
-        log.warning("%s is a box model: a new mask head is added to it", source)
-        state_dict = {f"detr.{k}": v for k, v in state_dict.items()}
     drop_head = num_classes is not None and num_classes != config.num_classes
-    heads = SEGM_CLASS_HEADS if config.masks else CLASS_HEADS
     if drop_head:
         log.warning(
             "%s has %d classes, building %d: the class head is re-initialised",
             source, config.num_classes, num_classes,
         )
-        config = config.replace(num_classes=num_classes)
+    config = config.replace(**config_overrides, **({"num_classes": num_classes} if drop_head else {}))
+    new_mask_head = config.masks and not any(k.startswith("detr.") for k in state_dict)
+    if new_mask_head:  # a box model given the mask head (masks=True): its weights under detr.
+        log.warning("%s is a box model: a new mask head is added to it", source)
+        state_dict = {f"detr.{k}": v for k, v in state_dict.items()}
+    heads = SEGM_CLASS_HEADS if config.masks else CLASS_HEADS
+    if drop_head:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(heads)}
     model = build_detr(config)
     expected = model.state_dict()
@@ -232,6 +231,8 @@ def _reference_config(
             num_classes=state_dict["class_embed.weight"].shape[0] - 1,
             aux_loss=getattr(args, "aux_loss", True),
             masks=masks,
+            # the panoptic releases' rule (is_thing_map: ids up to 90 are things, COCO's 80)
+            stuff_classes=tuple(range(91, state_dict["class_embed.weight"].shape[0] - 1)) if masks else (),
         )
     except KeyError as e:
         raise CheckpointError(f"{source} lacks the reference DETR key {e}") from e

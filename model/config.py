@@ -48,6 +48,9 @@ class DetrConfig:
     # The paper's mask head (model/segmentation.py): the model is then DETRsegm, its DETR under
     # `detr.`, and also predicts a mask per query.
     masks: bool = False
+    # Class ids that are stuff (regions: sky, road), not things; with the mask head, bulk detection
+    # writes a panoptic segmentation per image when there are any (model/mask_postprocess.py).
+    stuff_classes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -64,6 +67,9 @@ class DetrConfig:
             raise ValueError(f"distinct_query_iou must be in (0, 1], got {self.distinct_query_iou}")
         if self.hidden_dim % self.nheads or self.hidden_dim % 2:
             raise ValueError(f"hidden_dim {self.hidden_dim} must be even and divisible by nheads {self.nheads}")
+        object.__setattr__(self, "stuff_classes", tuple(sorted(int(c) for c in self.stuff_classes)))
+        if any(not 0 <= c < self.num_classes for c in self.stuff_classes):
+            raise ValueError(f"stuff_classes must be class ids below num_classes {self.num_classes}")
         for name in ("num_classes", "num_queries", "enc_layers", "dec_layers", "dim_feedforward"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

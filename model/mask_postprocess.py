@@ -2,7 +2,7 @@
 (PostProcessPanoptic): the reference's rules, in torch alone.
 
 A panoptic segmentation is one segment id per pixel (COCO panoptic's PNG stores id as
-R + 256 G + 256^2 B, see id_to_rgb) and a segments_info entry per id.
+R + 256 G + 256^2 B: pipeline/panoptic.py) and a segments_info entry per id.
 """
 from __future__ import annotations
 
@@ -46,16 +46,6 @@ class PostProcessSegm(nn.Module):
         return results
 
 
-def id_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """Segment ids [H,W] as COCO panoptic's PNG colours [H,W,3] uint8."""
-    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
-
-
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    rgb = rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
-
-
 class PostProcessPanoptic(nn.Module):
     """Queries whose best class is an object with a score above threshold each claim the pixels
     where their mask is the highest (masks of one stuff class merged); segments of at most
@@ -77,12 +67,14 @@ class PostProcessPanoptic(nn.Module):
                                                         processed_sizes, target_sizes)]
 
     def segment(self, logits: torch.Tensor, masks: torch.Tensor, no_object: int, size: tuple[int, int],
-                target: tuple[int, int]) -> dict:
+                target: tuple[int, int], padded: tuple[int, int] | None = None) -> dict:
+        """One image. padded: the padded batch (or canvas) the masks cover, whose top-left `size`
+        is the image; the reference's default (None) takes them to cover the image alone."""
         scores, classes = logits.float().softmax(-1).max(-1)
         keep = classes.ne(no_object) & (scores > self.threshold)
         scores, classes = scores[keep], classes[keep]
-        masks = F.interpolate(masks[keep][:, None].float(), size, mode="bilinear", align_corners=False)[:, 0]
-        masks = masks.flatten(1)
+        masks = F.interpolate(masks[keep][:, None].float(), padded or size, mode="bilinear", align_corners=False)[:, 0]
+        masks = masks[:, :size[0], :size[1]].flatten(1)
         stuff = defaultdict(list)  # stuff class -> its queries, merged into one segment
         for k, label in enumerate(classes.tolist()):
             if not self.is_thing_map[label]:

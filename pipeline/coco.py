@@ -52,6 +52,11 @@ class CocoDataset:
         """Classifier size: the largest category id + 1 (ids are the dataset's own)."""
         return max(c["id"] for c in self.categories) + 1
 
+    @property
+    def stuff_classes(self) -> tuple[int, ...]:
+        """Category ids marked stuff (COCO panoptic's `isthing`: 0); none where no category says."""
+        return tuple(sorted(c["id"] for c in self.categories if c.get("isthing", 1) == 0))
+
     def image_uri(self, image: dict[str, Any]) -> str:
         return uris.join(self.image_root, image["file_name"])
 

@@ -35,10 +35,17 @@ SCHEMA = pa.schema([
     # each box's mask (a checkpoint with the mask head): COCO compressed RLE counts at the row's
     # height x width (pycocotools.mask.decode({"size": [height, width], "counts": c})); null otherwise
     ("masks", pa.list_(pa.string())),
+    # the image's panoptic segmentation (a mask-head checkpoint with stuff classes): JSON
+    # {"file_name", "segments_info": [{id, category_id, isthing, area}]}, its PNG (COCO panoptic
+    # colours) at OUTPUT/_panoptic/<file_name>; null otherwise (pipeline/panoptic.py)
+    ("panoptic", pa.string()),
 ])
 METADATA_KEY = b"detr.run"  # JSON of the run's parameters in each file's key-value metadata
 COUNTS_KEY = b"detr.errors"  # JSON of the file's error rows by kind
 PART_PREFIX = "part-"
+# OUTPUT/_panoptic/: the panoptic PNGs (pipeline/panoptic.py); "_" so that Parquet readers of the
+# folder (pyarrow, pandas, Spark) skip it, as they skip _inputs/
+PANOPTIC_FOLDER = "_panoptic"
 # Boxes scoring below this are dropped unless a job says otherwise: bulk detection's default and
 # training's validation alike, so the AP a run prints is that of jobs/detect.py then jobs/evaluate.py.
 # torchvision's and Detectron2's convention: COCO AP within ~0.002 of keeping every query.
@@ -55,7 +62,8 @@ def detections_table(
     model: str,
 ) -> pa.Table:
     """Rows of the table; detections[i] (boxes [N,4] xyxy, scores [N], labels [N], and masks [N]
-    RLE counts with the mask head) is None for an error row."""
+    RLE counts with the mask head, and panoptic, its JSON text, with stuff classes) is None for
+    an error row."""
     counts = np.array([0 if d is None else len(d["scores"]) for d in detections], dtype=np.int32)
     offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
     missing = pa.array([d is None for d in detections], pa.bool_())
@@ -77,6 +85,7 @@ def detections_table(
         pa.array(error, pa.string()),
         pa.array([model] * len(path), pa.string()),
         pa.array([d.get("masks") if d is not None else None for d in detections], pa.list_(pa.string())),
+        pa.array([d.get("panoptic") if d is not None else None for d in detections], pa.string()),
     ]
     return pa.Table.from_arrays(columns, schema=SCHEMA)
 
@@ -172,11 +181,14 @@ def run_metadata(source: str) -> dict[str, Any] | None:
 
 
 def remove_parts(output: str) -> int:
-    """Delete the part files of an output folder (for a fresh run); returns how many."""
-    fs, _ = uris.resolve(output)
+    """Delete the part files of an output folder and its panoptic PNGs (for a fresh run);
+    returns how many part files."""
+    fs, root = uris.resolve(output)
     files = part_files(output)
     for path in files:
         fs.delete_file(path)
+    if fs.get_file_info(f"{root}/{PANOPTIC_FOLDER}").type == pafs.FileType.Directory:
+        fs.delete_dir(f"{root}/{PANOPTIC_FOLDER}")
     return len(files)
 
 

@@ -71,6 +71,10 @@ def evaluation_headline(result: dict) -> str:
     segm = result.get("segm") or {}
     masks = (f"; mask AP {segm['metrics']['AP']:.4f} AP50 {segm['metrics']['AP50']:.4f}" if "metrics" in segm
              else f"; {segm['skipped']}" if "skipped" in segm else "")
+    panoptic = result.get("panoptic", {}).get("metrics", {})
+    if panoptic:
+        masks += "; " + " ".join(f"{k} {'n/a' if panoptic[k] is None else f'{panoptic[k]:.4f}'}"
+                                 for k in ("PQ", "PQ_th", "PQ_st"))
     return (f"AP {m['AP']:.4f} AP50 {m['AP50']:.4f} AR{cap} {m[f'AR{cap}']:.4f}{masks} over {report['detections']:,} "
             f"detections (at most {cap} per image, {result.get('backend', 'pycocotools')}); "
             f"{report['missed_images']:,} images without a row, {report['unknown_rows']:,} rows of unknown images")

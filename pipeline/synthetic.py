@@ -8,6 +8,11 @@ random stream derived from (seed, split, index).
 Each object's `segmentation` is exact: the generator drew it. It is the shape's visible part
 (a later shape painted over an earlier one takes those pixels), as compressed RLE, and `area`
 is its pixel count; `bbox` is the whole shape's extent.
+
+With `stuff`, the background is two stuff regions (sky above a wavy horizon, ground below; COCO
+panoptic's `isthing` 0) annotated like objects (their visible pixels, their extent), and each
+split also gets its panoptic ground truth: annotations/panoptic_SPLIT.json and a PNG per image
+in annotations/panoptic_SPLIT/ (pipeline/panoptic.py).
 """
 from __future__ import annotations
 
@@ -21,10 +26,12 @@ from PIL import Image, ImageDraw
 
 from model import uri as uris
 
-from .masks import encode
+from .masks import decode, encode
+from .panoptic import png_bytes
 
 # name -> category id (non-contiguous on purpose)
 CATEGORIES = {"circle": 2, "square": 5, "triangle": 9, "cross": 11}
+STUFF = {"sky": 20, "ground": 21}  # with SyntheticConfig.stuff: the background's regions
 SPLIT_SALT = {"train": 0, "val": 1}
 
 
@@ -37,6 +44,7 @@ class SyntheticConfig:
     max_object: int = 72
     max_overlap_iou: float = 0.35  # placements overlapping more are re-drawn
     jpeg_quality: int = 90
+    stuff: bool = False  # a background of stuff regions (sky, ground) and panoptic ground truth
 
 
 def _shape_points(kind: str, cx: float, cy: float, size: float, angle: float) -> list[tuple[float, float]]:
@@ -80,6 +88,22 @@ def _background(rng: np.random.Generator, height: int, width: int) -> Image.Imag
     return image
 
 
+def _stuff_background(rng: np.random.Generator, height: int, width: int) -> tuple[Image.Image, np.ndarray]:
+    """Sky (a smooth bluish gradient) above a wavy horizon, ground (textured greens and browns)
+    below; returns the image and the sky's mask."""
+    x = np.arange(width)
+    horizon = height * rng.uniform(0.3, 0.7) + height * rng.uniform(0.02, 0.1) * np.sin(
+        2 * np.pi * x / (width * rng.uniform(0.5, 2.0)) + rng.uniform(0, 2 * np.pi))
+    sky = np.arange(height)[:, None] < horizon[None, :]
+    top, bottom = rng.uniform([40, 90, 170], [120, 170, 255]), rng.uniform([150, 190, 220], [210, 230, 255])
+    t = np.linspace(0, 1, height)[:, None, None]
+    sky_pixels = top * (1 - t) + bottom * t + rng.normal(0, 3, (height, width, 3))
+    ground_colour = rng.uniform([40, 70, 20], [140, 140, 60])
+    ground_pixels = ground_colour + rng.normal(0, rng.uniform(15, 30), (height, width, 3))
+    pixels = np.where(sky[..., None], sky_pixels, ground_pixels)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), sky
+
+
 def _iou(a: list[float], b: list[float]) -> float:
     ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
@@ -91,7 +115,10 @@ def make_image(seed: int, split: str, index: int, config: SyntheticConfig) -> tu
     """One JPEG and its objects: (jpeg bytes, width, height, [{category_id, bbox, segmentation, area}])."""
     rng = np.random.default_rng([seed, SPLIT_SALT[split], index])
     width, height = (int(v) for v in rng.integers(config.min_side, config.max_side + 1, 2))
-    image = _background(rng, height, width)
+    if config.stuff:
+        image, sky = _stuff_background(rng, height, width)
+    else:
+        image = _background(rng, height, width)
     draw = ImageDraw.Draw(image)
     objects: list[dict] = []
     masks: list[np.ndarray] = []
@@ -120,14 +147,43 @@ def make_image(seed: int, split: str, index: int, config: SyntheticConfig) -> tu
         covered |= mask
         obj["segmentation"] = {"size": [height, width], "counts": encode(visible[None])[0]}
         obj["area"] = float(np.count_nonzero(visible))
+    if config.stuff:
+        for name, region in (("sky", sky), ("ground", ~sky)):
+            visible = region & ~covered
+            if visible.any():
+                objects.append({"category_id": STUFF[name], "bbox": _extent(visible),
+                                "segmentation": {"size": [height, width], "counts": encode(visible[None])[0]},
+                                "area": float(np.count_nonzero(visible))})
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=config.jpeg_quality)
     return buffer.getvalue(), width, height, objects
 
 
+def _extent(mask: np.ndarray) -> list[float]:
+    ys, xs = np.nonzero(mask)
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1 - xs.min()), float(ys.max() + 1 - ys.min())]
+
+
+def panoptic_ids(objects: list[dict], width: int, height: int) -> np.ndarray:
+    """The segment id map of an image's objects (object k has id k + 1; they do not overlap)."""
+    ids = np.zeros((height, width), np.int64)
+    for k, obj in enumerate(objects):
+        ids[decode([obj["segmentation"]], width, height)[0] > 0] = k + 1
+    return ids
+
+
+def categories(stuff: bool) -> list[dict]:
+    """The categories (with `isthing` when there is stuff)."""
+    things = [{"id": cid, "name": name, "supercategory": "shape"} for name, cid in CATEGORIES.items()]
+    if not stuff:
+        return things
+    return ([{**c, "isthing": 1} for c in things]
+            + [{"id": cid, "name": name, "supercategory": "background", "isthing": 0} for name, cid in STUFF.items()])
+
+
 def write_split(out: str, split: str, count: int, seed: int, config: SyntheticConfig) -> str:
     """Write OUT/split/*.jpg and OUT/annotations/split.json; return the annotation URI."""
-    images, annotations = [], []
+    images, annotations, panoptic = [], [], []
     for index in range(count):
         data, width, height, objects = make_image(seed, split, index, config)
         file_name = f"{index:06d}.jpg"
@@ -136,10 +192,19 @@ def write_split(out: str, split: str, count: int, seed: int, config: SyntheticCo
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
         for obj in objects:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "iscrowd": 0, **obj})
-    categories = [{"id": cid, "name": name, "supercategory": "shape"} for name, cid in CATEGORIES.items()]
-    coco = {"images": images, "annotations": annotations, "categories": categories}
+        if config.stuff:
+            png = f"{index:06d}.png"
+            uris.write_bytes(uris.join(out, "annotations", f"panoptic_{split}", png),
+                             png_bytes(panoptic_ids(objects, width, height)))
+            segments = [{"id": k + 1, "category_id": o["category_id"], "iscrowd": 0, "bbox": o["bbox"],
+                         "area": o["area"]} for k, o in enumerate(objects)]
+            panoptic.append({"image_id": image_id, "file_name": png, "segments_info": segments})
+    coco = {"images": images, "annotations": annotations, "categories": categories(config.stuff)}
     annotation_uri = uris.join(out, "annotations", f"{split}.json")
     uris.write_bytes(annotation_uri, json.dumps(coco).encode())
+    if config.stuff:
+        uris.write_bytes(uris.join(out, "annotations", f"panoptic_{split}.json"), json.dumps(
+            {"images": images, "annotations": panoptic, "categories": categories(True)}).encode())
     return annotation_uri
 
 
@@ -150,4 +215,6 @@ def make_synthetic(out: str, train: int, val: int, seed: int = 0, config: Synthe
         summary[f"{split}_annotations"] = write_split(out, split, count, seed, config)
         summary[f"{split}_images"] = uris.join(out, split)
         summary[f"{split}_count"] = count
+        if config.stuff:
+            summary[f"{split}_panoptic"] = uris.join(out, "annotations", f"panoptic_{split}.json")
     return summary

@@ -13,6 +13,7 @@ actor and re-runs the window.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,13 +25,14 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from model import DETR, DetrConfig, InputContract, PostProcess, build_detr, optimize_for_inference
-from model.mask_postprocess import image_masks
+from model.mask_postprocess import PostProcessPanoptic, image_masks
 from model.onnx_model import OnnxDetr
 
 from .. import predictions
 from ..decode import decode_images
 from ..images import Header
 from ..masks import encode
+from ..panoptic import png_bytes, png_name
 
 MASK_CHUNK = 16  # masks made at an image's full size at a time (a 4000x3000 photo: 12 MB each)
 
@@ -47,13 +49,22 @@ def model_batches(canvas_heights: list, canvas_widths: list, errors: list, batch
             for k in range(0, len(rows), batch_size)]
 
 
+def panoptic_postprocess(config: DetrConfig) -> PostProcessPanoptic | None:
+    """The panoptic segmentation of a model with the mask head and stuff classes, else None."""
+    if not (config.masks and config.stuff_classes):
+        return None
+    return PostProcessPanoptic({c: c not in config.stuff_classes for c in range(config.num_classes)})
+
+
 class Detector:
     """A model and its input contract: rows of the read stage (read.py) -> one
-    predictions row each. Runs in-process (training's validation) or as DetectorActor."""
+    predictions row each (and, with `panoptic`, its panoptic PNG in a `panoptic_png` column).
+    Runs in-process (training's validation) or as DetectorActor."""
 
     def __init__(self, model: Callable[..., dict], contract: InputContract, score_threshold: float,
-                 batch_size: int, model_id: str, device: torch.device, num_queries: int):
-        self.model, self.contract, self.device = model, contract, device
+                 batch_size: int, model_id: str, device: torch.device, num_queries: int,
+                 panoptic: PostProcessPanoptic | None = None):
+        self.model, self.contract, self.device, self.panoptic = model, contract, device, panoptic
         self.mean = torch.tensor(contract.image_mean, device=device).view(3, 1, 1)
         self.std = torch.tensor(contract.image_std, device=device).view(3, 1, 1)
         self.postprocess = PostProcess(score_threshold, top_k=num_queries)
@@ -87,10 +98,16 @@ class Detector:
                     errors[i] = found
                 else:
                     detections[i], share[i] = found, 1.0 / calls
+        paths = rows["path"].to_pylist()
+        pngs = [d.pop("panoptic_png", None) if d else None for d in detections]
+        for path, d in zip(paths, detections):
+            if d and "panoptic" in d:
+                d["panoptic"] = json.dumps({"file_name": png_name(path), "segments_info": d["panoptic"]})
         table = predictions.detections_table(
-            rows["path"].to_pylist(), rows["image_id"].to_pylist(), rows["width"].to_pylist(),
+            paths, rows["image_id"].to_pylist(), rows["width"].to_pylist(),
             rows["height"].to_pylist(), detections, errors, self.model_id)
-        return table.append_column("shard", rows["shard"]).append_column("call_share", pa.array(share, pa.float32()))
+        return (table.append_column("shard", rows["shard"]).append_column("call_share", pa.array(share, pa.float32()))
+                .append_column("panoptic_png", pa.array(pngs, pa.binary())))
 
     # ------------------------------------------------------------ decoding
 
@@ -144,10 +161,24 @@ class Detector:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             outputs = self.model(pixels, mask)
         found = self.postprocess(outputs, torch.tensor(sizes))
+        found = [{k: v.cpu().numpy() for k, v in d.items()} for d in found]
         if "pred_masks" in outputs:
             for d, logits, size in zip(found, outputs["pred_masks"], sizes):
-                d["masks"] = self.masks(logits[d["queries"]], canvas, size)
-        return [{k: v if k == "masks" else v.cpu().numpy() for k, v in d.items()} for d in found]
+                d["masks"] = self.masks(logits[torch.as_tensor(d["queries"], device=logits.device)], canvas, size)
+        if self.panoptic is not None:
+            for d, logits, masks, size in zip(found, outputs["pred_logits"], outputs["pred_masks"], sizes):
+                d["panoptic"], d["panoptic_png"] = self.segments(logits, masks, canvas, size)
+        return found
+
+    def segments(self, logits: torch.Tensor, masks: torch.Tensor, canvas: tuple[int, int],
+                 size: tuple[int, int]) -> tuple[list[dict], bytes]:
+        """The image's panoptic segments_info and PNG at its original size; segment ids from 1, so
+        that 0 stays void as in COCO panoptic (the reference numbers them from 0)."""
+        found = self.panoptic.segment(logits, masks, logits.shape[-1] - 1, self.contract.resized_size(*size), size,
+                                      padded=canvas)
+        segments = [{**s, "id": s["id"] + 1} for s in found["segments_info"]]
+        ids = found["id_map"].numpy() + 1 if segments else np.zeros(size, np.int64)
+        return segments, png_bytes(ids)
 
     def masks(self, logits: torch.Tensor, canvas: tuple[int, int], size: tuple[int, int]) -> list[str]:
         """The kept queries' masks at the image's original size, as RLE: MASK_CHUNK at a time, so
@@ -199,4 +230,4 @@ class DetectorActor(Detector):
             model.load_state_dict(state)
             model = optimize_for_inference(model.eval()).to(device)
         super().__init__(model, InputContract.from_dict(contract), score_threshold, batch_size, model_id, device,
-                         config.num_queries)
+                         config.num_queries, panoptic_postprocess(config))

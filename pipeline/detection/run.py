@@ -171,7 +171,8 @@ def run_parameters(config: DetectConfig, model_config: DetrConfig, model_id: str
 def preset_name(model_config: DetrConfig) -> str:
     """The preset this architecture is (whatever its number of classes), or "custom"."""
     for name, preset in PRESETS.items():
-        if preset.replace(num_classes=model_config.num_classes, aux_loss=model_config.aux_loss) == model_config:
+        if preset.replace(num_classes=model_config.num_classes, aux_loss=model_config.aux_loss,
+                          masks=model_config.masks, stuff_classes=model_config.stuff_classes) == model_config:
             return name
     return "custom"
 

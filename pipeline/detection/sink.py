@@ -1,7 +1,8 @@
 """The datasink of bulk detection: whole part files, one per shard in each write task.
 
 Each write task's rows are split by input shard and written as complete files named after
-the shard (predictions.part_name). What every task wrote (rows, files, errors by kind,
+the shard (predictions.part_name), after the shard's panoptic PNGs (a model with stuff classes),
+so that a part file present means its PNGs are too. What every task wrote (rows, files, errors by kind,
 model calls) comes back to the driver as its write result: the job's summary is built from
 those, never by reading the rows back.
 """
@@ -17,6 +18,7 @@ from ray.data.datasource import Datasink
 from ray.data.datasource.datasink import WriteResult
 
 from .. import predictions
+from ..panoptic import write_pngs
 
 
 class PartSink(Datasink):
@@ -37,6 +39,8 @@ class PartSink(Datasink):
         table = pa.concat_tables(tables)
         for shard in pc.unique(table["shard"]).to_pylist():
             rows = table.filter(pc.equal(table["shard"], shard))
+            if "panoptic_png" in rows.column_names:
+                write_pngs(self.output, rows["path"].to_pylist(), rows["panoptic_png"].to_pylist())
             predictions.write_part(self.output, shard, rows.select(predictions.SCHEMA.names), self.run)
             result["files"] += 1
         result["rows"] = table.num_rows

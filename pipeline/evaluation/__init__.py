@@ -2,6 +2,7 @@
 
     backends.py      the COCO scorers' names
     scoring.py       COCO bbox and mask stats of a predictions table (pycocotools or faster-coco-eval)
+    panoptic_quality.py  PQ / SQ / RQ of its panoptic segmentations (panopticapi's rules)
     reevaluation.py  the scheduled re-evaluation: detect + score each new checkpoint, keep a history
 """
 from __future__ import annotations
@@ -23,6 +24,8 @@ _MODULE_OF = {
     "score_predictions": "scoring",
     "write_evaluation": "scoring",
     "detections_array": "scoring",
+    "PanopticQuality": "panoptic_quality",
+    "score_panoptic_files": "panoptic_quality",
     "ReevaluateConfig": "reevaluation",
     "reevaluate": "reevaluation",
 }

@@ -1,6 +1,7 @@
 """COCO bbox scoring of a predictions table, streamed from Parquet through Arrow/NumPy into
 pycocotools (the reference) or faster-coco-eval (the default: a C++ port with the same numbers);
-and mask (segm) scoring of its masks column, when it has one, by the same rules.
+mask (segm) scoring of its masks column, when it has one, by the same rules; and, given COCO
+panoptic annotations, PQ of its panoptic segmentations (panoptic_quality.py).
 
 Traps handled (measured on the COCO oracle the tests use): pycocotools breaks score ties
 by input order, so detections are ordered by image id, then score descending, stably,
@@ -32,6 +33,7 @@ from model.contract import PAPER_CONTRACT
 from ..coco import load_coco
 from ..predictions import SCORE_THRESHOLD, error_kinds, prediction_batches, run_metadata
 from .backends import BACKENDS, DEFAULT_BACKEND
+from .panoptic_quality import score_panoptic_files
 
 MAX_DETECTIONS = 100  # COCO's rule
 BATCH_ROWS = 256  # rows (images) converted at a time: memory is one batch plus what is kept
@@ -326,9 +328,11 @@ def score_predictions(batches: Iterable[pa.RecordBatch | pa.Table], scorer: Coco
 
 
 def score_files(predictions_uri: str, annotations_uri: str, backend: str = DEFAULT_BACKEND,
-                   max_dets: int = MAX_DETECTIONS) -> dict[str, Any]:
+                max_dets: int = MAX_DETECTIONS, panoptic_annotations: str | None = None,
+                panoptic_folder: str | None = None) -> dict[str, Any]:
     """Score a predictions table (file or folder of part files, local or s3://) against a
-    COCO annotation file; the result also names its inputs."""
+    COCO annotation file (and its panoptic segmentations against a COCO panoptic file, when
+    given); the result also names its inputs."""
     dataset = load_coco(annotations_uri, ".", check_files=False)  # validates, names a bad record
     scorer = CocoScorer(dataset.raw, backend, max_dets)
     result = score_predictions(prediction_batches(predictions_uri, COLUMNS, BATCH_ROWS), scorer)
@@ -337,6 +341,11 @@ def score_files(predictions_uri: str, annotations_uri: str, backend: str = DEFAU
         result["segm"] = segm
     run = run_metadata(predictions_uri) or {}
     result["report"]["warnings"] += run_warnings(run, result["metrics"])
+    if panoptic_annotations:
+        result["panoptic"] = score_panoptic_files(predictions_uri, panoptic_annotations, panoptic_folder)
+    elif _has_column_values(predictions_uri, "panoptic"):
+        result["report"]["warnings"].append("the predictions carry panoptic segmentations: pass "
+                                            "--panoptic-annotations (COCO panoptic JSON) to score PQ")
     made_with = {k: run[k] for k in ("model", "score_threshold", "min_size", "max_size") if k in run}
     return {"predictions": predictions_uri, "annotations": annotations_uri, "made_with": made_with, **result}
 
@@ -363,12 +372,14 @@ def run_warnings(run: dict[str, Any], metrics: dict[str, float]) -> list[str]:
 
 def write_evaluation(output: str, result: dict[str, Any]) -> list[str]:
     """output/metrics.json (everything) and output/metrics.parquet (one row: inputs, backend and
-    cap, the 12 stats as columns (and segm_* for masks), per-category AP and the report as JSON text)."""
+    cap, the 12 stats as columns (and segm_* for masks, PQ, SQ, RQ and their _th / _st for panoptic),
+    per-category AP and the report as JSON text)."""
     text = json.dumps(result, indent=2, sort_keys=True)
     row = {"predictions": [result["predictions"]], "annotations": [result["annotations"]],
            "backend": [result["backend"]], "max_dets": [result["max_dets"]],
            **{name: [value] for name, value in result["metrics"].items()},
            **{f"segm_{name}": [value] for name, value in result.get("segm", {}).get("metrics", {}).items()},
+           **{name: [value] for name, value in result.get("panoptic", {}).get("metrics", {}).items()},
            "per_category": [json.dumps(result["per_category"], sort_keys=True)],
            "report": [json.dumps(result["report"], sort_keys=True)]}
     buffer = io.BytesIO()
@@ -391,7 +402,23 @@ def format_tables(result: dict[str, Any]) -> str:
         for category_id, entry in sorted(scored["per_category"].items()):
             ap = "    n/a" if entry["AP"] is None else f"{entry['AP']:.4f}"
             lines.append(f"{category_id:>6} {ap:>7}  {entry['name']}")
+    if "panoptic" in result:
+        lines += format_panoptic(result["panoptic"])
     return "\n".join(lines)
+
+
+def format_panoptic(scored: dict[str, Any]) -> list[str]:
+    """panopticapi's table (PQ, SQ, RQ in %, categories counted) and PQ per category."""
+    def cell(value: float | None) -> str:
+        return "   n/a" if value is None else f"{100 * value:6.1f}"
+
+    lines = ["panoptic:", f"{'':>8} {'PQ':>6} {'SQ':>6} {'RQ':>6} {'N':>4}"]
+    lines += [f"{group:>8} {cell(v['pq'])} {cell(v['sq'])} {cell(v['rq'])} {v['n']:>4}"
+              for group, v in scored["groups"].items()]
+    lines.append(f"{'id':>6} {'PQ':>7}  category")
+    lines += [f"{category_id:>6} {cell(entry['pq']):>7}  {entry['name']}"
+              for category_id, entry in sorted(scored["per_category"].items())]
+    return lines
 
 
 # ---------------------------------------------------------------- masks (segm)
@@ -399,7 +426,7 @@ def format_tables(result: dict[str, Any]) -> str:
 def score_mask_files(predictions_uri: str, scorer: CocoScorer) -> dict[str, Any] | None:
     """Mask AP (COCO segm: the 12 stats and per-category AP) of a table's masks column when its
     rows carry masks (None otherwise); when a ground-truth object has no segmentation, says so."""
-    if not _has_masks(predictions_uri):
+    if not _has_column_values(predictions_uri, "masks"):
         return None
     if scorer.unsegmented:
         return {"skipped": f"{scorer.unsegmented} of {len(scorer.coco['annotations'])} ground-truth objects have "
@@ -410,11 +437,12 @@ def score_mask_files(predictions_uri: str, scorer: CocoScorer) -> dict[str, Any]
     return {**scorer.score_masks(results), "detections": len(results)}
 
 
-def _has_masks(predictions_uri: str) -> bool:
-    """Whether any row carries masks (a table written before masks were has no such column)."""
+def _has_column_values(predictions_uri: str, column: str) -> bool:
+    """Whether any row has a value in `column` (masks, panoptic: a table written before they were
+    has no such column)."""
     try:
         return any(batch.column(0).null_count < batch.num_rows
-                   for batch in prediction_batches(predictions_uri, ("masks",), BATCH_ROWS))
+                   for batch in prediction_batches(predictions_uri, (column,), BATCH_ROWS))
     except ValueError:
         return False
 

@@ -21,6 +21,7 @@ class LoopInputs:
     run_folder: str  # RUN: its progress files, TensorBoard events and curves (watch.py)
     best_checkpoint: str  # RUN/best/checkpoint.pt: the checkpoint with the best validation AP so far
     mlflow: MlflowLog | None = None  # the run's MLflow run, with --mlflow
+    stuff_classes: tuple[int, ...] = ()  # the training set's stuff categories (isthing 0)
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:

@@ -103,7 +103,7 @@ def start_worker(inputs: LoopInputs) -> Worker:
     context = ray.train.get_context()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, inputs.num_classes)
+    model = build_model(cfg, inputs.num_classes, inputs.stuff_classes)
     model.contract = cfg.contract(model.contract)  # recorded by every checkpoint
     model.to(device)  # before the optimizer state is restored, so that state lands on the device too
     config = model.config
@@ -122,10 +122,11 @@ def start_worker(inputs: LoopInputs) -> Worker:
                   criterion, optimizer, scheduler, model.contract, state, log)
 
 
-def build_model(cfg: TrainConfig, num_classes: int) -> DETR:
+def build_model(cfg: TrainConfig, num_classes: int, stuff_classes: tuple[int, ...] = ()) -> DETR:
     """The network in training mode: the checkpoint fine-tuned, or the preset; with masks, with
-    the mask head (a new one on a box checkpoint), its DETR frozen with freeze_detr."""
-    overrides = {**cfg.model_overrides, **({"masks": True} if cfg.masks else {})}
+    the mask head (a new one on a box checkpoint), its DETR frozen with freeze_detr. It records
+    the data's stuff classes (panoptic output)."""
+    overrides = {**cfg.model_overrides, "stuff_classes": stuff_classes, **({"masks": True} if cfg.masks else {})}
     if cfg.init:
         model, _ = load_checkpoint(cfg.init, num_classes=num_classes, **overrides)
     else:

@@ -71,7 +71,7 @@ def loop_inputs(cfg: TrainConfig, train_set: CocoDataset, prepared: bool,
                    if cfg.val_annotations else None)
     return LoopInputs(cfg, train_set.num_classes, len(train_set.images),
                       None if prepared else ray.put(records_of(train_set, cfg.masks)), val_records,
-                      run_folder(cfg), best_uri(cfg), mlflow)
+                      run_folder(cfg), best_uri(cfg), mlflow, train_set.stuff_classes)
 
 
 def check_initialisation(cfg: TrainConfig) -> None:
