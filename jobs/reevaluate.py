@@ -57,13 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-dets", type=max_dets_arg, default=d.max_dets,
                    help=f"detections scored per image (default {d.max_dets}); rows of another cap are a "
                         "separate series, never compared")
+    p.add_argument("--panoptic-annotations", help="COCO panoptic JSON: PQ / SQ / RQ of checkpoints with stuff "
+                   "classes, kept in the history")
+    p.add_argument("--panoptic-folder", help="its PNGs (default: the JSON's path without .json)")
     p.add_argument("--every", type=duration_seconds, help="keep running, once per DURATION (30m, 6h, 1d)")
     args = p.parse_args(argv)
     config = ReevaluateConfig(
         checkpoints=args.checkpoints, images=args.images, annotations=args.annotations, history=args.history,
         score_threshold=args.score_threshold, min_size=args.min_size, max_size=args.max_size,
         batch_size=args.batch_size, actors=tuple(int(v) for v in args.actors.split(",")) if args.actors else None,
-        backend=args.backend, max_dets=args.max_dets,
+        backend=args.backend, max_dets=args.max_dets, panoptic_annotations=args.panoptic_annotations,
+        panoptic_folder=args.panoptic_folder,
         regression_pct=args.fail_on_regression if args.fail_on_regression is not None else args.regression_pct,
     )
     while True:

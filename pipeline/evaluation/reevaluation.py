@@ -6,6 +6,8 @@ History layout (local or s3://):
     HISTORY/predictions/<key>/<run>/   the detections that row was scored from
     HISTORY/history.png, HISTORY/report.md
 
+A row holds the 12 box stats, segm_* for a checkpoint with the mask head, and PQ, SQ, RQ (and
+their _th / _st) for one with stuff classes when --panoptic-annotations is given.
 A row's file is named by its key and written whole, so two runs at once can at worst
 write the same row twice to the same name: never a duplicate, never a torn file.
 """
@@ -33,8 +35,9 @@ from ..coco import load_coco
 from ..detection import DetectConfig, run_detection
 from ..paths import with_absolute_paths
 from ..predictions import SCORE_THRESHOLD, prediction_batches
-from .scoring import (BATCH_ROWS, COLUMNS, DEFAULT_BACKEND, MAX_DETECTIONS, CocoScorer, score_mask_files,
-                      score_predictions)
+from .panoptic_quality import score_panoptic_files
+from .scoring import (BATCH_ROWS, COLUMNS, DEFAULT_BACKEND, MAX_DETECTIONS, CocoScorer, has_values,
+                      score_mask_files, score_predictions)
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 # A checkpoint's score counts only when at most this share of the evaluation images failed
@@ -56,11 +59,15 @@ class ReevaluateConfig:
     regression_pct: float = 1.0  # an AP drop of more than this (relative %) is reported
     backend: str = DEFAULT_BACKEND  # COCO scorer; both give the same numbers, so not part of the key
     max_dets: int = MAX_DETECTIONS  # detections scored per image: part of the key, as it changes the numbers
+    panoptic_annotations: str | None = None  # COCO panoptic JSON: PQ of checkpoints with stuff classes
+    panoptic_folder: str | None = None  # its PNGs (default: the JSON's path without .json)
 
     def resolved(self) -> "ReevaluateConfig":
         """The config with its local paths absolute (pipeline/paths.py)."""
         return with_absolute_paths(self, {"checkpoints": "--checkpoints", "images": "--images",
-                                          "annotations": "--annotations", "history": "--history"})
+                                          "annotations": "--annotations", "history": "--history",
+                                          "panoptic_annotations": "--panoptic-annotations",
+                                          "panoptic_folder": "--panoptic-folder"})
 
 
 def find_checkpoints(root: str) -> list[dict[str, Any]]:
@@ -155,7 +162,7 @@ def reevaluate(config: ReevaluateConfig) -> dict[str, Any]:
     written = write_reports(config.history, history, regressions) if new_rows else []
     return {
         "history": config.history,
-        "evaluated": [{"checkpoint": r["checkpoint"], **{n: r[n] for n in ("AP", "AP50", last_ar(r), "segm_AP")
+        "evaluated": [{"checkpoint": r["checkpoint"], **{n: r[n] for n in ("AP", "AP50", last_ar(r), "segm_AP", "PQ")
                                                          if n in r}}
                       for r in new_rows],
         "rows": len(history),
@@ -182,6 +189,8 @@ def score_checkpoint(config: ReevaluateConfig, found: dict[str, Any], weights: s
     evaluate_started = time.time()
     result = score_predictions(prediction_batches(output, COLUMNS, BATCH_ROWS), gt)
     segm = (score_mask_files(output, gt) or {}).get("metrics", {})  # a checkpoint with the mask head
+    panoptic = (score_panoptic_files(output, config.panoptic_annotations, config.panoptic_folder)["metrics"]
+                if config.panoptic_annotations and has_values(output, "panoptic") else {})  # and stuff classes
     return {
         "key": key,
         "evaluated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -195,6 +204,7 @@ def score_checkpoint(config: ReevaluateConfig, found: dict[str, Any], weights: s
         "max_dets": result["max_dets"],
         **result["metrics"],
         **{f"segm_{name}": value for name, value in segm.items()},
+        **panoptic,
         "per_category": json.dumps(result["per_category"], sort_keys=True),
         "images": detection["inputs"],
         "detections": result["report"]["detections"],
@@ -244,13 +254,13 @@ def write_reports(history_uri: str, history: list[dict[str, Any]], regressions: 
     uris.write_bytes(png, buffer.getvalue())
     flagged = {r["checkpoint"] for r in regressions}
     lines = ["# Re-evaluation history", "", "![AP over checkpoints](history.png)", "",
-             "| # | checkpoint | evaluated | max dets | AP | AP50 | AP75 | AR at max dets | mask AP | flag |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| # | checkpoint | evaluated | max dets | AP | AP50 | AP75 | AR at max dets | mask AP | PQ | flag |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(history, 1):
         flag = "regression" if r["checkpoint"] in flagged else ""
-        mask_ap = f"{r['segm_AP']:.4f}" if r.get("segm_AP") is not None else "-"
+        mask_ap, pq_all = (f"{r[k]:.4f}" if r.get(k) is not None else "-" for k in ("segm_AP", "PQ"))
         lines.append(f"| {i} | `{r['checkpoint']}` | {r['evaluated_at']} | {r['max_dets']} | {r['AP']:.4f} "
-                     f"| {r['AP50']:.4f} | {r['AP75']:.4f} | {r[last_ar(r)]:.4f} | {mask_ap} | {flag} |")
+                     f"| {r['AP50']:.4f} | {r['AP75']:.4f} | {r[last_ar(r)]:.4f} | {mask_ap} | {pq_all} | {flag} |")
     for g in regressions:
         lines.append(f"\n- {g['checkpoint']}: AP {g['AP']:.4f}, {g['drop_pct']}% below the {g['against']} "
                      f"({g['reference']}, AP {g['reference_AP']:.4f})")

@@ -343,7 +343,7 @@ def score_files(predictions_uri: str, annotations_uri: str, backend: str = DEFAU
     result["report"]["warnings"] += run_warnings(run, result["metrics"])
     if panoptic_annotations:
         result["panoptic"] = score_panoptic_files(predictions_uri, panoptic_annotations, panoptic_folder)
-    elif _has_column_values(predictions_uri, "panoptic"):
+    elif has_values(predictions_uri, "panoptic"):
         result["report"]["warnings"].append("the predictions carry panoptic segmentations: pass "
                                             "--panoptic-annotations (COCO panoptic JSON) to score PQ")
     made_with = {k: run[k] for k in ("model", "score_threshold", "min_size", "max_size") if k in run}
@@ -426,7 +426,7 @@ def format_panoptic(scored: dict[str, Any]) -> list[str]:
 def score_mask_files(predictions_uri: str, scorer: CocoScorer) -> dict[str, Any] | None:
     """Mask AP (COCO segm: the 12 stats and per-category AP) of a table's masks column when its
     rows carry masks (None otherwise); when a ground-truth object has no segmentation, says so."""
-    if not _has_column_values(predictions_uri, "masks"):
+    if not has_values(predictions_uri, "masks"):
         return None
     if scorer.unsegmented:
         return {"skipped": f"{scorer.unsegmented} of {len(scorer.coco['annotations'])} ground-truth objects have "
@@ -437,7 +437,7 @@ def score_mask_files(predictions_uri: str, scorer: CocoScorer) -> dict[str, Any]
     return {**scorer.score_masks(results), "detections": len(results)}
 
 
-def _has_column_values(predictions_uri: str, column: str) -> bool:
+def has_values(predictions_uri: str, column: str) -> bool:
     """Whether any row has a value in `column` (masks, panoptic: a table written before they were
     has no such column)."""
     try:

@@ -1,6 +1,7 @@
 """Panoptic output and PQ: bulk detection writes a COCO panoptic PNG and segments_info per image
-for a model with stuff classes, and PQ / SQ / RQ equal hotcoco's (panopticapi's protocol) and a
-case worked by hand; a ground truth's bad PNGs are counted and named, never fatal."""
+for a model with stuff classes, evaluation and re-evaluation score it, and PQ / SQ / RQ equal
+hotcoco's (panopticapi's protocol) and a case worked by hand; a ground truth's bad PNGs are
+counted and named, never fatal."""
 from __future__ import annotations
 
 import contextlib
@@ -16,7 +17,8 @@ from hotcoco.panoptic import pq_compute
 
 from model import InputContract, build_detr, get_config, save_checkpoint
 from pipeline.detection import DetectConfig, run_detection
-from pipeline.evaluation import PanopticQuality, score_files
+from pipeline.evaluation import PanopticQuality, ReevaluateConfig, reevaluate, score_files
+from pipeline.evaluation.reevaluation import read_history
 from pipeline.panoptic import Problems, load_panoptic, png_bytes, read_png
 from pipeline.synthetic import STUFF, SyntheticConfig, make_synthetic
 
@@ -185,3 +187,12 @@ def test_detection_writes_panoptic_pngs_that_evaluate_scores(ray_cluster, tmp_pa
     for name, group in (("PQ", "All"), ("PQ_th", "Things"), ("PQ_st", "Stuff")):
         assert result["panoptic"]["metrics"][name] == pytest.approx(theirs[group]["pq"], abs=1e-9)
     assert result["panoptic"]["metrics"]["PQ_st"] > 0  # the sky was found
+
+    history = tmp_path / "history"
+    reevaluate(ReevaluateConfig(checkpoints=checkpoint, images=shapes["val_images"],
+                                annotations=shapes["val_annotations"], history=str(history),
+                                panoptic_annotations=shapes["val_panoptic"]))
+    [row] = read_history(str(history))
+    assert {k: row[k] for k in ("PQ", "PQ_th", "PQ_st")} == pytest.approx(
+        {k: result["panoptic"]["metrics"][k] for k in ("PQ", "PQ_th", "PQ_st")}, abs=1e-12)
+    assert f"| {row['PQ']:.4f} |" in (history / "report.md").read_text()

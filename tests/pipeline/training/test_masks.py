@@ -13,9 +13,11 @@ import torch
 from model import build_criterion, build_detr, load_checkpoint
 from pipeline.coco import load_coco
 from pipeline.masks import decode
-from pipeline.synthetic import SyntheticConfig, make_synthetic
+from pipeline.panoptic import read_png
+from pipeline.synthetic import STUFF, SyntheticConfig, make_synthetic
 from pipeline.training import TrainConfig, collate, param_groups, records_of, run_training, train_step
 from pipeline.training.augment import AugmentConfig, train_transform, transform_sample
+from pipeline.training.loop import build_model
 from pipeline.training.stream import augment_samples
 from tests import SHIPPED
 from tests.pipeline.training import small_run, tensorboard_scalars
@@ -44,6 +46,29 @@ def test_the_synthetic_sets_masks_are_each_shapes_visible_pixels(tmp_path):
                 assert bx <= x0 and by <= y0 and x1 <= bx + bw and y1 <= by + bh
                 checked += 1
     assert checked >= 6
+
+
+def test_the_stuff_set_labels_every_pixel_once_and_its_panoptic_pngs_agree(tmp_path):
+    """With stuff, the shapes, the sky and the ground cover each pixel exactly once, each image's
+    panoptic PNG paints each segment's mask with its id, and training records the stuff classes."""
+    shapes = make_synthetic(str(tmp_path), train=0, val=4, seed=6,
+                            config=SyntheticConfig(min_side=64, max_side=96, max_objects=3, stuff=True))
+    dataset = load_coco(shapes["val_annotations"], shapes["val_images"])
+    assert dataset.stuff_classes == tuple(STUFF.values())
+    panoptic = json.loads(Path(shapes["val_panoptic"]).read_text())
+    for image, entry in zip(dataset.images, panoptic["annotations"]):
+        anns = [a for a in dataset.raw["annotations"] if a["image_id"] == image["id"]]
+        masks = decode([a["segmentation"] for a in anns], image["width"], image["height"])
+        assert (masks.sum(0) == 1).all()
+        ids = read_png((Path(shapes["val_panoptic"]).with_suffix("") / entry["file_name"]).read_bytes())
+        for segment, mask in zip(entry["segments_info"], masks):
+            assert np.array_equal(ids == segment["id"], mask.astype(bool))
+    model = build_model(TrainConfig("", "", "", "", preset="detr-tiny", masks=True), dataset.num_classes,
+                        dataset.stuff_classes)
+    assert model.config.stuff_classes == (20, 21) and model.config.masks
+    fine_tuned = build_model(TrainConfig("", "", "", "", init=str(SHIPPED), masks=True), dataset.num_classes,
+                             dataset.stuff_classes)  # the shipped 12-class box model, given 22 classes
+    assert fine_tuned.config.stuff_classes == (20, 21) and fine_tuned.config.num_classes == 22
 
 
 def test_unusable_segmentations_are_counted_named_and_left_out_of_mask_training(tmp_path):
