@@ -1,20 +1,23 @@
-"""Scoring at scale: faster-coco-eval against pycocotools, and the evaluation job's memory.
+"""Scoring at scale: hotcoco and faster-coco-eval against pycocotools, and the evaluation job's memory.
 
 Builds a ground truth of N images (5 boxes each; some crowd regions, some images empty) and
 predictions of 100 detections per image, written as Parquet part files, then measures in one
 run:
 - the scorer alone (index the ground truth, then evaluate + accumulate + the 12 stats) with
-  each backend on the same detection array: faster-coco-eval / pycocotools (goal <= 0.2);
+  each backend on the same detection array: fast backend / pycocotools (goal <= 0.2);
+- the same for masks (segm): each ground-truth object an octagon polygon inside its box, each
+  detection its box's mask as RLE, at most --mask-per-image per image;
 - the whole job (`jobs/evaluate.py`, a fresh process: imports, reading Parquet, conversion,
   scoring, output) with each backend: time ratio (goal <= 0.35) and peak memory;
 - the job's peak memory at 10x the predictions (1,000 detections per image of the same
   images; the cap keeps 100 of them as the rows stream past): 10x / 1x (goal <= 2).
 
-    python -m bench.evaluation [--images 5000] [--per-image 100] [--scale 10]
+    python -m bench.evaluation [--images 5000] [--per-image 100] [--mask-per-image 100] [--scale 10]
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import tempfile
@@ -25,7 +28,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from bench.process import run_measured
-from pipeline.evaluation import CocoScorer, detections_array
+from pipeline.evaluation import BACKENDS, DEFAULT_BACKEND, CocoScorer, detections_array
+from pipeline.evaluation.scoring import by_image_and_score
 from pipeline.predictions import detections_table
 
 
@@ -54,6 +58,40 @@ def build(images: int, per_image: int, seed: int = 0, crowd_share: float = 0.05,
     return gt, table
 
 
+def with_masks(gt: dict, detections: np.ndarray, per_image: int) -> tuple[dict, list[dict]]:
+    """The ground truth with an octagon polygon inside each box, and mask results: each
+    detection's box as RLE, the top per_image of each image (detections: by image, best first)."""
+    import pycocotools.mask as mask_utils
+
+    size = {i["id"]: (i["height"], i["width"]) for i in gt["images"]}
+    annotations = []
+    for a in gt["annotations"]:
+        x, y, w, h = a["bbox"]
+        octagon = [x + w * u for u in (0.3, 0.7, 1, 1, 0.7, 0.3, 0, 0)], [y + h * v for v in (0, 0, 0.3, 0.7, 1, 1, 0.7, 0.3)]
+        annotations.append({**a, "segmentation": [[c for xy in zip(*octagon) for c in xy]]})
+    image_ids = detections[:, 0].astype(np.int64)
+    first = np.flatnonzero(np.r_[True, image_ids[1:] != image_ids[:-1]])
+    rank = np.arange(len(detections)) - np.repeat(first, np.diff(np.r_[first, len(detections)]))
+    kept = detections[rank < per_image]
+    results = []
+    for image_id in np.unique(kept[:, 0]).astype(np.int64).tolist():
+        rows = kept[kept[:, 0] == image_id]
+        height, width = size[image_id]
+        rles = mask_utils.frPyObjects(np.ascontiguousarray(rows[:, 1:5]), height, width)
+        results += [{"image_id": image_id, "category_id": int(c), "score": float(s),
+                     "segmentation": {"size": r["size"], "counts": r["counts"].decode()}}
+                    for c, s, r in zip(rows[:, 6], rows[:, 5], rles)]
+    return {**gt, "annotations": annotations}, results
+
+
+def mask_scorer_seconds(gt: dict, results: list[dict], backend: str) -> tuple[float, dict]:
+    results = copy.deepcopy(results)  # loadRes adds fields to the dicts it is given
+    started = time.perf_counter()
+    scorer = CocoScorer(gt, backend)
+    metrics = scorer.stats(scorer.cocoeval_masks(results))
+    return time.perf_counter() - started, metrics
+
+
 def write_parts(table, folder: Path, rows_per_part: int = 500) -> None:
     folder.mkdir(parents=True)
     for k, start in enumerate(range(0, table.num_rows, rows_per_part)):
@@ -77,16 +115,23 @@ def run_job(predictions: Path, annotations: Path, backend: str) -> dict:
     return run
 
 
+def max_difference(metrics: dict, reference: dict) -> float:
+    return max(abs(metrics[n] - v) for n, v in reference.items())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--per-image", type=int, default=100)
+    parser.add_argument("--mask-per-image", type=int, default=100, help="mask detections scored per image")
     parser.add_argument("--scale", type=int, default=10, help="times the detections per image for the memory run")
     args = parser.parse_args()
     gt, table = build(args.images, args.per_image)
     detections, _ = detections_array([table], CocoScorer(gt, "pycocotools"))
-    scorer = {backend: scorer_seconds(gt, detections, backend) for backend in ("pycocotools", "faster-coco-eval")}
-    differences = [abs(scorer["faster-coco-eval"][1][n] - v) for n, v in scorer["pycocotools"][1].items()]
+    scorer = {backend: scorer_seconds(gt, detections, backend) for backend in BACKENDS}
+    segm_gt, mask_results = with_masks(gt, by_image_and_score(detections), args.mask_per_image)
+    masks = {backend: mask_scorer_seconds(segm_gt, mask_results, backend) for backend in BACKENDS}
+    del segm_gt, mask_results
 
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
@@ -94,17 +139,22 @@ def main() -> None:
         write_parts(table, root / "1x")
         del table
         write_parts(build(args.images, args.per_image * args.scale)[1], root / f"{args.scale}x")
-        jobs = {backend: run_job(root / "1x", root / "gt.json", backend) for backend in ("pycocotools", "faster-coco-eval")}
-        scaled = run_job(root / f"{args.scale}x", root / "gt.json", "faster-coco-eval")
+        jobs = {backend: run_job(root / "1x", root / "gt.json", backend) for backend in BACKENDS}
+        scaled = run_job(root / f"{args.scale}x", root / "gt.json", DEFAULT_BACKEND)
 
-    fast, reference = jobs["faster-coco-eval"], jobs["pycocotools"]
+    fast, reference = jobs[DEFAULT_BACKEND], jobs["pycocotools"]
     print(json.dumps({
-        "images": args.images, "detections": len(detections),
+        "images": args.images, "detections": len(detections), "mask_detections": args.mask_per_image * args.images,
+        "default_backend": DEFAULT_BACKEND,
         "scorer_seconds": {b: round(s, 2) for b, (s, _) in scorer.items()},
-        "scorer_ratio": round(scorer["faster-coco-eval"][0] / scorer["pycocotools"][0], 3),
-        "stats_max_abs_difference": max(differences),
+        "scorer_ratio": {b: round(s / scorer["pycocotools"][0], 3) for b, (s, _) in scorer.items()},
+        "stats_max_abs_difference": {b: max_difference(m, scorer["pycocotools"][1]) for b, (_, m) in scorer.items()},
+        "segm_scorer_seconds": {b: round(s, 2) for b, (s, _) in masks.items()},
+        "segm_scorer_ratio": {b: round(s / masks["pycocotools"][0], 3) for b, (s, _) in masks.items()},
+        "segm_stats_max_abs_difference": {b: max_difference(m, masks["pycocotools"][1]) for b, (_, m) in masks.items()},
+        "segm_AP": round(masks["pycocotools"][1]["AP"], 4),
         "job_seconds": {b: round(j["seconds"], 2) for b, j in jobs.items()},
-        "job_ratio": round(fast["seconds"] / reference["seconds"], 3),
+        "job_ratio": {b: round(j["seconds"] / reference["seconds"], 3) for b, j in jobs.items()},
         "job_peak_mib": {b: round(j["peak_mib"]) for b, j in jobs.items()},
         f"job_peak_mib_{args.scale}x": round(scaled["peak_mib"]),
         f"memory_ratio_{args.scale}x": round(scaled["peak_mib"] / fast["peak_mib"], 3),

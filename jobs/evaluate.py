@@ -1,7 +1,7 @@
 """COCO bbox metrics of a predictions table; ends with one JSON summary line.
 
     python jobs/evaluate.py --predictions URI --annotations URI [--output URI]
-        [--backend faster-coco-eval|pycocotools] [--max-dets 100]
+        [--backend hotcoco|faster-coco-eval|pycocotools] [--max-dets 100]
         [--panoptic-annotations URI [--panoptic-folder URI]]
 
 Prints the 12 standard stats and a per-category AP table; with --output writes

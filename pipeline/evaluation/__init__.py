@@ -1,7 +1,7 @@
 """Scoring predictions with COCO metrics, and re-scoring new checkpoints on a schedule.
 
     backends.py      the COCO scorers' names
-    scoring.py       COCO bbox and mask stats of a predictions table (pycocotools or faster-coco-eval)
+    scoring.py       COCO bbox and mask stats of a predictions table (pycocotools, hotcoco, faster-coco-eval)
     panoptic_quality.py  PQ / SQ / RQ of its panoptic segmentations (panopticapi's rules)
     reevaluation.py  the scheduled re-evaluation: detect + score each new checkpoint, keep a history
 """

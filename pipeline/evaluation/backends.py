@@ -1,5 +1,7 @@
 """The COCO scorers this project runs (pipeline/evaluation/scoring.py), named apart from it so
 that settings can name them without loading a scorer."""
 
-BACKENDS = ("faster-coco-eval", "pycocotools")
-DEFAULT_BACKEND = "faster-coco-eval"  # proven equal to pycocotools: tests/pipeline/evaluation/test_scoring.py
+BACKENDS = ("hotcoco", "faster-coco-eval", "pycocotools")
+# hotcoco (Rust) and faster-coco-eval (C++) are proven equal to pycocotools on boxes and masks
+# (tests/pipeline/evaluation/test_scoring.py, test_masks.py); hotcoco is the faster (bench/evaluation.py)
+DEFAULT_BACKEND = "hotcoco"

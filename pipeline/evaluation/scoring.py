@@ -1,5 +1,5 @@
 """COCO bbox scoring of a predictions table, streamed from Parquet through Arrow/NumPy into
-pycocotools (the reference) or faster-coco-eval (the default: a C++ port with the same numbers);
+pycocotools (the reference), hotcoco (the default: Rust, the same numbers) or faster-coco-eval (C++);
 mask (segm) scoring of its masks column, when it has one, by the same rules; and, given COCO
 panoptic annotations, PQ of its panoptic segmentations (panoptic_quality.py).
 
@@ -82,10 +82,15 @@ class CocoScorer:
             from pycocotools.coco import COCO
             from pycocotools.cocoeval import COCOeval
             return COCO, COCOeval
+        if self.backend == "hotcoco":
+            from hotcoco import COCO, COCOeval
+            return COCO, COCOeval
         from faster_coco_eval import COCO, COCOeval_faster
         return COCO, COCOeval_faster
 
     def _index(self, dataset: dict[str, Any]):
+        if self.backend == "hotcoco":
+            return self._classes()[0](dataset)
         coco = self._classes()[0]()
         coco.dataset = dataset
         with contextlib.redirect_stdout(io.StringIO()):
@@ -100,9 +105,9 @@ class CocoScorer:
 
     def _results(self, detections: np.ndarray):
         """The backend's index of the detections, as loadRes builds it."""
-        if self.backend == "pycocotools" and len(detections):
+        if self.backend in ("pycocotools", "hotcoco") and len(detections):
             with contextlib.redirect_stdout(io.StringIO()):
-                return self.gt.loadRes(detections)  # the reference path, unchanged
+                return self.gt.loadRes(detections)  # the reference path, unchanged; hotcoco's in Rust
         # loadRes([]) raises in pycocotools; faster-coco-eval's loadRes spends most of its time in
         # a Python loop per row: build the same records (loadRes's fields) directly.
         ids, categories = detections[:, 0].astype(np.int64).tolist(), detections[:, 6].astype(np.int64).tolist()
@@ -130,7 +135,7 @@ class CocoScorer:
 
     def _evaluate(self, results, iou_type: str):
         evaluator_class = self._classes()[1]
-        if self.backend == "pycocotools":
+        if self.backend in ("pycocotools", "hotcoco"):
             evaluator = evaluator_class(self.gt, results, iou_type)
         else:
             evaluator = evaluator_class(self.gt, results, iou_type, print_function=lambda *_: None)
@@ -140,7 +145,7 @@ class CocoScorer:
         return evaluator
 
     def stats(self, evaluator) -> dict[str, float]:
-        return dict(zip(stat_names(self.max_dets), coco_stats(evaluator.eval, evaluator.params.iouThrs)))
+        return dict(zip(stat_names(self.max_dets), coco_stats(evaluator.eval, np.asarray(evaluator.params.iouThrs))))
 
     def per_category(self, evaluator) -> dict[int, dict[str, Any]]:
         """AP (IoU .50:.95, all areas, max_dets) of each ground-truth category; None where the

@@ -1,6 +1,6 @@
 """Masks through the jobs: bulk detection writes each box's mask as RLE at the image's size (the
 reference's PostProcessSegm, a chunk of masks at a time), box-only rows keep the column empty,
-and evaluate scores segm AP, faster-coco-eval equal to pycocotools."""
+and evaluate scores segm AP, hotcoco and faster-coco-eval equal to pycocotools."""
 from __future__ import annotations
 
 import json
@@ -111,11 +111,14 @@ def test_mask_ap_of_the_ground_truth_is_one_and_the_backends_agree(shapes, tmp_p
     assert perfect["AP50"] == pytest.approx(1.0) and perfect["AR100"] == pytest.approx(1.0)
     shifted = tmp_path / "shifted.parquet"
     pq.write_table(_mask_table(shapes, 3, 1), shifted)
-    fast = score_files(str(shifted), shapes["val_annotations"], "faster-coco-eval")["segm"]
     reference = score_files(str(shifted), shapes["val_annotations"], "pycocotools")["segm"]
     assert 0 < reference["metrics"]["AP"] < 1
-    for name, value in reference["metrics"].items():
-        assert fast["metrics"][name] == pytest.approx(value, abs=1e-9), name
+    for backend in ("hotcoco", "faster-coco-eval"):
+        fast = score_files(str(shifted), shapes["val_annotations"], backend)["segm"]
+        for name, value in reference["metrics"].items():
+            assert fast["metrics"][name] == pytest.approx(value, abs=1e-9), (backend, name)
+        for category_id, entry in reference["per_category"].items():
+            assert fast["per_category"][category_id]["AP"] == pytest.approx(entry["AP"], abs=1e-9), backend
 
 
 def test_detect_evaluate_and_reevaluate_with_a_mask_checkpoint(ray_cluster, segm_model, shapes, tmp_path):

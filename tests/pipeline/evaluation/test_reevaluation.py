@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from model import build_detr, save_checkpoint
-from pipeline.evaluation import STAT_NAMES, stat_names
+from pipeline.evaluation import DEFAULT_BACKEND, STAT_NAMES, stat_names
 from pipeline.evaluation import ReevaluateConfig, reevaluate
 from pipeline.predictions import SCORE_THRESHOLD
 from pipeline.evaluation.reevaluation import find_checkpoints, read_history, write_row
@@ -44,7 +44,7 @@ def test_only_new_checkpoints_are_scored(ray_cluster, tiny_shapes, tmp_path):
     rows = read_history(cfg.history)
     assert all(set(STAT_NAMES) <= set(r) and r["images"] == 8 and r["errors"] == "{}" for r in rows)
     assert rows[0]["weights"] != rows[1]["weights"] and rows[0]["dataset"] == rows[1]["dataset"]
-    assert all(r["backend"] == "faster-coco-eval" and r["max_dets"] == 100 for r in rows)
+    assert all(r["backend"] == DEFAULT_BACKEND and r["max_dets"] == 100 for r in rows)
     assert (tmp_path / "history" / "history.png").stat().st_size > 0
     assert "checkpoint_000001" in (tmp_path / "history" / "report.md").read_text()
 
