@@ -231,8 +231,7 @@ def _reference_config(
             num_classes=state_dict["class_embed.weight"].shape[0] - 1,
             aux_loss=getattr(args, "aux_loss", True),
             masks=masks,
-            # the panoptic releases' rule (is_thing_map: ids up to 90 are things, COCO's 80)
-            stuff_classes=tuple(range(91, state_dict["class_embed.weight"].shape[0] - 1)) if masks else (),
+            stuff_classes=panoptic_stuff(state_dict["class_embed.weight"].shape[0] - 1) if masks else (),
         )
     except KeyError as e:
         raise CheckpointError(f"{source} lacks the reference DETR key {e}") from e
@@ -263,6 +262,12 @@ _HF_RENAMES = [
 ]
 
 
+def panoptic_stuff(num_classes: int) -> tuple[int, ...]:
+    """The stuff classes of a reference (or Hugging Face) panoptic model: the releases' rule
+    (is_thing_map: ids up to 90 are things, COCO's 80; COCO panoptic's stuff ids are above)."""
+    return tuple(range(91, num_classes))
+
+
 def _read_huggingface(source: str) -> tuple[DetrConfig, dict[str, torch.Tensor], None]:
     hf = json.loads(uris.read_bytes(uris.join(source, "config.json")))
     if hf.get("model_type") != "detr":
@@ -277,8 +282,12 @@ def _read_huggingface(source: str) -> tuple[DetrConfig, dict[str, torch.Tensor],
             else:
                 hf_state = safe_torch_load(data, weights_uri)
             state_dict = huggingface_to_reference(hf_state)
-            if "class_embed.weight" in state_dict:  # config.json may omit id2label
-                config = config.replace(num_classes=state_dict["class_embed.weight"].shape[0] - 1)
+            masks = any(k.startswith("mask_head.") for k in state_dict)  # DetrForSegmentation
+            head = "detr.class_embed.weight" if masks else "class_embed.weight"
+            if head in state_dict:  # config.json may omit id2label
+                config = config.replace(num_classes=state_dict[head].shape[0] - 1)
+            if masks:
+                config = config.replace(masks=True, stuff_classes=panoptic_stuff(config.num_classes))
             return config, state_dict, None
     raise CheckpointError(f"{source} has config.json but none of {HF_WEIGHT_FILES}")
 
@@ -313,7 +322,13 @@ def _huggingface_config(hf: dict[str, Any], source: str) -> DetrConfig:
 
 
 def huggingface_to_reference(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a DetrForObjectDetection state_dict to reference keys, packing q/k/v projections."""
+    """Rename a DetrForObjectDetection state_dict to reference keys, packing q/k/v projections; a
+    DetrForSegmentation's box model is under `detr.` (renamed alike) and its mask head keeps the
+    reference's names (bbox_attention.*, mask_head.*)."""
+    if any(k.startswith("mask_head.") for k in hf_state):
+        boxes = huggingface_to_reference({k[len("detr."):]: v for k, v in hf_state.items() if k.startswith("detr.")})
+        return {**{f"detr.{k}": v for k, v in boxes.items()},
+                **{k: v for k, v in hf_state.items() if k.startswith(("bbox_attention.", "mask_head."))}}
     renamed: dict[str, torch.Tensor] = {}
     for key, value in hf_state.items():
         for pattern, replacement in _HF_NORMALISE + _HF_RENAMES:

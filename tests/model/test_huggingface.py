@@ -95,6 +95,28 @@ def test_hub_layout_dc5_r50(tmp_path):
     _assert_same_outputs(model, hf_model, atol=1e-5)
 
 
+def test_hub_segmentation_folder_loads_with_its_mask_head(tmp_path):
+    """DetrForSegmentation: the box model under detr., the mask head's names the reference's; the
+    masks and boxes equal Hugging Face's, and ids above 90 are stuff (the panoptic releases' rule)."""
+    config = _random_hf_detr().config
+    # the mask head's group norms need 8 | d_model / 16 and 8 | d_model + heads
+    config.d_model, config.encoder_attention_heads, config.decoder_attention_heads = 128, 8, 8
+    config.num_labels = 120
+    torch.manual_seed(0)
+    hf_model = transformers.DetrForSegmentation(config).eval()
+    randomize_vectors(hf_model)
+    hf_model.save_pretrained(tmp_path)
+    model, ours = load_checkpoint(str(tmp_path))
+    assert ours.masks and ours.num_classes == 120 and ours.stuff_classes == tuple(range(91, 120))
+    images, mask = _inputs()
+    with torch.inference_mode():
+        theirs = hf_model(pixel_values=images, pixel_mask=(~mask).long())
+        out = model(images, mask)
+    torch.testing.assert_close(out["pred_logits"], theirs.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out["pred_boxes"], theirs.pred_boxes, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out["pred_masks"], theirs.pred_masks, atol=1e-4, rtol=0)
+
+
 def test_hub_folder_other_model_type_is_refused(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(CheckpointError, match="not 'detr'"):
