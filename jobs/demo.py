@@ -4,9 +4,10 @@ Writes a small synthetic shapes dataset and trains detr-tiny on it for a few epo
 Train (a local Ray is started): that shows the training path, but a few CPU minutes do not
 make a good detector. The validation images are then bulk-detected through Ray Data into
 Parquet with a detr-tiny that this project's training job trained for longer on the same
-kind of data (checkpoints/detr-tiny-shapes.pt; checkpoints/README.md has the command and its
-weights id), scored with COCO metrics and drawn. `--detect-with trained` detects with the
-checkpoint the demo just trained instead.
+kind of data, with the paper's mask head trained on it after (checkpoints/detr-tiny-shapes-masks.pt;
+checkpoints/README.md has the commands and its weights id), scored with COCO metrics (boxes and
+masks) and drawn with its masks. `--detect-with trained` detects with the checkpoint the demo
+just trained instead.
 
     python jobs/demo.py --out demo-output
 """
@@ -32,7 +33,7 @@ from pipeline.render import render_predictions  # noqa: E402
 from pipeline.synthetic import CATEGORIES, SyntheticConfig, make_synthetic  # noqa: E402
 from pipeline.training import TrainConfig, run_training  # noqa: E402
 
-SHIPPED = str(Path(__file__).resolve().parents[1] / "checkpoints" / "detr-tiny-shapes.pt")
+SHIPPED = str(Path(__file__).resolve().parents[1] / "checkpoints" / "detr-tiny-shapes-masks.pt")
 
 
 def main() -> None:
@@ -78,9 +79,11 @@ def main() -> None:
     pictures = render_predictions(predictions, args.pictures, os.path.join(out, "pictures"), names,
                                   max_boxes=10, min_score=args.picture_score, grid=os.path.join(out, "pictures.png"))
     seconds = time.time() - started
+    masks = scores.get("segm", {}).get("metrics")
     print(f"demo done in {duration(seconds)}: the {args.detect_with} detr-tiny scores AP50 "
-          f"{scores['metrics']['AP50']:.3f} (AP {scores['metrics']['AP']:.3f}) on {args.val} validation images; "
-          f"pictures in {out}/pictures.png", flush=True)
+          f"{scores['metrics']['AP50']:.3f} (AP {scores['metrics']['AP']:.3f})"
+          + (f", mask AP50 {masks['AP50']:.3f} (mask AP {masks['AP']:.3f})" if masks else "")
+          + f" on {args.val} validation images; pictures in {out}/pictures.png", flush=True)
     print(json.dumps({
         "data": data["out"],
         "run": training["run"],
@@ -91,6 +94,7 @@ def main() -> None:
         "predictions": predictions,
         "detection": {k: detection[k] for k in ("rows", "errors", "images_per_second")},
         "evaluation": scores["metrics"],
+        "mask_evaluation": masks,
         "pictures": pictures,
         "seconds": round(seconds, 1),
     }, default=str))

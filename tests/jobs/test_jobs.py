@@ -25,13 +25,14 @@ def run_job(*args: str, timeout: int = 900) -> dict:
 
 @pytest.mark.own_ray
 def test_demo(tmp_path):
-    """The demo trains (the path), then detects with the shipped detr-tiny: a detector that works."""
+    """The demo trains (the path), then detects with the shipped detr-tiny and its mask head: a
+    detector that works, its masks scored."""
     summary = run_job("jobs/demo.py", "--out", str(tmp_path), "--train", "16", "--val", "16", "--epochs", "1",
                       "--pictures", "2")
     assert summary["metrics"]["epoch"] == 1 and summary["metrics"]["AP50"] is not None
-    assert summary["detected_with"].endswith("checkpoints/detr-tiny-shapes.pt")
+    assert summary["detected_with"].endswith("checkpoints/detr-tiny-shapes-masks.pt")
     assert summary["detection"]["rows"] == 16 and summary["detection"]["errors"] == {}
-    assert summary["evaluation"]["AP50"] >= 0.5
+    assert summary["evaluation"]["AP50"] >= 0.5 and summary["mask_evaluation"]["AP50"] >= 0.2
     assert len(summary["pictures"]) == 2 and all(Path(p).stat().st_size > 0 for p in summary["pictures"])
     assert (tmp_path / "pictures.png").stat().st_size > 0
     _, config = load_checkpoint(summary["checkpoint"])
