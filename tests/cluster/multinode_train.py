@@ -1,12 +1,12 @@
 """Training with 2 workers, one per node (STRICT_SPREAD), on a Ray cluster of worker nodes on
 one host (ray.cluster_utils.Cluster), checkpoints in STORAGE (s3:// on the local S3 server).
-Two runs in one cluster: first on 2 worker nodes for EPOCHS_TWO_NODES epochs; then, with a
-third, spare node added, a run of EPOCHS_REMOVED epochs during which a node running a
-training worker is removed without warning once epoch 1's checkpoint is registered: that run
-must go on on the remaining capacity. Run by tests/cluster/test_multinode.py in its own process;
-prints one JSON line: {"two_nodes": summary, "node_removed": summary}.
+One run of EPOCHS epochs on 3 worker nodes: its 2 workers start on 2 of them, and once epoch
+1's checkpoint is registered a node running a training worker is removed without warning: the
+run must go on on the remaining capacity (the spare node). Run
+by tests/cluster/test_multinode.py in its own process; prints one JSON line (the summary, with
+the nodes the workers started on and what was removed when).
 
-    python tests/cluster/multinode_train.py ANNOTATIONS IMAGES STORAGE EPOCHS_TWO_NODES EPOCHS_REMOVED
+    python tests/cluster/multinode_train.py ANNOTATIONS IMAGES STORAGE EPOCHS
 """
 from __future__ import annotations
 
@@ -37,9 +37,8 @@ def registered_epochs(storage: str, name: str) -> list[int]:
     return sorted(r["metrics"]["epoch"] for r in results)
 
 
-def train(cluster, workers: list, annotations: str, images: str, storage: str, name: str, epochs: int,
-          remove: bool) -> dict:
-    """One training run on the cluster; with remove, a node of a training worker goes mid-run."""
+def train(cluster, workers: list, annotations: str, images: str, storage: str, name: str, epochs: int) -> dict:
+    """The run; a node of a training worker goes after epoch 1's checkpoint."""
     train_nodes: set[str] = set()
     events: dict = {}
     stop = threading.Event()
@@ -51,11 +50,13 @@ def train(cluster, workers: list, annotations: str, images: str, storage: str, n
                                      address=cluster.address)
                 train_nodes.update(a.node_id for a in actors)
             except Exception:
-                pass
-            if remove and "removed" not in events and train_nodes and registered_epochs(storage, name):
+                actors = []
+            if "started_on" not in events and len(actors) == 2:
+                events["started_on"] = sorted(a.node_id for a in actors)
+            if "started_on" in events and "removed" not in events and registered_epochs(storage, name):
                 time.sleep(1.0)  # into epoch 2
                 events["registered_at_removal"] = registered_epochs(storage, name)
-                victim = next(w for w in workers if w.node_id in train_nodes)
+                victim = next(w for w in workers if w.node_id in events["started_on"])
                 events["removed"] = victim.node_id
                 cluster.remove_node(victim, allow_graceful=False)
             time.sleep(0.2)
@@ -65,8 +66,7 @@ def train(cluster, workers: list, annotations: str, images: str, storage: str, n
     summary = run_training(TrainConfig(
         annotations=annotations, images=images, storage=storage, name=name,
         model_overrides={"num_queries": 10}, epochs=epochs, batch_size=2, workers=2,
-        placement="STRICT_SPREAD", cpus_per_worker=1.0, data_cpus=0.5, augment_scale=0.15,
-        max_failures=2 if remove else 0,
+        placement="STRICT_SPREAD", cpus_per_worker=1.0, data_cpus=0.5, augment_scale=0.15, max_failures=2,
     ))
     stop.set()
     thread.join()
@@ -76,17 +76,14 @@ def train(cluster, workers: list, annotations: str, images: str, storage: str, n
 
 
 def main() -> None:
-    annotations, images, storage, epochs_two_nodes, epochs_removed = sys.argv[1:6]
-    cluster, workers = start_cluster(workers=2, cpus=2)
+    annotations, images, storage, epochs = sys.argv[1:5]
+    cluster, workers = start_cluster(workers=3, cpus=2)  # 2 for the workers, 1 spare
     try:
-        two_nodes = train(cluster, workers, annotations, images, storage, "multinode", int(epochs_two_nodes), False)
-        workers.append(cluster.add_node(num_cpus=2))  # the spare
-        cluster.wait_for_nodes()
-        removed = train(cluster, workers, annotations, images, storage, "node-removed", int(epochs_removed), True)
+        summary = train(cluster, workers, annotations, images, storage, "multinode", int(epochs))
     finally:
         ray.shutdown()
         cluster.shutdown()  # also deletes the address file Cluster wrote for ray.init()
-    print(json.dumps({"two_nodes": two_nodes, "node_removed": removed}, default=str))
+    print(json.dumps(summary, default=str))
 
 
 if __name__ == "__main__":
