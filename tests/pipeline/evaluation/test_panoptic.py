@@ -16,7 +16,6 @@ import torch
 from hotcoco.panoptic import pq_compute
 
 from model import InputContract, build_detr, get_config, save_checkpoint
-from pipeline.detection import DetectConfig, run_detection
 from pipeline.evaluation import PanopticQuality, ReevaluateConfig, reevaluate, score_files
 from pipeline.evaluation.reevaluation import read_history
 from pipeline.panoptic import Problems, load_panoptic, png_bytes, read_png
@@ -149,9 +148,10 @@ def test_ground_truth_problems_are_counted_and_named(tmp_path):
         load_panoptic(str(tmp_path / "bad.json"))
 
 
-def test_detection_writes_panoptic_pngs_that_evaluate_scores(ray_cluster, tmp_path):
-    """Through the detection run and the evaluation job's scorer: a PNG per image whose ids are
-    its row's segments_info, and the PQ of those files equal to hotcoco's on them."""
+def test_detection_writes_panoptic_pngs_that_evaluate_and_reevaluate_score(ray_cluster, tmp_path):
+    """Through the jobs' functions on Ray: re-evaluation detects with a model with stuff classes
+    and keeps PQ in its history; its predictions hold a PNG per image whose ids are the row's
+    segments_info, and evaluate's PQ of them equals hotcoco's on the same files."""
     shapes = make_synthetic(str(tmp_path / "shapes"), train=0, val=4, seed=3,
                             config=SyntheticConfig(min_side=64, max_side=96, max_objects=3, stuff=True))
     torch.manual_seed(0)
@@ -160,17 +160,20 @@ def test_detection_writes_panoptic_pngs_that_evaluate_scores(ray_cluster, tmp_pa
         model.detr.class_embed.bias.zero_()
         model.detr.class_embed.bias[[2, 20]] = torch.tensor([0.0, 12.0])
         model.detr.class_embed.weight[2].normal_(0, 1.0)  # some queries: circles
-    checkpoint = save_checkpoint(str(tmp_path / "pan.pt"), model, contract=InputContract(96, 160))
-    output = tmp_path / "out"
-    run_detection(DetectConfig(images=shapes["val_annotations"], image_root=shapes["val_images"],
-                               output=str(output), checkpoint=checkpoint))
+    checkpoint = save_checkpoint(str(tmp_path / "runs" / "pan.pt"), model, contract=InputContract(96, 160))
+    history = tmp_path / "history"
+    reevaluate(ReevaluateConfig(checkpoints=checkpoint, images=shapes["val_images"],
+                                annotations=shapes["val_annotations"], history=str(history),
+                                panoptic_annotations=shapes["val_panoptic"], actors=(1, 1)))
+    [row] = read_history(str(history))
+    output = Path(row["predictions"])
     rows = pq.read_table(output).to_pylist()
     assert len(rows) == 4 and all(r["error"] is None for r in rows)
     segments = 0
-    for row in rows:
-        entry = json.loads(row["panoptic"])
+    for r in rows:
+        entry = json.loads(r["panoptic"])
         ids = read_png((output / "_panoptic" / entry["file_name"]).read_bytes())
-        assert ids.shape == (row["height"], row["width"])
+        assert ids.shape == (r["height"], r["width"])
         assert set(np.unique(ids).tolist()) - {0} == {s["id"] for s in entry["segments_info"]}
         assert all(s["area"] == (ids == s["id"]).sum() for s in entry["segments_info"])
         segments += len(entry["segments_info"])
@@ -187,12 +190,6 @@ def test_detection_writes_panoptic_pngs_that_evaluate_scores(ray_cluster, tmp_pa
     for name, group in (("PQ", "All"), ("PQ_th", "Things"), ("PQ_st", "Stuff")):
         assert result["panoptic"]["metrics"][name] == pytest.approx(theirs[group]["pq"], abs=1e-9)
     assert result["panoptic"]["metrics"]["PQ_st"] > 0  # the sky was found
-
-    history = tmp_path / "history"
-    reevaluate(ReevaluateConfig(checkpoints=checkpoint, images=shapes["val_images"],
-                                annotations=shapes["val_annotations"], history=str(history),
-                                panoptic_annotations=shapes["val_panoptic"]))
-    [row] = read_history(str(history))
     assert {k: row[k] for k in ("PQ", "PQ_th", "PQ_st")} == pytest.approx(
         {k: result["panoptic"]["metrics"][k] for k in ("PQ", "PQ_th", "PQ_st")}, abs=1e-12)
     assert f"| {row['PQ']:.4f} |" in (history / "report.md").read_text()
