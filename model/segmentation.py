@@ -9,6 +9,8 @@ map per query at the first of those stages' stride: 4 for a ResNet (layer3, laye
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -92,17 +94,24 @@ class MaskHeadSmallConv(nn.Module):
                 nn.init.kaiming_uniform_(m.weight, a=1)
                 nn.init.constant_(m.bias, 0)
 
-    def forward(self, x: torch.Tensor, bbox_mask: torch.Tensor, fpns: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bbox_mask: torch.Tensor, fpns: list[torch.Tensor],
+                image_index: torch.Tensor | None = None) -> torch.Tensor:
         """x [B,C,h,w] (projected features), bbox_mask [B,Q,heads,h,w], fpns deepest first ->
-        [B*Q,1,H,W] at the last fpn's size."""
-        x = torch.cat([_expand(x, bbox_mask.shape[1]), bbox_mask.flatten(0, 1)], 1)
+        [B*Q,1,H,W] at the last fpn's size. With image_index [N], bbox_mask is [N,heads,h,w]:
+        N chosen queries, each of the image image_index says -> [N,1,H,W]."""
+        if image_index is None:
+            x = torch.cat([_expand(x, bbox_mask.shape[1]), bbox_mask.flatten(0, 1)], 1)
+        else:
+            x = torch.cat([x[image_index], bbox_mask], 1)
         x = F.relu(self.gn1(self.lay1(x)))
         x = F.relu(self.gn2(self.lay2(x)))
         for adapter, lay, gn, fpn in ((self.adapter1, self.lay3, self.gn3, fpns[0]),
                                       (self.adapter2, self.lay4, self.gn4, fpns[1]),
                                       (self.adapter3, self.lay5, self.gn5, fpns[2])):
             fpn = adapter(fpn)
-            if fpn.size(0) != x.size(0):
+            if image_index is not None:
+                fpn = fpn[image_index]
+            elif fpn.size(0) != x.size(0):
                 fpn = _expand(fpn, x.size(0) // fpn.size(0))
             x = fpn + F.interpolate(x, size=fpn.shape[-2:], mode="nearest")
             x = F.relu(gn(lay(x)))
@@ -155,11 +164,22 @@ class DETRsegm(nn.Module):
     def contract(self, value) -> None:
         self.detr.contract = value
 
-    def forward(self, images, mask: torch.Tensor | None = None) -> dict:
+    def forward(self, images, mask: torch.Tensor | None = None,
+                mask_queries: Callable[[dict], torch.Tensor] | None = None) -> dict:
+        """mask_queries (inference): outputs -> [B,Q] bool, the queries whose masks are wanted; the
+        head runs on those alone (its cost is per query) and the others' logits are -inf."""
         out, hs, memory, src, feature_mask, stages = self.detr.forward_with_features(images, mask)
+        batch, queries = hs.shape[1], hs.shape[2]
         with float32(hs.device):
             bbox_mask = self.bbox_attention(upcast(hs[-1]), upcast(memory), mask=feature_mask)
             fpns = [upcast(stages[i]) for i in range(len(stages) - 2, len(stages) - 2 - MASK_HEAD_STAGES, -1)]
-            masks = self.mask_head(upcast(src), bbox_mask, fpns)
-        out["pred_masks"] = masks.view(hs.shape[1], hs.shape[2], masks.shape[-2], masks.shape[-1])
+            if mask_queries is None:
+                masks = self.mask_head(upcast(src), bbox_mask, fpns)
+                out["pred_masks"] = masks.view(batch, queries, masks.shape[-2], masks.shape[-1])
+                return out
+            chosen = mask_queries(out)
+            out["pred_masks"] = torch.full((batch, queries, *fpns[-1].shape[-2:]), float("-inf"), device=hs.device)
+            if chosen.any():
+                masks = self.mask_head(upcast(src), bbox_mask[chosen], fpns, chosen.nonzero()[:, 0])
+                out["pred_masks"][chosen] = masks[:, 0]
         return out

@@ -25,6 +25,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from model import DETR, DetrConfig, InputContract, PostProcess, build_detr, optimize_for_inference
+from model.segmentation import DETRsegm
 from model.mask_postprocess import PostProcessPanoptic, image_masks
 from model.onnx_model import OnnxDetr
 
@@ -159,7 +160,10 @@ class Detector:
         pixels, mask = to_canvas(images, canvas, self.contract, self.mean, self.std)
         pixels = pixels.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            outputs = self.model(pixels, mask)
+            if isinstance(self.model, DETRsegm):  # the mask head on the queries kept, not all
+                outputs = self.model(pixels, mask, mask_queries=self.kept_queries)
+            else:
+                outputs = self.model(pixels, mask)
         found = self.postprocess(outputs, torch.tensor(sizes))
         found = [{k: v.cpu().numpy() for k, v in d.items()} for d in found]
         if "pred_masks" in outputs:
@@ -169,6 +173,14 @@ class Detector:
             for d, logits, masks, size in zip(found, outputs["pred_logits"], outputs["pred_masks"], sizes):
                 d["panoptic"], d["panoptic_png"] = self.segments(logits, masks, canvas, size)
         return found
+
+    def kept_queries(self, outputs: dict) -> torch.Tensor:
+        """[B,Q] bool: the queries whose masks are kept, those PostProcess keeps (and with
+        panoptic output, those it takes: scoring above its threshold)."""
+        threshold = self.postprocess.score_threshold
+        if self.panoptic is not None:
+            threshold = min(threshold, self.panoptic.threshold)
+        return outputs["pred_logits"].float().softmax(-1)[..., :-1].max(-1).values >= threshold
 
     def segments(self, logits: torch.Tensor, masks: torch.Tensor, canvas: tuple[int, int],
                  size: tuple[int, int]) -> tuple[list[dict], bytes]:

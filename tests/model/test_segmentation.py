@@ -86,3 +86,17 @@ def test_the_mask_head_on_detr_tiny_round_trips_and_keeps_float32(tmp_path):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             mixed = model(images)
     assert mixed["pred_masks"].dtype == torch.float32
+
+
+def test_masks_of_chosen_queries_alone_equal_the_full_heads(segm_model, segm_fixture):
+    """Inference's shortcut (the head on the queries kept, not all): the same logits for those,
+    -inf for the rest."""
+    images, mask = segm_fixture["padded_tensors"], segm_fixture["padding_mask"]
+    with torch.inference_mode():
+        full = segm_model(images, mask)
+        chosen = torch.zeros(full["pred_logits"].shape[:2], dtype=torch.bool)
+        chosen[0, [1, 4]] = chosen[-1, 0] = True
+        some = segm_model(images, mask, mask_queries=lambda out: chosen)
+    torch.testing.assert_close(some["pred_masks"][chosen], full["pred_masks"][chosen], atol=1e-5, rtol=0)
+    assert torch.isneginf(some["pred_masks"][~chosen]).all()
+    torch.testing.assert_close(some["pred_logits"], full["pred_logits"], atol=0, rtol=0)
