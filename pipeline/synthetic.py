@@ -197,7 +197,7 @@ def write_split(out: str, split: str, count: int, seed: int, config: SyntheticCo
             uris.write_bytes(uris.join(out, "annotations", f"panoptic_{split}", png),
                              png_bytes(panoptic_ids(objects, width, height)))
             segments = [{"id": k + 1, "category_id": o["category_id"], "iscrowd": 0, "bbox": o["bbox"],
-                         "area": o["area"]} for k, o in enumerate(objects)]
+                         "area": o["area"]} for k, o in enumerate(objects) if o["area"]]  # not a shape hidden whole
             panoptic.append({"image_id": image_id, "file_name": png, "segments_info": segments})
     coco = {"images": images, "annotations": annotations, "categories": categories(config.stuff)}
     annotation_uri = uris.join(out, "annotations", f"{split}.json")

@@ -101,6 +101,10 @@ def run_detection(config: DetectConfig) -> dict[str, Any]:
                                       config.max_size)
     for line in said:
         log(line)
+    if model_config.masks:
+        log("the checkpoint has the mask head: each box's mask goes into the masks column"
+            + (f"; stuff classes {list(model_config.stuff_classes)}: a panoptic PNG per image in "
+               f"{uris.join(config.output, predictions.PANOPTIC_FOLDER)}" if model_config.stuff_classes else ""))
     run = run_parameters(config, model_config, model_id, contract, recorded)
     if config.overwrite:
         predictions.remove_parts(config.output)

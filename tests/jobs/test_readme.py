@@ -31,19 +31,25 @@ def test_the_readme_commands_run_as_written(ray_cluster, tmp_path):
     env = dict(os.environ, RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address)
     commands = readme_commands()
     assert [c.split()[1] for c in commands] == [
-        "jobs/make_synthetic.py", "jobs/train.py", "jobs/detect.py", "jobs/evaluate.py", "jobs/reevaluate.py",
-        "jobs/export.py", "jobs/detect.py"]
+        "jobs/make_synthetic.py", "jobs/train.py", "jobs/detect.py", "jobs/evaluate.py",
+        "jobs/make_synthetic.py", "jobs/detect.py", "jobs/evaluate.py",
+        "jobs/reevaluate.py", "jobs/export.py", "jobs/detect.py"]
+    summaries = []
     for command in commands:
         args = command.split()
         args[0] = sys.executable
         args += SHORTER.get(Path(args[1]).name, [])
         proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, (command, proc.stderr[-3000:])
-        json.loads(proc.stdout.strip().splitlines()[-1])  # each ends with its JSON line
+        summaries.append(json.loads(proc.stdout.strip().splitlines()[-1]))  # each ends with its JSON line
     assert (tmp_path / "runs" / "shapes" / "best" / "checkpoint.pt").is_file()
     assert len(list((tmp_path / "runs" / "shapes" / "progress").iterdir())) == 1
     assert (tmp_path / "runs" / "shapes" / "curves.png").is_file()
     assert (tmp_path / "metrics" / "metrics.json").is_file() and (tmp_path / "history" / "report.md").is_file()
     assert (tmp_path / "detr.onnx").is_file()
-    for predictions in ("predictions", "predictions-onnx"):
+    for predictions in ("predictions", "predictions-onnx", "predictions-panoptic"):
         assert len(list((tmp_path / predictions).glob("part-*.parquet"))) == 1
+    assert len(list((tmp_path / "predictions-panoptic" / "_panoptic").glob("*.png"))) == 8
+    segment = summaries[6]  # the shipped stuff model: boxes, masks and panoptic segments scored
+    assert segment["metrics"]["AP"] > 0 and segment["segm"]["metrics"]["AP"] > 0
+    assert segment["panoptic"]["metrics"]["PQ"] > 0 and segment["panoptic"]["report"]["predicted"] == 8

@@ -61,8 +61,9 @@ def test_the_stuff_set_labels_every_pixel_once_and_its_panoptic_pngs_agree(tmp_p
         masks = decode([a["segmentation"] for a in anns], image["width"], image["height"])
         assert (masks.sum(0) == 1).all()
         ids = read_png((Path(shapes["val_panoptic"]).with_suffix("") / entry["file_name"]).read_bytes())
-        for segment, mask in zip(entry["segments_info"], masks):
-            assert np.array_equal(ids == segment["id"], mask.astype(bool))
+        assert [s["id"] for s in entry["segments_info"]] == [k + 1 for k, m in enumerate(masks) if m.any()]
+        for segment in entry["segments_info"]:
+            assert np.array_equal(ids == segment["id"], masks[segment["id"] - 1].astype(bool))
     model = build_model(TrainConfig("", "", "", "", preset="detr-tiny", masks=True), dataset.num_classes,
                         dataset.stuff_classes)
     assert model.config.stuff_classes == (20, 21) and model.config.masks
