@@ -27,7 +27,8 @@ def readme_commands() -> list[str]:
 def test_the_readme_commands_run_as_written(ray_cluster, tmp_path):
     """In a fresh folder with a checkout's layout, where the data, runs and outputs land. The jobs
     join the test process's Ray (as under RAY_ADDRESS), as the demo's test covers a job's own."""
-    (tmp_path / "jobs").symlink_to(REPO / "jobs")
+    for part in ("jobs", "checkpoints"):
+        (tmp_path / part).symlink_to(REPO / part)
     env = dict(os.environ, RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address)
     commands = readme_commands()
     assert [c.split()[1] for c in commands] == [
