@@ -67,8 +67,9 @@ def with_masks(gt: dict, detections: np.ndarray, per_image: int) -> tuple[dict, 
     annotations = []
     for a in gt["annotations"]:
         x, y, w, h = a["bbox"]
-        octagon = [x + w * u for u in (0.3, 0.7, 1, 1, 0.7, 0.3, 0, 0)], [y + h * v for v in (0, 0, 0.3, 0.7, 1, 1, 0.7, 0.3)]
-        annotations.append({**a, "segmentation": [[c for xy in zip(*octagon) for c in xy]]})
+        xs = [x + w * u for u in (0.3, 0.7, 1, 1, 0.7, 0.3, 0, 0)]
+        ys = [y + h * v for v in (0, 0, 0.3, 0.7, 1, 1, 0.7, 0.3)]
+        annotations.append({**a, "segmentation": [[c for xy in zip(xs, ys) for c in xy]]})
     image_ids = detections[:, 0].astype(np.int64)
     first = np.flatnonzero(np.r_[True, image_ids[1:] != image_ids[:-1]])
     rank = np.arange(len(detections)) - np.repeat(first, np.diff(np.r_[first, len(detections)]))

@@ -43,7 +43,8 @@ def measure(rows: pa.Table, checkpoint: Path, threads: int) -> dict:
     seconds = time.perf_counter() - started
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
-    return {"images_per_s": round(rows.num_rows / seconds, 2), "parquet_bytes_per_row": round(len(buffer.getvalue()) / rows.num_rows),
+    return {"images_per_s": round(rows.num_rows / seconds, 2),
+            "parquet_bytes_per_row": round(len(buffer.getvalue()) / rows.num_rows),
             "detections_per_image": round(sum(len(s) for s in table["scores"].to_pylist()) / rows.num_rows, 1)}
 
 
@@ -63,7 +64,8 @@ def main() -> None:
         for name, images in (("shapes", shapes["val_images"]), ("coco_sized_photos", f"{folder}/photos")):
             rows = fetched(images, sizes)
             measured = {kind: measure(rows, path, args.threads) for kind, path in CHECKPOINTS.items()}
-            measured["images_per_s_ratio"] = round(measured["masks"]["images_per_s"] / measured["boxes"]["images_per_s"], 3)
+            measured["images_per_s_ratio"] = round(
+                measured["masks"]["images_per_s"] / measured["boxes"]["images_per_s"], 3)
             measured["bytes_per_row_ratio"] = round(
                 measured["masks"]["parquet_bytes_per_row"] / measured["boxes"]["parquet_bytes_per_row"], 2)
             results[name] = measured

@@ -23,8 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a working dir
 
-from model import CheckpointError  # noqa: E402
-from model.export import DEFAULT_OPSET, SUFFIXES, ExportError, export_checkpoint  # noqa: E402
+from model.export_formats import DEFAULT_OPSET, SUFFIXES, ExportError  # noqa: E402
 from pipeline.coco import load_coco  # noqa: E402
 from pipeline.paths import absolute  # noqa: E402
 
@@ -50,10 +49,11 @@ def main(argv: list[str] | None = None) -> None:
         names = None
         if args.annotations:
             names = {c["id"]: c["name"] for c in load_coco(args.annotations, ".", check_files=False).categories}
+        from model.export import export_checkpoint  # torch: after the checks above, so a bad request fails at once
         report = export_checkpoint(args.checkpoint, args.output, opset=args.opset, class_names=names,
                                    min_size=args.min_size, max_size=args.max_size,
                                    log=lambda line: print(f"export: {line}", file=sys.stderr))
-    except (ExportError, CheckpointError, ValueError, ImportError, OSError) as e:
+    except (ValueError, ImportError, OSError) as e:  # ExportError and CheckpointError are ValueErrors
         sys.exit(f"export: {e}")
     print(f"exported {report['weights'][:19]}... to {report['output']} ({report['bytes'] / 1e6:.1f} MB, "
           f"{report['export_seconds']} s); verified: max |difference| "

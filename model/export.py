@@ -30,18 +30,14 @@ from . import uri as uris
 from .checkpoint import read_checkpoint, weights_id
 from .contract import resolve_contract
 from .detr import DETR, build_detr
+from .export_formats import DEFAULT_OPSET, SUFFIXES, ExportError
 from .onnx_model import INPUTS, INSTALL_HINT, MASK_OUTPUT, OUTPUTS, OnnxDetr
 
-SUFFIXES = (".onnx", ".pt2")
 TOLERANCE = 1e-4  # absolute, on both outputs (CPU, float32)
-DEFAULT_OPSET = 18  # the lowest the torch.export-based ONNX exporter writes
 # (batch, height, width, padded): batches the verification runs, padded ones with an image
 # smaller than the batch in each direction.
 VERIFY_CASES = ((1, 224, 288, False), (2, 320, 256, True), (3, 256, 384, True))
 
-
-class ExportError(ValueError):
-    """An export that failed or did not reproduce the model; nothing was written."""
 
 
 class DetectionGraph(nn.Module):

@@ -25,9 +25,9 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from model import DETR, DetrConfig, InputContract, PostProcess, build_detr, optimize_for_inference
-from model.segmentation import DETRsegm
 from model.mask_postprocess import PostProcessPanoptic, image_masks
 from model.onnx_model import OnnxDetr
+from model.segmentation import DETRsegm
 
 from .. import predictions
 from ..decode import decode_images

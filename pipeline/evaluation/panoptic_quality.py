@@ -108,7 +108,8 @@ class PanopticQuality:
         for group, things in GROUPS.items():
             rows = [per_category[k] for k, info in self.categories.items()
                     if per_category[k]["pq"] is not None and (things is None or (info["isthing"] == 1) == things)]
-            results[group] = {key: sum(r[key] for r in rows) / len(rows) if rows else None for key in ("pq", "sq", "rq")}
+            results[group] = {key: sum(r[key] for r in rows) / len(rows) if rows else None
+                              for key in ("pq", "sq", "rq")}
             results[group]["n"] = len(rows)
         results["per_category"] = per_category
         return results
@@ -130,7 +131,8 @@ def score_panoptic_files(predictions_uri: str, annotation_uri: str, folder: str 
     gt = load_panoptic(annotation_uri, folder)
     quality = PanopticQuality(gt.categories)
     problems = Problems()
-    root = predictions_uri if uris.file_type(predictions_uri) != pafs.FileType.File else predictions_uri.rsplit("/", 1)[0]
+    single_file = uris.file_type(predictions_uri) == pafs.FileType.File
+    root = predictions_uri.rsplit("/", 1)[0] if single_file else predictions_uri  # the PNGs' parent
     scored: set[int] = set()
     unmatched = 0
     for batch in prediction_batches(predictions_uri, COLUMNS, BATCH_ROWS):

@@ -38,7 +38,8 @@ def _random_images(seed: int, count: int):
             y, x = rng.integers(0, h - 8), rng.integers(0, w - 8)
             sh, sw = rng.integers(3, 12, 2)
             gt[y:y + sh, x:x + sw] = 10 + k
-            segments.append({"id": 10 + k, "category_id": int(rng.choice([1, 2])), "iscrowd": int(rng.uniform() < 0.15)})
+            segments.append({"id": 10 + k, "category_id": int(rng.choice([1, 2])),
+                             "iscrowd": int(rng.uniform() < 0.15)})
         if rng.uniform() < 0.5:
             gt[rng.integers(0, h):, :rng.integers(0, 6)] = 0
         segments = [{**s, "area": int((gt == s["id"]).sum())} for s in segments if (gt == s["id"]).any()]
@@ -180,7 +181,8 @@ def test_detection_writes_panoptic_pngs_that_evaluate_and_reevaluate_score(ray_c
     assert segments >= 4
 
     result = score_files(str(output), shapes["val_annotations"], panoptic_annotations=shapes["val_panoptic"])
-    by_name = {Path(i["file_name"]).stem: i["id"] for i in json.loads(Path(shapes["val_panoptic"]).read_text())["images"]}
+    images = json.loads(Path(shapes["val_panoptic"]).read_text())["images"]
+    by_name = {Path(i["file_name"]).stem: i["id"] for i in images}
     predicted = {"images": [], "categories": [], "annotations": [
         {**json.loads(r["panoptic"]), "image_id": by_name[Path(r["path"]).stem]} for r in rows]}
     (tmp_path / "pred.json").write_text(json.dumps(predicted))
