@@ -5,3 +5,4 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "checkpoints" / "detr-tiny-shapes.pt"  # a trained detr-tiny (checkpoints/README.md)
+SHIPPED_MASKS = REPO / "checkpoints" / "detr-tiny-shapes-masks.pt"  # the same with its mask head

@@ -18,16 +18,18 @@ from model.export import DetectionGraph, ExportError, export_checkpoint, sample_
 from model.onnx_model import OnnxDetr, read_onnx
 from pipeline import predictions
 from pipeline.detection import DetectConfig, run_detection
+from pipeline.masks import decode
 from tests import REPO
 
 # In one test process (tests/conftest.py): the export fixture is made once.
 pytestmark = pytest.mark.xdist_group("export")
-SHIPPED = str(tests.SHIPPED)
+SHIPPED = str(tests.SHIPPED_MASKS)  # the mask head too: the graph has pred_masks
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, tiny_shapes) -> dict:
-    """The shipped detr-tiny exported once to each format, class names from the shapes set."""
+    """The shipped detr-tiny with its mask head exported once to each format, class names from
+    the shapes set."""
     folder = tmp_path_factory.mktemp("export")
     names = {c["id"]: c["name"] for c in json.loads(Path(tiny_shapes["val_annotations"]).read_text())["categories"]}
     return {suffix: export_checkpoint(SHIPPED, str(folder / f"tiny{suffix}"), class_names=names)
@@ -38,17 +40,19 @@ def test_onnx_graph_contract_metadata_and_outputs(exported, tmp_path):
     report = exported[".onnx"]
     model, config = load_checkpoint(SHIPPED)
     assert report["weights"] == weights_id(model.state_dict()) and report["bytes"] > 1e6
-    assert max(report["max_abs_difference"].values()) <= 1e-4
+    assert set(report["max_abs_difference"]) == {"pred_logits", "pred_boxes", "pred_masks"}
+    assert max(report["max_abs_difference"].values()) <= 1e-4  # masks verified like the boxes
 
     graph = onnx.load(report["output"])
     inputs = {i.name: i.type.tensor_type for i in graph.graph.input}
-    assert list(inputs) == ["images", "mask"] and [o.name for o in graph.graph.output] == ["pred_logits", "pred_boxes"]
+    assert list(inputs) == ["images", "mask"]
+    assert [o.name for o in graph.graph.output] == ["pred_logits", "pred_boxes", "pred_masks"]
     assert inputs["images"].elem_type == onnx.TensorProto.FLOAT and inputs["mask"].elem_type == onnx.TensorProto.BOOL
     dims = [[d.dim_param or d.dim_value for d in t.shape.dim] for t in inputs.values()]
     assert dims == [["batch", 3, "height", "width"], ["batch", "height", "width"]]  # dynamic batch, height, width
 
     read_config, data, weights, contract = read_onnx(report["output"])
-    assert read_config == config and weights == report["weights"]
+    assert read_config == config and read_config.masks and weights == report["weights"]
     assert contract == model.contract and contract.min_size == 160  # the checkpoint's own input contract
     metadata = {p.key: json.loads(p.value) for p in graph.metadata_props}
     assert metadata["class_names"] == {str(k): v for k, v in exported["names"].items()}
@@ -69,8 +73,9 @@ def test_onnx_graph_contract_metadata_and_outputs(exported, tmp_path):
     with torch.no_grad():
         expected = DetectionGraph(model)(images, mask)
     got = OnnxDetr(data)(images, mask)
-    for name, want in zip(("pred_logits", "pred_boxes"), expected):
+    for name, want in zip(("pred_logits", "pred_boxes", "pred_masks"), expected, strict=True):
         assert (got[name] - want).abs().max() <= 1e-4, name
+    assert got["pred_masks"].shape == (5, config.num_queries, 68, 100)  # small_cnn's stride 2
 
 
 def test_exported_program_reloads_and_matches(exported):
@@ -105,6 +110,9 @@ def test_detection_with_the_onnx_graph_writes_the_same_rows(ray_cluster, exporte
         assert a["labels"] == b["labels"] and len(a["scores"]) > 0
         assert np.abs(np.array(a["boxes"]) - np.array(b["boxes"])).max() <= 0.05
         assert np.abs(np.array(a["scores"]) - np.array(b["scores"])).max() <= 1e-4
+        masks = [decode([{"size": [r["height"], r["width"]], "counts": c} for c in r["masks"]], r["width"], r["height"])
+                 for r in (a, b)]  # the graph's masks: all queries'; torch's: the kept ones' alone
+        assert masks[0].shape == masks[1].shape and (masks[0] == masks[1]).mean() >= 0.999
 
 
 def test_bad_export_requests_end_in_one_line_and_leave_no_file(tmp_path):
@@ -146,21 +154,3 @@ def test_a_failed_verification_writes_nothing(tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="differs"):
         export_checkpoint(checkpoint, str(tmp_path / "out" / "model.pt2"))
     assert not (tmp_path / "out").exists()
-
-
-def test_the_mask_head_is_exported_as_pred_masks(tmp_path):
-    """A checkpoint with the mask head exports a graph with pred_masks too, verified like the boxes
-    (a one-stage model: random two-stage weights pick queries by rounding)."""
-    torch.manual_seed(0)
-    model = build_detr("detr-tiny", num_classes=5, masks=True, two_stage=False)
-    report = export_checkpoint(save_checkpoint(str(tmp_path / "segm.pt"), model), str(tmp_path / "segm.onnx"),
-                               min_size=96, max_size=160, log=lambda _: None)
-    assert set(report["max_abs_difference"]) == {"pred_logits", "pred_boxes", "pred_masks"}
-    run = OnnxDetr((tmp_path / "segm.onnx").read_bytes())
-    images, mask = sample_batch(2, 128, 160, True)
-    with torch.no_grad():
-        expected = model.eval()(images, mask)["pred_masks"]
-    got = run(images, mask)["pred_masks"]
-    assert got.shape == expected.shape == (2, 20, 64, 80)  # small_cnn's stride 2
-    assert float((got - expected).abs().max()) <= 1e-4
-    assert read_onnx(str(tmp_path / "segm.onnx"))[0].masks

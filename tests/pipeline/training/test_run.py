@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -117,11 +118,20 @@ def test_fit_trains_on_the_datasets_it_is_given(ray_cluster, tiny_shapes, tmp_pa
     assert result.metrics["steps"] == 8 // cfg.batch_size  # not 16 // 4: the stream was not built
 
 
-def test_resume_continues_at_the_next_epoch(ray_cluster, tiny_shapes, tmp_path):
-    first = run_training(small_run(tiny_shapes, tmp_path, "resume", epochs=1))
+def test_fine_tune_then_resume_at_the_next_epoch(ray_cluster, small_fixture, tiny_shapes, tmp_path):
+    """A run fine-tunes a reference release file (its class head re-made for the shapes' classes);
+    the same command with more epochs resumes it at the next epoch."""
+    path = tmp_path / "detr-small.pth"
+    torch.save({"model": small_fixture["state_dict"], "args": argparse.Namespace(nheads=4, dropout=0.0)}, path)
+    config = partial(small_run, tiny_shapes, tmp_path, "resume", init=str(path), model_overrides={})
+    first = run_training(config(epochs=1))
+    model, fine_tuned = load_checkpoint(first["checkpoint"])
+    assert (fine_tuned.hidden_dim, fine_tuned.nheads, fine_tuned.num_classes) == (64, 4, 12)
+    trained = model.state_dict()["transformer.decoder.norm.weight"]
+    assert not torch.equal(trained, small_fixture["state_dict"]["transformer.decoder.norm.weight"])
     steps_per_epoch = first["metrics"]["steps"]
     assert _payload(first["checkpoint"])["epoch"] == 1
-    second = run_training(small_run(tiny_shapes, tmp_path, "resume", epochs=2))
+    second = run_training(config(epochs=2))
     assert second["metrics"]["epoch"] == 2
     assert second["metrics"]["steps"] == 2 * steps_per_epoch  # epoch 1 was not trained again
     assert _payload(second["checkpoint"])["epoch"] == 2
@@ -171,16 +181,6 @@ def test_killed_worker_resumes_from_last_checkpoint_and_workers_are_not_depriori
     assert stored.count(1) == 1 and set(stored) == {1, 2}
     # TensorBoard holds every step once: epoch 2's file was rewritten by the retry
     assert [s for s, _ in tensorboard_scalars(summary["run"])["train/loss"]] == list(range(1, 33))
-
-
-def test_fine_tune_run(ray_cluster, small_fixture, tmp_path, tiny_shapes):
-    path = tmp_path / "detr-small.pth"
-    torch.save({"model": small_fixture["state_dict"], "args": argparse.Namespace(nheads=4, dropout=0.0)}, path)
-    summary = run_training(small_run(tiny_shapes, tmp_path, "ftrun", init=str(path), model_overrides={}))
-    model, config = load_checkpoint(summary["checkpoint"])
-    assert (config.hidden_dim, config.nheads, config.num_classes) == (64, 4, 12)
-    trained = model.state_dict()["transformer.decoder.norm.weight"]
-    assert not torch.equal(trained, small_fixture["state_dict"]["transformer.decoder.norm.weight"])
 
 
 def test_unknown_val_images_is_explained(tiny_shapes, tmp_path):
