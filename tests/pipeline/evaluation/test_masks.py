@@ -1,6 +1,7 @@
 """Masks through the jobs: bulk detection writes each box's mask as RLE at the image's size (the
 reference's PostProcessSegm, a chunk of masks at a time), box-only rows keep the column empty,
-and evaluate scores segm AP, hotcoco and faster-coco-eval equal to pycocotools."""
+and evaluate scores segm AP, hotcoco and faster-coco-eval equal to pycocotools. Detection,
+evaluation and re-evaluation on Ray with a mask checkpoint: tests/pipeline/evaluation/test_panoptic.py."""
 from __future__ import annotations
 
 import json
@@ -119,29 +120,6 @@ def test_mask_ap_of_the_ground_truth_is_one_and_the_backends_agree(shapes, tmp_p
             assert fast["metrics"][name] == pytest.approx(value, abs=1e-9), (backend, name)
         for category_id, entry in reference["per_category"].items():
             assert fast["per_category"][category_id]["AP"] == pytest.approx(entry["AP"], abs=1e-9), backend
-
-
-def test_detect_evaluate_and_reevaluate_with_a_mask_checkpoint(ray_cluster, segm_model, shapes, tmp_path):
-    """Through the jobs' functions on Ray: re-evaluation detects with the checkpoint (the model
-    actors build its mask head), keeps mask AP in its history, and evaluate scores the same
-    predictions' masks beside their boxes."""
-    from model import save_checkpoint
-    from pipeline.evaluation import ReevaluateConfig, reevaluate
-    from pipeline.evaluation.reevaluation import read_history
-
-    save_checkpoint(str(tmp_path / "runs" / "segm.pt"), segm_model)
-    summary = reevaluate(ReevaluateConfig(checkpoints=str(tmp_path / "runs"), images=shapes["val_images"],
-                                          annotations=shapes["val_annotations"], history=str(tmp_path / "history"),
-                                          actors=(1, 1)))
-    [row] = read_history(str(tmp_path / "history"))
-    assert json.loads(row["errors"]) == {} and row["images"] == 6
-    table = predictions.read_predictions(row["predictions"])
-    assert table["masks"].null_count == 0
-    assert [len(m) for m in table["masks"].to_pylist()] == [len(b) for b in table["boxes"].to_pylist()]
-    result = score_files(row["predictions"], shapes["val_annotations"])
-    assert set(result["segm"]["metrics"]) == set(result["metrics"]) and result["segm"]["detections"] > 0
-    assert summary["evaluated"][0]["segm_AP"] == row["segm_AP"] == pytest.approx(result["segm"]["metrics"]["AP"])
-    assert "| mask AP |" in (tmp_path / "history" / "report.md").read_text()
 
 
 def test_pictures_fill_the_masks(segm_model, shapes, tmp_path):

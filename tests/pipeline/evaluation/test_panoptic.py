@@ -150,9 +150,11 @@ def test_ground_truth_problems_are_counted_and_named(tmp_path):
 
 
 def test_detection_writes_panoptic_pngs_that_evaluate_and_reevaluate_score(ray_cluster, tmp_path):
-    """Through the jobs' functions on Ray: re-evaluation detects with a model with stuff classes
-    and keeps PQ in its history; its predictions hold a PNG per image whose ids are the row's
-    segments_info, and evaluate's PQ of them equals hotcoco's on the same files."""
+    """Through the jobs' functions on Ray: re-evaluation detects with a model with the mask head
+    and stuff classes (the model actors build its head) and keeps mask AP and PQ in its history;
+    its predictions hold each box's mask and a PNG per image whose ids are the row's
+    segments_info; evaluate scores the masks beside the boxes, and its PQ equals hotcoco's on the
+    same files."""
     shapes = make_synthetic(str(tmp_path / "shapes"), train=0, val=4, seed=3,
                             config=SyntheticConfig(min_side=64, max_side=96, max_objects=3, stuff=True))
     torch.manual_seed(0)
@@ -163,13 +165,15 @@ def test_detection_writes_panoptic_pngs_that_evaluate_and_reevaluate_score(ray_c
         model.detr.class_embed.weight[2].normal_(0, 1.0)  # some queries: circles
     checkpoint = save_checkpoint(str(tmp_path / "runs" / "pan.pt"), model, contract=InputContract(96, 160))
     history = tmp_path / "history"
-    reevaluate(ReevaluateConfig(checkpoints=checkpoint, images=shapes["val_images"],
-                                annotations=shapes["val_annotations"], history=str(history),
-                                panoptic_annotations=shapes["val_panoptic"], actors=(1, 1)))
+    summary = reevaluate(ReevaluateConfig(checkpoints=checkpoint, images=shapes["val_images"],
+                                          annotations=shapes["val_annotations"], history=str(history),
+                                          panoptic_annotations=shapes["val_panoptic"], actors=(1, 1)))
     [row] = read_history(str(history))
+    assert json.loads(row["errors"]) == {} and row["images"] == 4
     output = Path(row["predictions"])
     rows = pq.read_table(output).to_pylist()
     assert len(rows) == 4 and all(r["error"] is None for r in rows)
+    assert [len(r["masks"]) for r in rows] == [len(r["boxes"]) for r in rows]
     segments = 0
     for r in rows:
         entry = json.loads(r["panoptic"])
@@ -181,6 +185,8 @@ def test_detection_writes_panoptic_pngs_that_evaluate_and_reevaluate_score(ray_c
     assert segments >= 4
 
     result = score_files(str(output), shapes["val_annotations"], panoptic_annotations=shapes["val_panoptic"])
+    assert set(result["segm"]["metrics"]) == set(result["metrics"]) and result["segm"]["detections"] > 0
+    assert summary["evaluated"][0]["segm_AP"] == row["segm_AP"] == pytest.approx(result["segm"]["metrics"]["AP"])
     images = json.loads(Path(shapes["val_panoptic"]).read_text())["images"]
     by_name = {Path(i["file_name"]).stem: i["id"] for i in images}
     predicted = {"images": [], "categories": [], "annotations": [
@@ -194,4 +200,5 @@ def test_detection_writes_panoptic_pngs_that_evaluate_and_reevaluate_score(ray_c
     assert result["panoptic"]["metrics"]["PQ_st"] > 0  # the sky was found
     assert {k: row[k] for k in ("PQ", "PQ_th", "PQ_st")} == pytest.approx(
         {k: result["panoptic"]["metrics"][k] for k in ("PQ", "PQ_th", "PQ_st")}, abs=1e-12)
-    assert f"| {row['PQ']:.4f} |" in (history / "report.md").read_text()
+    report = (history / "report.md").read_text()
+    assert "| mask AP | PQ |" in report and f"| {row['PQ']:.4f} |" in report
