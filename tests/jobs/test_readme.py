@@ -11,7 +11,11 @@ from pathlib import Path
 from tests import REPO
 
 # Flags the README also shows, that make a run take seconds: later flags win over earlier ones.
-SHORTER = {"make_synthetic.py": ["--train", "24", "--val", "8"], "train.py": ["--epochs", "1", "--eval-every", "1"]}
+# The export takes the shipped checkpoint instead of the one trained here for an epoch: the
+# export's check refuses, rightly, a model so little trained that its two-stage queries tie
+# within rounding (ONNX Runtime and PyTorch may then pick different ones).
+SHORTER = {"make_synthetic.py": ["--train", "24", "--val", "8"], "train.py": ["--epochs", "1", "--eval-every", "1"],
+           "export.py": ["--checkpoint", "checkpoints/detr-tiny-shapes.pt"]}
 
 
 def readme_commands() -> list[str]:
