@@ -25,11 +25,16 @@ class PostProcess(nn.Module):
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
         if len(logits) != len(target_sizes):
             raise ValueError(f"{len(logits)} predictions but {len(target_sizes)} target sizes")
-        scores, labels = logits.float().softmax(-1)[..., :-1].max(-1)
+        scores, labels = self.query_scores(logits)
         height, width = target_sizes.to(boxes.device, torch.float32).unbind(1)
         scale = torch.stack([width, height, width, height], dim=1)
         boxes = box_convert(boxes.float(), "cxcywh", "xyxy") * scale[:, None, :]
         return [self._select(s, l, b) for s, l, b in zip(scores, labels, boxes)]
+
+    @staticmethod
+    def query_scores(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each query's score and label [B,Q]: its best class other than "no object"."""
+        return logits.float().softmax(-1)[..., :-1].max(-1)
 
     def _select(self, scores, labels, boxes) -> dict[str, torch.Tensor]:
         if self.score_threshold <= 0 and self.top_k is None:

@@ -107,8 +107,10 @@ class Detector:
         table = predictions.detections_table(
             paths, rows["image_id"].to_pylist(), rows["width"].to_pylist(),
             rows["height"].to_pylist(), detections, errors, self.model_id)
-        return (table.append_column("shard", rows["shard"]).append_column("call_share", pa.array(share, pa.float32()))
-                .append_column("panoptic_png", pa.array(pngs, pa.binary())))
+        table = table.append_column("shard", rows["shard"]).append_column("call_share", pa.array(share, pa.float32()))
+        if self.panoptic is not None:  # the sink writes them beside the part file
+            table = table.append_column("panoptic_png", pa.array(pngs, pa.binary()))
+        return table
 
     # ------------------------------------------------------------ decoding
 
@@ -165,14 +167,13 @@ class Detector:
             else:
                 outputs = self.model(pixels, mask)
         found = self.postprocess(outputs, torch.tensor(sizes))
-        found = [{k: v.cpu().numpy() for k, v in d.items()} for d in found]
         if "pred_masks" in outputs:
             for d, logits, size in zip(found, outputs["pred_masks"], sizes):
-                d["masks"] = self.masks(logits[torch.as_tensor(d["queries"], device=logits.device)], canvas, size)
+                d["masks"] = self.masks(logits[d["queries"]], canvas, size)
         if self.panoptic is not None:
             for d, logits, masks, size in zip(found, outputs["pred_logits"], outputs["pred_masks"], sizes):
                 d["panoptic"], d["panoptic_png"] = self.segments(logits, masks, canvas, size)
-        return found
+        return [{k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in d.items()} for d in found]
 
     def kept_queries(self, outputs: dict) -> torch.Tensor:
         """[B,Q] bool: the queries whose masks are kept, those PostProcess keeps (and with
@@ -180,7 +181,7 @@ class Detector:
         threshold = self.postprocess.score_threshold
         if self.panoptic is not None:
             threshold = min(threshold, self.panoptic.threshold)
-        return outputs["pred_logits"].float().softmax(-1)[..., :-1].max(-1).values >= threshold
+        return PostProcess.query_scores(outputs["pred_logits"])[0] >= threshold
 
     def segments(self, logits: torch.Tensor, masks: torch.Tensor, canvas: tuple[int, int],
                  size: tuple[int, int]) -> tuple[list[dict], bytes]:
