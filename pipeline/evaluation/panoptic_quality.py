@@ -134,23 +134,25 @@ def score_panoptic_files(predictions_uri: str, annotation_uri: str, folder: str 
     single_file = uris.file_type(predictions_uri) == pafs.FileType.File
     root = predictions_uri.rsplit("/", 1)[0] if single_file else predictions_uri  # the PNGs' parent
     scored: set[int] = set()
+    unreadable: set[int] = set()  # ground-truth PNGs that cannot be read (each counted once): not scored
     unmatched = 0
     for batch in prediction_batches(predictions_uri, COLUMNS, BATCH_ROWS):
         for row in batch.to_pylist():
             image_id = row["image_id"] if row["image_id"] in gt.annotations else gt.image_names.get(
                 PurePosixPath(row["path"]).name)
-            if image_id is None or image_id in scored or row["panoptic"] is None:
+            if image_id is None or image_id in scored or image_id in unreadable or row["panoptic"] is None:
                 unmatched += image_id is None
                 continue
             gt_ids = gt.ids(image_id, problems)
             if gt_ids is None:
+                unreadable.add(image_id)
                 continue
             scored.add(image_id)
             prediction = json.loads(row["panoptic"])
             pred_ids = predicted_ids(root, prediction["file_name"], gt_ids.shape, row["path"], problems)
             segments = prediction["segments_info"] if pred_ids.any() else []
             quality.add(gt_ids, gt.annotations[image_id]["segments_info"], pred_ids, segments)
-    missing = [i for i in gt.annotations if i not in scored]
+    missing = [i for i in gt.annotations if i not in scored and i not in unreadable]
     for image_id in missing:  # no prediction: every segment missed
         gt_ids = gt.ids(image_id, problems)
         if gt_ids is not None:

@@ -55,9 +55,12 @@ def test_matching_and_mask_losses_equal_the_reference(segm_model, segm_fixture):
     assert "loss_mask_0" not in losses  # masks only for the final layer, as the reference
 
 
-def test_masks_and_panoptic_segments_equal_the_reference(segm_model, segm_fixture):
+def test_masks_and_panoptic_segments_equal_the_reference(segm_fixture):
+    """Post-processing of the reference's own outputs (ours equal them to 1e-5, above): its masks
+    and panoptic segments, exactly. (On our outputs the random weights' near-tied masks would make
+    the panoptic argmax depend on the thread count's rounding.)"""
+    out = {name: segm_fixture[name] for name in ("pred_logits", "pred_boxes", "pred_masks")}
     with torch.inference_mode():
-        out = segm_model(segm_fixture["padded_tensors"], segm_fixture["padding_mask"])
         results = PostProcess()(out, segm_fixture["orig_sizes"])
         results = PostProcessSegm()(results, out, segm_fixture["orig_sizes"], segm_fixture["processed_sizes"])
         panoptic = PostProcessPanoptic(segm_fixture["panoptic_is_thing"], segm_fixture["panoptic_threshold"])(
