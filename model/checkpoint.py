@@ -23,6 +23,8 @@ from . import uri as uris
 from .config import DetrConfig
 from .contract import InputContract
 from .detr import DETR, build_detr
+from .families import FAMILIES, FamilyConfig, check_window, contract_of_processor, unsupported
+from .interface import ModelConfig, config_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,8 @@ _BASIC_DEPTHS = {2: "resnet18", 6: "resnet34"}
 CLASS_HEADS = ("class_embed.", "query_selection.class_embed.")  # re-initialised for other label sets
 SEGM_CLASS_HEADS = tuple(f"detr.{h}" for h in CLASS_HEADS)  # the same in a model with the mask head
 MASK_HEAD = ("bbox_attention.", "mask_head.")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name, where no such local path exists
+HUB_FILES = ["config.json", "preprocessor_config.json", *HF_WEIGHT_FILES]  # never code
 
 
 class CheckpointError(ValueError):
@@ -86,20 +90,22 @@ def load_checkpoint(
     dilation: bool | None = None,
     device: str | torch.device = "cpu",
     **config_overrides: Any,
-) -> tuple[DETR, DetrConfig]:
-    """Build a DETR (a DETRsegm for a checkpoint with the mask head) from a checkpoint and
-    return it (eval mode) with its config; the model's
+) -> tuple[nn.Module, ModelConfig]:
+    """Build a DETR (a DETRsegm for a checkpoint with the mask head, a TransformersDetector for a
+    transformers family's) from a checkpoint and return it (eval mode) with its config; the model's
     `contract` is the input contract the checkpoint records (None when it records none).
 
     source: a local path or URI of our checkpoint (file or directory), a reference release
-    file (detr-r50-e632da11.pth and siblings), or a Hugging Face DETR folder (config.json
-    + model.safetensors or pytorch_model.bin).
+    file (detr-r50-e632da11.pth and siblings), or a Hugging Face folder (config.json
+    + model.safetensors or pytorch_model.bin) of DETR or of a family in model/families.py.
     num_classes: fine-tune to another label set; the class head is then re-initialised.
     dilation: DC5 for reference files (their shapes cannot tell; default: "dc5" in the name).
     config_overrides: other DetrConfig fields (e.g. nheads, dropout, aux_loss; masks=True on a box
     checkpoint adds a new mask head to it).
     """
     config, state_dict, contract = read_checkpoint(source, dilation=dilation)
+    if isinstance(config, FamilyConfig):
+        return _load_family(source, config, state_dict, contract, num_classes, device, config_overrides)
     drop_head = num_classes is not None and num_classes != config.num_classes
     if drop_head:
         log.warning(
@@ -136,12 +142,14 @@ def load_checkpoint(
 
 def read_checkpoint(
     source: str, dilation: bool | None = None
-) -> tuple[DetrConfig, dict[str, torch.Tensor], InputContract | None]:
-    """The config, reference-named state_dict and recorded input contract of any supported
-    checkpoint. The contract is None where the file records none: our checkpoints written
+) -> tuple[ModelConfig, dict[str, torch.Tensor], InputContract | None]:
+    """The config, reference-named state_dict (a family's: its TransformersDetector's) and recorded
+    input contract of any supported checkpoint. The contract is None where the file records none: our checkpoints written
     before contracts were, reference .pth files and Hugging Face folders (all of which were
     trained with the paper's, model.contract.PAPER_CONTRACT)."""
     kind = uris.file_type(source)
+    if kind == pafs.FileType.NotFound and HUB_ID.fullmatch(source):
+        source, kind = _from_hub(source), pafs.FileType.Directory
     if kind == pafs.FileType.NotFound:
         raise FileNotFoundError(f"no checkpoint at {source}")
     if kind == pafs.FileType.Directory:
@@ -149,7 +157,7 @@ def read_checkpoint(
     payload = safe_torch_load(uris.read_bytes(source), source)
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         contract = InputContract.from_dict(payload["contract"]) if "contract" in payload else None
-        return DetrConfig.from_dict(payload["config"]), payload["model"], contract
+        return config_from_dict(payload["config"]), payload["model"], contract
     if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
         return _reference_config(payload["model"], payload.get("args"), source, dilation), payload["model"], None
     if isinstance(payload, dict) and any(k.startswith(("backbone.0.body.", "detr.backbone.0.body.")) for k in payload):
@@ -187,11 +195,17 @@ def _keys(payload: Any) -> list[str]:
 
 def _read_directory(
     source: str, dilation: bool | None
-) -> tuple[DetrConfig, dict[str, torch.Tensor], InputContract | None]:
+) -> tuple[ModelConfig, dict[str, torch.Tensor], InputContract | None]:
     ours = uris.join(source, CHECKPOINT_FILE)
     if uris.file_type(ours) == pafs.FileType.File:
         return read_checkpoint(ours, dilation)
     if uris.file_type(uris.join(source, "config.json")) == pafs.FileType.File:
+        hf = json.loads(uris.read_bytes(uris.join(source, "config.json")))
+        refuse_remote_code(hf, source)
+        if hf.get("model_type") in FAMILIES:
+            return _read_family(source, hf)
+        if hf.get("model_type") != "detr":
+            raise CheckpointError(unsupported(hf.get("model_type"), f"{source}/config.json"))
         return _read_huggingface(source)
     raise CheckpointError(
         f"{source} is a directory with neither {CHECKPOINT_FILE} (ours) nor config.json (Hugging Face)"
@@ -270,8 +284,6 @@ def panoptic_stuff(num_classes: int) -> tuple[int, ...]:
 
 def _read_huggingface(source: str) -> tuple[DetrConfig, dict[str, torch.Tensor], None]:
     hf = json.loads(uris.read_bytes(uris.join(source, "config.json")))
-    if hf.get("model_type") != "detr":
-        raise CheckpointError(f"{source}/config.json is model_type {hf.get('model_type')!r}, not 'detr'")
     config = _huggingface_config(hf, source)
     for name in HF_WEIGHT_FILES:
         weights_uri = uris.join(source, name)
@@ -346,3 +358,91 @@ def huggingface_to_reference(hf_state: dict[str, torch.Tensor]) -> dict[str, tor
                 raise CheckpointError(f"{prefix} lacks one of its q/k/v projections")
             packed[f"{prefix}.in_proj_{kind}"] = torch.cat(parts)
     return packed
+
+
+def _from_hub(repo_id: str) -> str:
+    """A hub model's config, processor settings and weights (nothing else), in the local cache."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, allow_patterns=HUB_FILES)
+    except Exception as e:  # offline, unknown repository, refused
+        raise FileNotFoundError(f"no checkpoint at {repo_id}: not a local path, and the hub gave no model "
+                                f"of that id ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def refuse_remote_code(hf: dict[str, Any], source: str) -> None:
+    """A folder whose config asks for code of its own (auto_map: trust_remote_code) is refused:
+    loading a folder never runs code from it."""
+    if hf.get("auto_map"):
+        raise CheckpointError(f"refusing {source}: its config.json asks to run code of its own (auto_map "
+                              f"{sorted(hf['auto_map'])}); only transformers' own model classes are loaded")
+
+
+def _read_family(source: str, hf: dict[str, Any]) -> tuple[FamilyConfig, dict[str, torch.Tensor], InputContract]:
+    """A transformers folder of a listed family: its weights through transformers' own loading
+    (which renames checkpoints of older versions), from a local copy holding the config and
+    weights only, so that nothing in the folder can run; a .bin is checked with weights_only
+    loading first."""
+    import tempfile
+
+    from .transformers_detector import TransformersDetector, family_config
+
+    family = FAMILIES[hf["model_type"]]
+    processor_uri = uris.join(source, "preprocessor_config.json")
+    processor = (json.loads(uris.read_bytes(processor_uri))
+                 if uris.file_type(processor_uri) == pafs.FileType.File else None)
+    try:
+        contract, said = contract_of_processor(processor, family, source)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    for line in said:
+        log.warning("%s", line)
+    weights = next((n for n in HF_WEIGHT_FILES if uris.file_type(uris.join(source, n)) == pafs.FileType.File), None)
+    if weights is None:
+        raise CheckpointError(f"{source} has config.json but none of {HF_WEIGHT_FILES}")
+    data = uris.read_bytes(uris.join(source, weights))
+    if weights.endswith(".bin"):
+        safe_torch_load(data, uris.join(source, weights))
+    import transformers
+
+    with tempfile.TemporaryDirectory() as folder:
+        with open(f"{folder}/config.json", "w") as f:
+            json.dump(hf, f)
+        with open(f"{folder}/{weights}", "wb") as f:
+            f.write(data)
+        hf_model = getattr(transformers, family.detection_class).from_pretrained(
+            folder, trust_remote_code=False, local_files_only=True)
+    config = family_config(hf_model.config)
+    try:
+        check_window(config, contract, source)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    return config, TransformersDetector(config, hf_model).state_dict(), contract
+
+
+def _load_family(source: str, config: FamilyConfig, state_dict: dict[str, torch.Tensor],
+                 contract: InputContract | None, num_classes: int | None, device: str | torch.device,
+                 overrides: dict[str, Any]) -> tuple[nn.Module, FamilyConfig]:
+    """A family's TransformersDetector with the checkpoint's weights; with another num_classes,
+    its class heads (the only weights whose shapes depend on it) are new."""
+    from .transformers_detector import TransformersDetector
+
+    drop_head = num_classes is not None and num_classes != config.num_classes
+    if drop_head:
+        log.warning("%s has %d classes, building %d: the class heads are re-initialised",
+                    source, config.num_classes, num_classes)
+        overrides = {**overrides, "num_labels": num_classes}
+    config = config.replace(**overrides) if overrides else config
+    model = TransformersDetector(config)
+    expected = model.state_dict()
+    mismatched = {k for k, v in state_dict.items() if k in expected and v.shape != expected[k].shape}
+    heads = {k for k in mismatched if drop_head}
+    missing = [k for k in expected if k not in state_dict and k not in heads]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected or mismatched - heads:
+        raise CheckpointError(f"{source} does not match {config.describe()}: missing keys {missing[:10]}, unexpected "
+                              f"keys {unexpected[:10]}, shape mismatches {sorted(mismatched - heads)[:10]}")
+    model.load_state_dict({k: v for k, v in state_dict.items() if k not in heads}, strict=False)
+    model.contract = contract
+    return model.to(device).eval(), config

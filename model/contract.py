@@ -34,6 +34,9 @@ class InputContract:
     image_std: tuple[float, float, float] = IMAGENET_STD
     stride: int = 32  # canvases are multiples of it (the backbones' largest stride)
     canvas_aspects: tuple[float, ...] = field(default=(4 / 3,))  # long-side levels besides max_size
+    # (height, width): every image resized to exactly this, aspect not kept and no padding (RT-DETR,
+    # D-FINE and their kin: model/families.py); None: the shorter-side rule above, on canvases.
+    fixed_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_size <= self.max_size:
@@ -42,9 +45,15 @@ class InputContract:
         if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
             raise ValueError(f"image_mean and image_std need 3 values (std > 0), got {self.image_mean} / "
                              f"{self.image_std}")
+        if self.fixed_size is not None:
+            object.__setattr__(self, "fixed_size", tuple(int(v) for v in self.fixed_size))
+            if len(self.fixed_size) != 2 or min(self.fixed_size) < 1:
+                raise ValueError(f"fixed_size needs (height, width) >= 1, got {self.fixed_size}")
 
     def resized_size(self, height: int, width: int) -> tuple[int, int]:
         """(height, width) after resizing (torchvision's rounding), never below 1 px."""
+        if self.fixed_size is not None:
+            return self.fixed_size
         short, long = sorted((height, width))
         new_short, new_long = self.min_size, int(self.min_size * long / short)
         if new_long > self.max_size:
@@ -53,6 +62,8 @@ class InputContract:
 
     def canvas_size(self, height: int, width: int) -> tuple[int, int]:
         """The canvas (height, width) of an image of this *resized* size: a function of it alone."""
+        if self.fixed_size is not None:  # every image fills it: one canvas, full batches
+            return self.fixed_size
         levels = sorted({self._round_up(min(self.max_size, math.ceil(self.min_size * a))) for a in self.canvas_aspects}
                         | {self._round_up(max(self.max_size, self.min_size))})
         short, long = sorted((height, width))
@@ -70,22 +81,28 @@ class InputContract:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        fixed = d.pop("fixed_size")  # absent when None: contracts recorded before it read the same
         return {**d, "image_mean": list(d["image_mean"]), "image_std": list(d["image_std"]),
-                "canvas_aspects": list(d["canvas_aspects"])}
+                "canvas_aspects": list(d["canvas_aspects"]), **({"fixed_size": list(fixed)} if fixed else {})}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "InputContract":
-        known = {"min_size", "max_size", "image_mean", "image_std", "stride", "canvas_aspects"}
+        known = {"min_size", "max_size", "image_mean", "image_std", "stride", "canvas_aspects", "fixed_size"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown input contract fields: {unknown}")
         d = dict(d)
+        if d.get("fixed_size") is None:
+            d.pop("fixed_size", None)
         for key in ("image_mean", "image_std", "canvas_aspects"):
             if key in d:
                 d[key] = tuple(float(v) for v in d[key])
         return cls(**d)
 
     def describe(self) -> str:
+        if self.fixed_size is not None:
+            return (f"resized to {self.fixed_size[0]}x{self.fixed_size[1]} (aspect not kept, no padding), mean "
+                    f"{list(self.image_mean)}, std {list(self.image_std)}")
         return (f"shorter side {self.min_size}, longer at most {self.max_size}, mean {list(self.image_mean)}, "
                 f"std {list(self.image_std)}, canvases of {self.stride}")
 

@@ -24,7 +24,8 @@ import pyarrow as pa
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from model import DETR, DetrConfig, InputContract, PostProcess, build_detr, optimize_for_inference
+from model import InputContract
+from model.interface import ModelConfig, build_model, config_from_dict, inference_copy, postprocess_for
 from model.mask_postprocess import PostProcessPanoptic, image_masks
 from model.onnx_model import OnnxDetr
 from model.segmentation import DETRsegm
@@ -50,7 +51,7 @@ def model_batches(canvas_heights: list, canvas_widths: list, errors: list, batch
             for k in range(0, len(rows), batch_size)]
 
 
-def panoptic_postprocess(config: DetrConfig) -> PostProcessPanoptic | None:
+def panoptic_postprocess(config: ModelConfig) -> PostProcessPanoptic | None:
     """The panoptic segmentation of a model with the mask head and stuff classes, else None."""
     if not (config.masks and config.stuff_classes):
         return None
@@ -62,23 +63,23 @@ class Detector:
     predictions row each (and, with `panoptic`, its panoptic PNG in a `panoptic_png` column).
     Runs in-process (training's validation) or as DetectorActor."""
 
-    def __init__(self, model: Callable[..., dict], contract: InputContract, score_threshold: float,
-                 batch_size: int, model_id: str, device: torch.device, num_queries: int,
-                 panoptic: PostProcessPanoptic | None = None):
-        self.model, self.contract, self.device, self.panoptic = model, contract, device, panoptic
+    def __init__(self, model: Callable[..., dict], config: ModelConfig, contract: InputContract,
+                 score_threshold: float, batch_size: int, model_id: str, device: torch.device):
+        self.model, self.contract, self.device = model, contract, device
+        self.panoptic = panoptic_postprocess(config)
         self.mean = torch.tensor(contract.image_mean, device=device).view(3, 1, 1)
         self.std = torch.tensor(contract.image_std, device=device).view(3, 1, 1)
-        self.postprocess = PostProcess(score_threshold, top_k=num_queries)
+        self.postprocess = postprocess_for(config, score_threshold, top_k=config.num_queries)
         self.model_id, self.batch_size = model_id, batch_size
         self.decoder = ThreadPoolExecutor(1)  # decodes batch k+1 while the model runs batch k
 
     @classmethod
-    def of_model(cls, model: DETR, contract: InputContract, score_threshold: float, batch_size: int,
+    def of_model(cls, model: torch.nn.Module, contract: InputContract, score_threshold: float, batch_size: int,
                  model_id: str = "") -> "Detector":
-        """An in-process detector running an inference copy of `model`, on its device."""
+        """An in-process detector running an inference copy of `model` (model/interface.py), on its device."""
         device = next(model.parameters()).device
-        return cls(optimize_for_inference(model).to(device), contract, score_threshold, batch_size, model_id,
-                   device, model.config.num_queries)
+        return cls(inference_copy(model).to(device), model.config, contract, score_threshold, batch_size, model_id,
+                   device)
 
     def __call__(self, rows: pa.Table) -> pa.Table:
         n = rows.num_rows
@@ -181,7 +182,7 @@ class Detector:
         threshold = self.postprocess.score_threshold
         if self.panoptic is not None:
             threshold = min(threshold, self.panoptic.threshold)
-        return PostProcess.query_scores(outputs["pred_logits"])[0] >= threshold
+        return self.postprocess.query_scores(outputs["pred_logits"])[0] >= threshold
 
     def segments(self, logits: torch.Tensor, masks: torch.Tensor, canvas: tuple[int, int],
                  size: tuple[int, int]) -> tuple[list[dict], bytes]:
@@ -231,7 +232,7 @@ class DetectorActor(Detector):
         import ray  # only the actor needs Ray: the in-process Detector runs where Ray is not installed
 
         config_dict, state = ray.get(weights) if isinstance(weights, ray.ObjectRef) else weights
-        config = DetrConfig.from_dict(config_dict)
+        config = config_from_dict(config_dict)
         on_gpu = torch.cuda.is_available() and ray.is_initialized() and bool(ray.get_gpu_ids())
         device = torch.device("cuda" if on_gpu else "cpu")
         if device.type == "cpu":
@@ -239,8 +240,8 @@ class DetectorActor(Detector):
         if isinstance(state, bytes):  # an exported graph: ONNX Runtime, CUDA provider on a GPU
             model = OnnxDetr(state, device.type, threads=max(1, int(cpus)))
         else:
-            model = build_detr(config)  # with the mask head when the checkpoint has one
+            model = build_model(config)  # with the mask head when the checkpoint has one
             model.load_state_dict(state)
-            model = optimize_for_inference(model.eval()).to(device)
-        super().__init__(model, InputContract.from_dict(contract), score_threshold, batch_size, model_id, device,
-                         config.num_queries, panoptic_postprocess(config))
+            model = inference_copy(model.eval()).to(device)
+        super().__init__(model, config, InputContract.from_dict(contract), score_threshold, batch_size, model_id,
+                         device)

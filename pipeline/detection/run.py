@@ -26,7 +26,9 @@ import ray
 from ray.data import ActorPoolStrategy
 from ray.util.annotations import RayDeprecationWarning
 
-from model import PRESETS, DetrConfig, InputContract, read_checkpoint, weights_id
+from model import PRESETS, InputContract, read_checkpoint, weights_id
+from model.families import FamilyConfig
+from model.interface import ModelConfig
 from model import uri as uris
 from model.contract import resolve_contract
 from model.onnx_model import import_onnxruntime, read_onnx
@@ -101,6 +103,8 @@ def run_detection(config: DetectConfig) -> dict[str, Any]:
                                       config.max_size)
     for line in said:
         log(line)
+    if isinstance(model_config, FamilyConfig):
+        log(f"model: transformers' {model_config.describe()}; input: {contract.describe()}")
     if model_config.masks:
         log("the checkpoint has the mask head: each box's mask goes into the masks column"
             + (f"; stuff classes {list(model_config.stuff_classes)}: a panoptic PNG per image in "
@@ -137,7 +141,7 @@ def run_detection(config: DetectConfig) -> dict[str, Any]:
     return {**summary, "gpus_per_actor": gpus}
 
 
-def read_model(checkpoint: str) -> tuple[DetrConfig, Any, str, InputContract | None]:
+def read_model(checkpoint: str) -> tuple[ModelConfig, Any, str, InputContract | None]:
     """(config, what the actors build the model from, weights id, recorded input contract): an
     exported ONNX graph's bytes (run with ONNX Runtime; the id is that of the checkpoint it was
     exported from), or the state_dict of any checkpoint PyTorch loads."""
@@ -154,7 +158,7 @@ def check_onnx_on_gpu() -> None:
                          "onnxruntime-gpu, or run the graph on CPUs with --device cpu")
 
 
-def run_parameters(config: DetectConfig, model_config: DetrConfig, model_id: str, contract: InputContract,
+def run_parameters(config: DetectConfig, model_config: ModelConfig, model_id: str, contract: InputContract,
                    recorded: InputContract | None) -> dict[str, Any]:
     """What the files' metadata records: enough to reproduce the rows, no credentials."""
     return {
@@ -172,8 +176,11 @@ def run_parameters(config: DetectConfig, model_config: DetrConfig, model_id: str
     }
 
 
-def preset_name(model_config: DetrConfig) -> str:
-    """The preset this architecture is (whatever its number of classes), or "custom"."""
+def preset_name(model_config: ModelConfig) -> str:
+    """The preset this architecture is (whatever its number of classes), or "custom"; a family's
+    model: its model_type."""
+    if isinstance(model_config, FamilyConfig):
+        return model_config.model_type
     for name, preset in PRESETS.items():
         if preset.replace(num_classes=model_config.num_classes, aux_loss=model_config.aux_loss,
                           masks=model_config.masks, stuff_classes=model_config.stuff_classes) == model_config:

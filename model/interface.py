@@ -1,0 +1,85 @@
+"""The one model interface every job uses, over the project's DETR and transformers' families.
+
+A model is an nn.Module with
+- `config`: DetrConfig or FamilyConfig (num_classes, num_queries, masks, stuff_classes, to_dict);
+- `contract`: its InputContract (model/contract.py), or None where it records none;
+- `forward(pixels, mask)` -> {"pred_logits", "pred_boxes"[, "pred_masks"]};
+and these functions give the rest by its config: how it is built, how its outputs become the
+predictions table's boxes (postprocess_for), how it is trained (training_losses), and the copy
+that bulk detection runs (inference_copy).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from .config import DetrConfig, get_config
+from .contract import InputContract
+from .families import FAMILY_PRESETS, FamilyConfig, is_family_dict
+from .postprocess import PostProcess, TopKPostProcess
+
+ModelConfig = DetrConfig | FamilyConfig
+
+
+class DetectionModel(Protocol):
+    config: ModelConfig
+    contract: InputContract | None
+
+    def __call__(self, pixels: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+
+def config_from_dict(d: dict[str, Any]) -> ModelConfig:
+    return FamilyConfig.from_dict(d) if is_family_dict(d) else DetrConfig.from_dict(d)
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The network of a config, randomly initialised (the caller loads weights)."""
+    if isinstance(config, FamilyConfig):
+        from .transformers_detector import TransformersDetector
+
+        return TransformersDetector(config)
+    from .detr import build_detr
+
+    return build_detr(config)
+
+
+def preset_config(preset: str, num_classes: int | None = None, **overrides: Any) -> ModelConfig:
+    """A DETR preset (model/config.py) or a family preset (model/families.py) by name."""
+    if preset in FAMILY_PRESETS:
+        config = FAMILY_PRESETS[preset][0]
+        changes = {**overrides, **({"num_labels": num_classes} if num_classes is not None else {})}
+        return config.replace(**changes) if changes else config
+    return get_config(preset, **overrides, **({"num_classes": num_classes} if num_classes is not None else {}))
+
+
+def preset_contract(preset: str) -> InputContract | None:
+    """A family preset's own input contract (a fixed size); None for DETR's, which take the run's."""
+    return FAMILY_PRESETS[preset][1] if preset in FAMILY_PRESETS else None
+
+
+def postprocess_for(config: ModelConfig, score_threshold: float, top_k: int | None) -> PostProcess:
+    """DETR's softmax with "no object", or the descendants' sigmoid top-k."""
+    kind = TopKPostProcess if isinstance(config, FamilyConfig) else PostProcess
+    return kind(score_threshold, top_k=top_k)
+
+
+def inference_copy(model: nn.Module) -> nn.Module:
+    """What bulk detection and validation run: DETR with its batch norms folded, channels-last
+    (model/inference.py); a family's model as an eval-mode copy without gradients."""
+    if isinstance(model.config, DetrConfig):
+        from .inference import optimize_for_inference
+
+        return optimize_for_inference(model)
+    copied = copy.deepcopy(model).eval()
+    for parameter in copied.parameters():
+        parameter.requires_grad_(False)
+    copied.inference_only = True
+    return copied
+
+
+def takes_targets(model: nn.Module) -> bool:
+    """A family's model computes its own loss in forward (denoising needs the targets there)."""
+    return isinstance(getattr(model, "module", model).config, FamilyConfig)
