@@ -428,6 +428,9 @@ def _load_family(source: str, config: FamilyConfig, state_dict: dict[str, torch.
     its class heads (the only weights whose shapes depend on it) are new."""
     from .transformers_detector import TransformersDetector
 
+    if overrides.pop("masks", False):
+        raise CheckpointError(f"{source} is a {config.model_type} model: the mask head (--masks) is DETR's")
+    overrides.pop("stuff_classes", None)  # panoptic output is DETR's; a family detects stuff as boxes
     drop_head = num_classes is not None and num_classes != config.num_classes
     if drop_head:
         log.warning("%s has %d classes, building %d: the class heads are re-initialised",
@@ -446,3 +449,29 @@ def _load_family(source: str, config: FamilyConfig, state_dict: dict[str, torch.
     model.load_state_dict({k: v for k, v in state_dict.items() if k not in heads}, strict=False)
     model.contract = contract
     return model.to(device).eval(), config
+
+
+def check_source(source: str) -> None:
+    """A cheap look at a checkpoint before a run starts (no weights read): it exists, is a file
+    or folder the loader reads, of a supported model type, and asks to run no code. One-line
+    errors (CheckpointError, FileNotFoundError)."""
+    kind = uris.file_type(source)
+    if kind == pafs.FileType.NotFound:
+        if HUB_ID.fullmatch(source):
+            return  # a hub id: read when the run loads it
+        raise FileNotFoundError(f"no checkpoint at {source}")
+    if kind == pafs.FileType.File:
+        if not source.endswith((".pt", ".pth", ".bin")):
+            raise CheckpointError(f"{source}: checkpoints are .pt / .pth files or folders (an exported .onnx or .pt2 "
+                                  "graph runs detection only)")
+        return
+    if uris.file_type(uris.join(source, CHECKPOINT_FILE)) == pafs.FileType.File:
+        return
+    config_uri = uris.join(source, "config.json")
+    if uris.file_type(config_uri) != pafs.FileType.File:
+        raise CheckpointError(f"{source} is a directory with neither {CHECKPOINT_FILE} (ours) nor config.json "
+                              "(Hugging Face)")
+    hf = json.loads(uris.read_bytes(config_uri))
+    refuse_remote_code(hf, source)
+    if hf.get("model_type") not in ("detr", *FAMILIES):
+        raise CheckpointError(unsupported(hf.get("model_type"), f"{source}/config.json"))

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,6 +40,9 @@ class InputContract:
     # (height, width): every image resized to exactly this, aspect not kept and no padding (RT-DETR,
     # D-FINE and their kin: model/families.py); None: the shorter-side rule above, on canvases.
     fixed_size: tuple[int, int] | None = None
+    # How pixels are resized: antialiased bilinear on the 8-bit image (DETR's, RT-DETR's processors),
+    # or False: plain bilinear on [0, 1] floats (RF-DETR's processor, as its authors' code).
+    antialias: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_size <= self.max_size:
@@ -81,13 +87,24 @@ class InputContract:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        fixed = d.pop("fixed_size")  # absent when None: contracts recorded before it read the same
+        fixed = d.pop("fixed_size")  # absent when None (antialias: when True): contracts recorded
+        antialias = d.pop("antialias")  # before these fields were read the same
         return {**d, "image_mean": list(d["image_mean"]), "image_std": list(d["image_std"]),
-                "canvas_aspects": list(d["canvas_aspects"]), **({"fixed_size": list(fixed)} if fixed else {})}
+                "canvas_aspects": list(d["canvas_aspects"]), **({"fixed_size": list(fixed)} if fixed else {}),
+                **({} if antialias else {"antialias": False})}
+
+    def resize(self, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """A displayed uint8 3xHxW image resized to `size` as [0, 1] floats, by the contract's rule."""
+        import torchvision.transforms.v2.functional as TF
+
+        if self.antialias:
+            return TF.resize(image, list(size), antialias=True).float() / 255
+        return TF.resize(image.float() / 255, list(size), antialias=False)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "InputContract":
-        known = {"min_size", "max_size", "image_mean", "image_std", "stride", "canvas_aspects", "fixed_size"}
+        known = {"min_size", "max_size", "image_mean", "image_std", "stride", "canvas_aspects", "fixed_size",
+                 "antialias"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown input contract fields: {unknown}")

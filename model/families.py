@@ -11,6 +11,7 @@ Light to import: no torch, no transformers.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ class Family:
     detection_class: str  # transformers' class for boxes
     contract: InputContract  # what a folder without preprocessor_config.json gets (the authors' default)
     per_rank_terms: tuple[str, ...] = ()  # loss terms that are per-rank means, not sums over boxes
+    top_k: int | None = None  # (query, class) pairs kept per image; None: the number of queries
 
 
 _DETR_STYLE = InputContract()  # shortest side 800, longest 1333, ImageNet mean/std, padded
@@ -36,11 +38,11 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("d_fine", "DFineForObjectDetection", _RT_DETR_STYLE, per_rank_terms=("loss_ddf",)),
     Family("deimv2", "Deimv2ForObjectDetection", _RT_DETR_STYLE, per_rank_terms=("loss_ddf",)),
     Family("rf_detr", "RfDetrForObjectDetection",
-           InputContract(min_size=560, max_size=560, fixed_size=(560, 560))),
+           InputContract(min_size=560, max_size=560, fixed_size=(560, 560), antialias=False)),
     Family("lw_detr", "LwDetrForObjectDetection",
            InputContract(min_size=640, max_size=640, fixed_size=(640, 640))),
-    Family("deformable_detr", "DeformableDetrForObjectDetection", _DETR_STYLE),
-    Family("conditional_detr", "ConditionalDetrForObjectDetection", _DETR_STYLE),
+    Family("deformable_detr", "DeformableDetrForObjectDetection", _DETR_STYLE, top_k=100),
+    Family("conditional_detr", "ConditionalDetrForObjectDetection", _DETR_STYLE, top_k=100),
 )}
 SUPPORTED = ("detr", *FAMILIES)  # the model types a folder may be
 
@@ -76,6 +78,11 @@ class FamilyConfig:
     @property
     def num_queries(self) -> int:
         return int(self.hf.get("num_queries", 300))
+
+    @property
+    def top_k(self) -> int:
+        """Detections kept per image at most, as the family's authors keep them."""
+        return self.family.top_k or self.num_queries
 
     masks = False  # RF-DETR's instance segmentation is not wired into the jobs yet
     stuff_classes: tuple[int, ...] = ()
@@ -126,7 +133,7 @@ def contract_of_processor(processor: dict[str, Any] | None, family: Family, sour
     else:
         raise ValueError(f"{source}/preprocessor_config.json: size {size} is neither height/width nor "
                          "shortest_edge/longest_edge")
-    return contract, []
+    return dataclasses.replace(contract, antialias=family.contract.antialias), []
 
 
 def check_window(config: FamilyConfig, contract: InputContract, source: str) -> None:
@@ -136,7 +143,9 @@ def check_window(config: FamilyConfig, contract: InputContract, source: str) -> 
     patch, windows = backbone.get("patch_size"), backbone.get("num_windows")
     if not (patch and windows):
         return
-    block = int(patch) * int(windows)
+    # RF-DETR's num_windows is per side; LW-DETR's is the total, a perfect square
+    per_side = int(windows) if config.model_type == "rf_detr" else math.isqrt(int(windows))
+    block = int(patch) * per_side
     sides = contract.fixed_size or (contract.min_size, contract.max_size)
     if any(side % block for side in sides):
         raise ValueError(f"{source}: input size {sides[0]}x{sides[1]} is not divisible by {block} (patch size {patch}"

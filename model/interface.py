@@ -60,10 +60,12 @@ def preset_contract(preset: str) -> InputContract | None:
     return FAMILY_PRESETS[preset][1] if preset in FAMILY_PRESETS else None
 
 
-def postprocess_for(config: ModelConfig, score_threshold: float, top_k: int | None) -> PostProcess:
-    """DETR's softmax with "no object", or the descendants' sigmoid top-k."""
-    kind = TopKPostProcess if isinstance(config, FamilyConfig) else PostProcess
-    return kind(score_threshold, top_k=top_k)
+def postprocess_for(config: ModelConfig, score_threshold: float) -> PostProcess:
+    """DETR's softmax with "no object" (every query that passes), or the descendants' sigmoid
+    top-k (their authors' k)."""
+    if isinstance(config, FamilyConfig):
+        return TopKPostProcess(score_threshold, top_k=config.top_k)
+    return PostProcess(score_threshold, top_k=config.num_queries)
 
 
 def inference_copy(model: nn.Module) -> nn.Module:

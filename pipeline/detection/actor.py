@@ -22,7 +22,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pyarrow as pa
 import torch
-import torchvision.transforms.v2.functional as TF
 
 from model import InputContract
 from model.interface import ModelConfig, build_model, config_from_dict, inference_copy, postprocess_for
@@ -69,7 +68,7 @@ class Detector:
         self.panoptic = panoptic_postprocess(config)
         self.mean = torch.tensor(contract.image_mean, device=device).view(3, 1, 1)
         self.std = torch.tensor(contract.image_std, device=device).view(3, 1, 1)
-        self.postprocess = postprocess_for(config, score_threshold, top_k=config.num_queries)
+        self.postprocess = postprocess_for(config, score_threshold)
         self.model_id, self.batch_size = model_id, batch_size
         self.decoder = ThreadPoolExecutor(1)  # decodes batch k+1 while the model runs batch k
 
@@ -216,8 +215,7 @@ def to_canvas(images: Sequence[torch.Tensor], canvas: tuple[int, int], contract:
     mask = torch.ones((len(images), *canvas), dtype=torch.bool, device=device)
     for image, padded, m in zip(images, batch, mask):
         height, width = contract.resized_size(image.shape[1], image.shape[2])
-        resized = TF.resize(image, [height, width], antialias=True)
-        padded[:, :height, :width] = (resized.float() / 255 - mean) / std
+        padded[:, :height, :width] = (contract.resize(image, (height, width)) - mean) / std
         m[:height, :width] = False
     return batch, mask
 

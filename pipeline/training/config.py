@@ -20,6 +20,8 @@ PAPER_RECIPE: dict[str, Any] = {"lr": 1e-4, "lr_backbone": 1e-5, "warmup_steps":
 # see bench/README.md, `learning`.
 RECIPES: dict[str, dict[str, Any]] = {
     "detr-tiny": {"lr": 3e-4, "lr_backbone": 3e-4, "warmup_steps": 200, "encoder_matches": 4, "batch_size": 8},
+    "rtdetr-tiny": {"lr": 3e-4, "lr_backbone": 3e-4, "warmup_steps": 200, "batch_size": 8},
+    "dfine-tiny": {"lr": 3e-4, "lr_backbone": 3e-4, "warmup_steps": 200, "batch_size": 8},
 }
 
 
@@ -102,7 +104,10 @@ class TrainConfig:
 
     def contract(self, init: InputContract | None = None) -> InputContract:
         """The run's input contract: validation's sizes, the normalisation of the checkpoint it
-        fine-tunes (`init`, when that records one), else ImageNet's."""
+        fine-tunes (`init`, when that records one), else ImageNet's. A fixed-size contract (a
+        family's: RT-DETR, D-FINE, ...) is kept as it is: its model is made for that size."""
+        if init is not None and init.fixed_size is not None:
+            return init
         base = init or InputContract()
         return dataclasses.replace(base, min_size=self.augment.val_size, max_size=self.augment.max_size)
 

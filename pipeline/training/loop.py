@@ -23,8 +23,10 @@ import ray.train
 import ray.train.torch
 import torch
 
-from model import DETR, InputContract, SetCriterion, build_criterion, build_detr, get_config, load_checkpoint
-from model import save_checkpoint
+from model import InputContract, SetCriterion, build_criterion, build_detr, load_checkpoint, save_checkpoint
+from model.families import FamilyConfig
+from model.interface import build_model as build_network
+from model.interface import preset_config, preset_contract
 from model import uri as uris
 from model.checkpoint import CHECKPOINT_FILE, safe_torch_load
 
@@ -38,7 +40,8 @@ from .stream import collate, epoch_order, sample_stream, shuffle_buffer, worker_
 from .validation import validate
 from .watch import RunLog
 
-LOGGED_LOSSES = ("loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error")
+LOGGED_LOSSES = ("loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error",
+                 "loss_vfl", "loss_fgl", "loss_ddf")  # the last three: the families' (RT-DETR, D-FINE)
 MASK_LOSSES = ("loss_mask", "loss_dice")  # with the mask head
 
 
@@ -66,9 +69,9 @@ class Worker:
     rank: int
     world_size: int
     device: torch.device
-    model: DETR
+    model: torch.nn.Module  # DETR, DETRsegm or a family's TransformersDetector (model/interface.py)
     ddp_model: torch.nn.Module
-    criterion: SetCriterion
+    criterion: SetCriterion | None  # None: a family's model computes its own loss
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.StepLR
     contract: InputContract
@@ -107,9 +110,10 @@ def start_worker(inputs: LoopInputs) -> Worker:
     model.contract = cfg.contract(model.contract)  # recorded by every checkpoint
     model.to(device)  # before the optimizer state is restored, so that state lands on the device too
     config = model.config
-    criterion = build_criterion(config.num_classes, config.dec_layers, eos_coef=cfg.eos_coef,
-                                aux_loss=config.aux_loss, two_stage=config.two_stage,
-                                encoder_matches=cfg.encoder_matches, masks=config.masks).to(device)
+    family = isinstance(config, FamilyConfig)
+    criterion = None if family else build_criterion(
+        config.num_classes, config.dec_layers, eos_coef=cfg.eos_coef, aux_loss=config.aux_loss,
+        two_stage=config.two_stage, encoder_matches=cfg.encoder_matches, masks=config.masks).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_drop, cfg.lr_drop_gamma)
     state = restore(model, optimizer, scheduler)
@@ -118,26 +122,38 @@ def start_worker(inputs: LoopInputs) -> Worker:
     data.enable_progress_bars = data.print_on_execution_start = False  # a stream per epoch: no banners
     rank = context.get_world_rank()
     log = RunLog(inputs.run_folder, state.epoch, inputs.mlflow) if rank == 0 else None
-    return Worker(cfg, rank, context.get_world_size(), device, model, ray.train.torch.prepare_model(model),
-                  criterion, optimizer, scheduler, model.contract, state, log)
+    world_size = context.get_world_size()
+    if family and world_size > 1 and device.type == "cuda":  # batch statistics over every rank's batch
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    # A family's model may leave parameters without gradients in a step (RF-DETR's groups, D-FINE's
+    # heads on the last layer): DDP must look for them rather than wait for their gradients.
+    ddp_model = ray.train.torch.prepare_model(
+        model, parallel_strategy_kwargs={"find_unused_parameters": True} if family else None)
+    return Worker(cfg, rank, world_size, device, model, ddp_model, criterion, optimizer, scheduler, model.contract,
+                  state, log)
 
 
-def build_model(cfg: TrainConfig, num_classes: int, stuff_classes: tuple[int, ...] = ()) -> DETR:
-    """The network in training mode: the checkpoint fine-tuned, or the preset; with masks, with
-    the mask head (a new one on a box checkpoint), its DETR frozen with freeze_detr. It records
-    the data's stuff classes (panoptic output)."""
+def build_model(cfg: TrainConfig, num_classes: int, stuff_classes: tuple[int, ...] = ()) -> torch.nn.Module:
+    """The network in training mode: the checkpoint fine-tuned, or the preset (a DETR one, or a
+    family's, with its own input contract); with masks, with the mask head (a new one on a box
+    checkpoint), its DETR frozen with freeze_detr. It records the data's stuff classes (panoptic
+    output)."""
     overrides = {**cfg.model_overrides, "stuff_classes": stuff_classes, **({"masks": True} if cfg.masks else {})}
     if cfg.init:
         model, _ = load_checkpoint(cfg.init, num_classes=num_classes, **overrides)
+    elif preset_contract(cfg.preset) is not None:
+        if cfg.masks:
+            raise ValueError(f"{cfg.preset}: the mask head is DETR's (train a detr-* preset with --masks)")
+        model = build_network(preset_config(cfg.preset, num_classes, **cfg.model_overrides))
+        model.contract = preset_contract(cfg.preset)
     else:
-        model = build_detr(get_config(cfg.preset, num_classes=num_classes, **overrides),
-                           backbone_weights=cfg.backbone_weights)
+        model = build_detr(preset_config(cfg.preset, num_classes, **overrides), backbone_weights=cfg.backbone_weights)
     if cfg.freeze_detr:
         model.freeze_detr()
     return model.train()
 
 
-def restore(model: DETR, optimizer: torch.optim.Optimizer, scheduler) -> RunState:
+def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> RunState:
     """Load the latest reported checkpoint into model, optimizer and scheduler, if there is one."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
@@ -182,7 +198,8 @@ def train_epoch(worker: Worker, batches: Iterable[dict[str, Any]], epoch: int,
         log.start_epoch(epoch + 1)
     for batch in batches:
         data_seconds += time.perf_counter() - waited
-        collated = collate(batch, worker.device, worker.contract.image_mean, worker.contract.image_std)
+        collated = collate(batch, worker.device, worker.contract.image_mean, worker.contract.image_std,
+                           worker.contract)
         scalars = step_scalars(*train_step(worker.ddp_model, worker.criterion, worker.optimizer, collated, cfg,
                                            worker.state.steps))
         worker.state.steps += 1

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pyarrow.fs as pafs
 
-from model import build_detr, get_config
+from model import read_checkpoint
+from model.interface import build_model, preset_config, preset_contract
 from model import uri as uris
 
 from ..coco import CocoDataset, CocoFormatError, load_coco, missing_image_files
@@ -107,12 +108,14 @@ def check_files(dataset: CocoDataset, check_all: bool, sample: int, seed: int) -
 
 def describe_model(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
     if cfg.init:
-        return {"init": cfg.init, "num_classes": num_classes, "recipe": cfg.recipe()}
-    config = get_config(cfg.preset, num_classes=num_classes, **cfg.model_overrides)
-    model = build_detr(config)
+        config, _, contract = read_checkpoint(cfg.init)
+        return {"init": cfg.init, "model_type": getattr(config, "model_type", "detr"), "num_classes": num_classes,
+                "contract": cfg.contract(contract).to_dict(), "recipe": cfg.recipe()}
+    model = build_model(preset_config(cfg.preset, num_classes, **cfg.model_overrides))
     parameters = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"preset": cfg.preset, "num_classes": num_classes, "parameters": parameters,
+            "contract": cfg.contract(preset_contract(cfg.preset)).to_dict(),
             "backbone_weights": cfg.backbone_weights, "checkpoint_bytes": 4 * (parameters + 2 * trainable),
             "recipe": cfg.recipe()}
 

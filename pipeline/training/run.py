@@ -12,9 +12,10 @@ import ray
 import ray.train
 import ray.train.torch
 
-from model import get_config
+from model import DetrConfig
 from model import uri as uris
-from model.checkpoint import CHECKPOINT_FILE
+from model.checkpoint import CHECKPOINT_FILE, check_source
+from model.interface import preset_config
 
 from ..cluster import init_ray, wait_for
 from ..coco import CocoDataset, load_coco
@@ -79,8 +80,9 @@ def check_initialisation(cfg: TrainConfig) -> None:
     paper preset learns from a pretrained backbone (its frozen BatchNorm keeps ImageNet's
     statistics): refuse to start one from random weights unless asked to. With --mlflow, MLflow's
     client is installed."""
-    if not cfg.init:
-        get_config(cfg.preset, **cfg.model_overrides)  # a ValueError naming what does not fit
+    if cfg.init:
+        check_source(cfg.init)  # there, of a supported model type, asking to run no code
+    preset = preset_config(cfg.preset, **cfg.model_overrides)  # a ValueError naming what does not fit
     if cfg.mlflow:
         tracking.client(cfg.mlflow)  # installed, or a line that says how to install it
     if cfg.freeze_detr and not (cfg.masks and cfg.init):
@@ -88,11 +90,11 @@ def check_initialisation(cfg: TrainConfig) -> None:
     if cfg.init and cfg.backbone_weights:
         raise ValueError("--init and --backbone-weights both set the backbone's weights: give one")
     if cfg.backbone_weights:
-        if get_config(cfg.preset, **cfg.model_overrides).backbone == "small_cnn":
+        if not isinstance(preset, DetrConfig) or preset.backbone == "small_cnn":
             raise ValueError(f"--backbone-weights: {cfg.preset}'s small_cnn backbone has no pretrained weights")
         if uris.file_type(cfg.backbone_weights) != pafs.FileType.File:
             raise ValueError(f"--backbone-weights {cfg.backbone_weights}: no such file")
-    paper = get_config(cfg.preset).backbone_norm == "frozen_bn"
+    paper = isinstance(preset, DetrConfig) and preset.backbone_norm == "frozen_bn"
     if paper and not (cfg.init or cfg.backbone_weights or cfg.from_scratch):
         raise ValueError(f"{cfg.preset} starts from an ImageNet backbone: give --backbone-weights FILE (a "
                          "torchvision ResNet state_dict, see docs/training.md) or --init CHECKPOINT, or "

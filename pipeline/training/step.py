@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from model import SetCriterion
+
 from .config import TrainConfig
 
 
@@ -14,22 +16,29 @@ def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any
     holds its DETR under `detr.`)."""
     backbone, rest = [], []
     for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            (backbone if name.removeprefix("detr.").startswith("backbone.") else rest).append(parameter)
+        if parameter.requires_grad:  # DETR's backbone.*, detr.backbone.*; a family's model.model.backbone.*
+            (backbone if "backbone" in name.split(".") else rest).append(parameter)
     return [{"params": rest, "lr": cfg.lr}, {"params": backbone, "lr": cfg.lr_backbone}]
 
 
-def train_step(ddp_model: torch.nn.Module, criterion, optimizer: torch.optim.Optimizer,
+def train_step(ddp_model: torch.nn.Module, criterion: SetCriterion | None, optimizer: torch.optim.Optimizer,
                batch: tuple[torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]], cfg: TrainConfig,
                steps: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """One optimizer step on a collated batch (gradients averaged over the data-parallel
     workers by DistributedDataParallel); returns the total loss, its terms and the gradients'
-    norm before clipping (tensors on the device: reading them is the caller's one sync)."""
+    norm before clipping (tensors on the device: reading them is the caller's one sync).
+    criterion None: a transformers family's model, which computes its own loss from the targets
+    in forward (its denoising queries are made from them), in float32 and normalised across
+    ranks (model/transformers_detector.py)."""
     images, mask, targets = batch
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
-        outputs = ddp_model(images, mask)
-    losses = criterion(outputs, targets)  # float32: heads and criterion (model/precision.py)
-    loss = criterion.total_loss(losses)
+        outputs = ddp_model(images, mask) if criterion is not None else ddp_model(images, mask, targets)
+    if criterion is not None:
+        losses = criterion(outputs, targets)  # float32: heads and criterion (model/precision.py)
+        loss = criterion.total_loss(losses)
+    else:
+        losses = dict(outputs)
+        loss = losses.pop("loss")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.clip_max_norm > 0:

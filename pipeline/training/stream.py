@@ -20,7 +20,7 @@ import ray
 import torch
 import torchvision.transforms.v2.functional as F
 
-from model import pad_images
+from model import InputContract, pad_images
 from model import uri as uris
 
 from ..coco import CocoDataset
@@ -118,14 +118,17 @@ def shuffle_buffer(batch_size: int) -> int:
 
 
 def collate(
-    batch: dict[str, Any], device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]
+    batch: dict[str, Any], device: torch.device, mean: tuple[float, ...], std: tuple[float, ...],
+    contract: InputContract | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]]:
     """Normalise and zero-pad a numpy batch: images [B,3,H,W], mask [B,H,W], targets (with
-    "masks" [n,H,W] at each image's size when the batch has masks)."""
-    images = [
-        F.normalize(F.to_dtype(torch.from_numpy(np.array(img)).to(device), torch.float32, scale=True), mean, std)
-        for img in batch["image"]
-    ]
+    "masks" [n,H,W] at each image's size when the batch has masks). With a fixed-size contract
+    each augmented image is resized to it as detection resizes (the boxes are relative)."""
+    pixels = [torch.from_numpy(np.array(img)).to(device) for img in batch["image"]]
+    if contract is not None and contract.fixed_size is not None:
+        images = [F.normalize(contract.resize(p, contract.fixed_size), mean, std) for p in pixels]
+    else:
+        images = [F.normalize(F.to_dtype(p, torch.float32, scale=True), mean, std) for p in pixels]
     targets = [
         {
             "boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4), device=device),
