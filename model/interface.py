@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from .config import DetrConfig, get_config
+from .config import PRESETS, DetrConfig, get_config
 from .contract import InputContract
 from .families import FAMILY_PRESETS, FamilyConfig, is_family_dict
 from .postprocess import PostProcess, TopKPostProcess
@@ -52,6 +52,8 @@ def preset_config(preset: str, num_classes: int | None = None, **overrides: Any)
         config = FAMILY_PRESETS[preset][0]
         changes = {**overrides, **({"num_labels": num_classes} if num_classes is not None else {})}
         return config.replace(**changes) if changes else config
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS) + sorted(FAMILY_PRESETS)}")
     return get_config(preset, **overrides, **({"num_classes": num_classes} if num_classes is not None else {}))
 
 

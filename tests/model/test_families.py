@@ -16,7 +16,7 @@ from model import CheckpointError, load_checkpoint, read_checkpoint, save_checkp
 from model.families import FAMILIES, FamilyConfig
 from model.interface import build_model, preset_config
 from pipeline.training.validation import detect_images
-from tests.families import family_folder, hf_model, processor
+from tests.families import assert_same_detections, family_folder, hf_model, processor
 
 SIZES = [(90, 120), (150, 61), (128, 128)]  # (height, width): landscape, portrait, square
 
@@ -52,20 +52,9 @@ def test_detections_equal_transformers(model_type, images, tmp_path):
         kwargs = {"top_k": config.top_k} if model_type in ("deformable_detr", "conditional_detr", "rf_detr", "lw_detr") else {}
         expected = image_processor.post_process_object_detection(outputs, threshold=0.05,
                                                                   target_sizes=[pixels.shape[1:]], **kwargs)[0]
-        ours = _ranked(table["scores"][i].as_py(), table["labels"][i].as_py(), table["boxes"][i].as_py())
-        theirs = _ranked(expected["scores"].tolist(), expected["labels"].tolist(), expected["boxes"].tolist())
-        assert len(ours) == len(theirs) > 0, (model_type, i)
-        np.testing.assert_allclose(ours[:, 0], theirs[:, 0], atol=1e-4)  # scores
-        assert (ours[:, 1] == theirs[:, 1]).all()  # labels
-        np.testing.assert_allclose(ours[:, 2:], theirs[:, 2:], atol=0.05)  # boxes, pixels
+        found = {k: table[k][i].as_py() for k in ("scores", "labels", "boxes")}
+        assert_same_detections(found, {k: v.tolist() for k, v in expected.items()})
 
-
-def _ranked(scores: list, labels: list, boxes: list) -> np.ndarray:
-    """[n, 6] rows (score, label, box) best first; pairs whose scores tie within 1e-4 (a random
-    model saturates many sigmoids at 1.0) in one order, by label then box."""
-    rows = np.array([[s, l, *b] for s, l, b in zip(scores, labels, boxes)]).reshape(-1, 6)
-    order = sorted(range(len(rows)), key=lambda r: (-round(rows[r, 0], 4), *rows[r, 1:].round(1)))
-    return rows[order]
 
 
 def test_fixed_size_contract_from_the_processor(tmp_path):

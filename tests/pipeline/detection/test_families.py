@@ -1,0 +1,32 @@
+"""Bulk detection with a transformers family's folder, local and on S3: the rows are those of the
+in-process detector (tests/model/test_families.py: equal to transformers' own), in full batches."""
+from __future__ import annotations
+
+import pyarrow.fs as pafs
+
+from model import load_checkpoint
+from model import uri as uris
+from pipeline import predictions
+from pipeline.detection import DetectConfig, run_detection
+from pipeline.training.validation import detect_images
+from tests.corpus import write_pictures
+from tests.families import assert_same_detections, family_folder
+
+
+def test_a_family_folder_detects_from_s3_into_the_table(ray_cluster, s3_bucket, tmp_path):
+    family_folder("rt_detr_v2", tmp_path / "rtdetr")
+    folder = f"{s3_bucket}/models/rtdetr"
+    fs, path = uris.resolve(folder)
+    pafs.copy_files(str(tmp_path / "rtdetr"), path, destination_filesystem=fs)
+    paths = write_pictures(tmp_path / "images", 5)
+    summary = run_detection(DetectConfig(images=str(tmp_path / "images"), output=str(tmp_path / "out"),
+                                         checkpoint=folder, actors=(1, 1), batch_size=5, window=8))
+    assert summary["rows"] == summary["inputs"] == 5 and summary["batch_fill"] == 1.0  # one canvas: one full batch
+    table = predictions.read_predictions(str(tmp_path / "out")).sort_by("path")
+    model, _ = load_checkpoint(str(tmp_path / "rtdetr"))
+    expected = detect_images(model, [{"path": str(p), "image_id": None} for p in sorted(paths)], model.contract, 2)
+    assert table["path"].to_pylist() == expected["path"].to_pylist()
+    for row, alone in zip(table.to_pylist(), expected.to_pylist()):
+        assert row["error"] is None
+        assert_same_detections(row, alone, score_tol=1e-5, box_tol=1e-3)
+    assert predictions.run_metadata(str(tmp_path / "out"))["preset"] == "rt_detr_v2"
