@@ -33,6 +33,7 @@ from model.contract import PAPER_CONTRACT
 from ..coco import load_coco
 from ..predictions import SCORE_THRESHOLD, error_kinds, prediction_batches, run_metadata
 from .backends import BACKENDS, DEFAULT_BACKEND
+from .labels import check_label_names
 from .panoptic_quality import score_panoptic_files
 
 MAX_DETECTIONS = 100  # COCO's rule
@@ -339,12 +340,13 @@ def score_files(predictions_uri: str, annotations_uri: str, backend: str = DEFAU
     COCO annotation file (and its panoptic segmentations against a COCO panoptic file, when
     given); the result also names its inputs."""
     dataset = load_coco(annotations_uri, ".", check_files=False)  # validates, names a bad record
+    run = run_metadata(predictions_uri) or {}
+    check_label_names(run, dataset.raw["categories"])
     scorer = CocoScorer(dataset.raw, backend, max_dets)
     result = score_predictions(prediction_batches(predictions_uri, COLUMNS, BATCH_ROWS), scorer)
     segm = score_mask_files(predictions_uri, scorer)
     if segm is not None:
         result["segm"] = segm
-    run = run_metadata(predictions_uri) or {}
     result["report"]["warnings"] += run_warnings(run, result["metrics"])
     if panoptic_annotations:
         result["panoptic"] = score_panoptic_files(predictions_uri, panoptic_annotations, panoptic_folder)

@@ -35,10 +35,10 @@ def dry_run(cfg: TrainConfig, check_all_files: bool = False, sample: int = 100) 
     try:
         check_initialisation(cfg)
         summary["initialisation"] = "ok"
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # OSError: FileNotFoundError of --init, --backbone-weights
         summary["initialisation"] = str(e)
     num_classes = summary["train"].get("num_classes")
-    summary["model"] = describe_model(cfg, num_classes) if num_classes else None
+    summary["model"] = describe_model(cfg, num_classes) if num_classes and summary["initialisation"] == "ok" else None
     summary["storage"] = describe_storage(cfg)
     summary["resources"] = describe_resources(cfg)
     splits = [summary["train"]] + ([summary["val"]] if "val" in summary else [])

@@ -121,3 +121,16 @@ def test_loss_runs_in_float32_under_bf16_autocast(model_type):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses = model(torch.rand(1, 3, 96, 96), None, targets)
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+
+
+def test_labels_named_otherwise_than_the_annotations_are_refused():
+    from pipeline.evaluation.labels import check_label_names
+
+    coco_style = [{"id": 1, "name": "person"}, {"id": 2, "name": "bicycle"}, {"id": 3, "name": "car"}]
+    zero_based = {"config": {"family": "rt_detr_v2", "hf": {"id2label": {"0": "person", "1": "bicycle", "2": "car"}}}}
+    with pytest.raises(ValueError, match="the model's labels are not these annotations' category ids"):
+        check_label_names(zero_based, coco_style)
+    same = {"config": {"family": "rt_detr_v2", "hf": {"id2label": {"1": "person", "2": "bicycle", "3": "car"}}}}
+    check_label_names(same, coco_style)
+    generic = {"config": {"family": "rt_detr_v2", "hf": {"id2label": {"0": "LABEL_0", "1": "LABEL_1"}}}}
+    check_label_names(generic, coco_style)  # a model fine-tuned here names no classes
