@@ -30,8 +30,14 @@ from . import uri as uris
 from .checkpoint import read_checkpoint, weights_id
 from .contract import resolve_contract
 from .detr import DETR, build_detr
+from .contract import InputContract
 from .export_formats import DEFAULT_OPSET, SUFFIXES, ExportError
+from .families import FamilyConfig
+from .family_export import anchored, check_exportable, export_family_onnx, verify_family
+from .interface import build_model
 from .onnx_model import INPUTS, INSTALL_HINT, MASK_OUTPUT, OUTPUTS, OnnxDetr
+
+FAMILY_BATCH = 8  # a family graph's static batch (transformers' code fixes it): detection's default
 
 TOLERANCE = 1e-4  # absolute, on both outputs (CPU, float32)
 # (batch, height, width, padded): batches the verification runs, padded ones with an image
@@ -120,6 +126,12 @@ def _export_onnx(graph: DetectionGraph, path: str, metadata: dict[str, Any], ops
                                     input_names=list(INPUTS), output_names=list(graph.outputs),
                                     dynamic_shapes=_dynamic_shapes(), verbose=False)
         program.save(path)
+    _add_metadata(path, metadata)
+
+
+def _add_metadata(path: str, metadata: dict[str, Any]) -> None:
+    import onnx
+
     proto = onnx.load(path)
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=json.dumps(value, sort_keys=True))
@@ -168,6 +180,9 @@ def export_checkpoint(checkpoint: str, output: str, *, opset: int = DEFAULT_OPSE
     for line in said:
         log(line)
     weights = weights_id(state_dict)
+    if isinstance(config, FamilyConfig):
+        return {**export_family(config, state_dict, contract, output, weights, uris.strip_credentials(checkpoint),
+                                class_names, opset), "weights": weights, "contract": contract.to_dict()}
     model = build_detr(config)  # with the mask head when the checkpoint has one: pred_masks is an output
     model.load_state_dict(state_dict)
     metadata = {
@@ -191,3 +206,42 @@ def export_checkpoint(checkpoint: str, output: str, *, opset: int = DEFAULT_OPSE
         },
     }
     return {**export(model, output, metadata, opset), "weights": weights, "contract": contract.to_dict()}
+
+
+def export_family(config: FamilyConfig, state_dict: dict[str, torch.Tensor], contract: InputContract, output: str,
+                  weights: str, checkpoint: str, class_names: dict[int, str] | None, opset: int) -> dict[str, Any]:
+    """A transformers family's ONNX graph (model/family_export.py), verified, then written."""
+    check_exportable(config, contract)
+    if not output.endswith(".onnx"):
+        raise ExportError(f"{output}: a {config.model_type} model exports to ONNX (.onnx), not a torch.export program")
+    model = build_model(anchored(config, contract))
+    model.load_state_dict(state_dict)
+    metadata = {
+        "weights": weights, "checkpoint": checkpoint, "config": config.to_dict(), "num_classes": config.num_classes,
+        "class_names": {str(k): v for k, v in sorted((class_names or {}).items())},
+        "contract": contract.to_dict(),
+        "preprocessing": {
+            "image_mean": list(contract.image_mean), "image_std": list(contract.image_std),
+            "pixels": "RGB scaled to [0, 1], then (x - mean) / std",
+            "resize": f"to {contract.fixed_size[0]}x{contract.fixed_size[1]} (height x width), aspect not kept, "
+                      + ("antialiased bilinear on 8-bit pixels" if contract.antialias else
+                         "bilinear on [0, 1] pixels without antialiasing"),
+            "batch": f"static, {FAMILY_BATCH} images: pad a smaller batch with any images and drop their outputs",
+        },
+        "outputs": {
+            "pred_logits": "[B, queries, num_classes]; sigmoid per class, the top (query, class) pairs are kept",
+            "pred_boxes": "[B, queries, 4] cx, cy, w, h in [0, 1] of the image",
+        },
+    }
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        local = os.path.join(folder, "model.onnx")
+        with _quiet():
+            graph = export_family_onnx(model, contract, local, opset, FAMILY_BATCH)
+        _add_metadata(local, metadata)
+        export_seconds = time.perf_counter() - started
+        differences = verify_family(graph, local, contract, FAMILY_BATCH)
+        data = Path(local).read_bytes()
+    uris.write_bytes(output, data)
+    return {"output": output, "format": "onnx", "bytes": len(data), "export_seconds": round(export_seconds, 1),
+            "max_abs_difference": differences, "tolerance": TOLERANCE, "batch": FAMILY_BATCH}

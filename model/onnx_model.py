@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from . import uri as uris
-from .config import DetrConfig
 from .contract import InputContract
 
 INPUTS = ("images", "mask")
@@ -40,7 +39,7 @@ def onnx_metadata(graph: bytes) -> dict[str, Any]:
     return {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
 
 
-def read_onnx(source: str) -> tuple[DetrConfig, bytes, str, InputContract | None]:
+def read_onnx(source: str) -> tuple[Any, bytes, str, InputContract | None]:
     """(config, graph bytes, weights id, input contract) of an exported graph (local or s3://).
     Graphs exported before contracts were recorded carry its sizes and mean / std in their
     `preprocessing` entry; the rest of the contract is then the default."""
@@ -56,7 +55,9 @@ def read_onnx(source: str) -> tuple[DetrConfig, bytes, str, InputContract | None
     if contract is None and "preprocessing" in metadata:  # exported before contracts: its sizes, mean / std
         contract = {k: metadata["preprocessing"][k] for k in ("min_size", "max_size", "image_mean", "image_std")
                     if k in metadata["preprocessing"]}
-    return (DetrConfig.from_dict(metadata["config"]), graph, metadata["weights"],
+    from .interface import config_from_dict
+
+    return (config_from_dict(metadata["config"]), graph, metadata["weights"],
             InputContract.from_dict(contract) if contract else None)
 
 
@@ -80,9 +81,25 @@ class OnnxDetr:
         self.session = ort.InferenceSession(graph, options, providers=providers)
         self.providers = self.session.get_providers()
         self.outputs = [output.name for output in self.session.get_outputs()]
+        self.inputs = [i.name for i in self.session.get_inputs()]  # a fixed-size family's graph: images alone
+        batch = self.session.get_inputs()[0].shape[0]
+        self.batch = batch if isinstance(batch, int) else None  # a family's graph has a static batch
 
-    def __call__(self, images: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        feed = {"images": np.ascontiguousarray(images.detach().float().cpu().numpy()),
-                "mask": np.ascontiguousarray(mask.detach().cpu().numpy())}
+    def __call__(self, images: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        if self.batch is None or len(images) == self.batch:
+            return self._run(images, mask)
+        parts = [self._run_padded(images[k:k + self.batch]) for k in range(0, len(images), self.batch)]
+        return {name: torch.cat([p[name] for p in parts]) for name in self.outputs}
+
+    def _run_padded(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Up to the static batch with empty images, whose outputs are dropped."""
+        count = len(images)
+        padding = images.new_zeros((self.batch - count, *images.shape[1:]))
+        return {k: v[:count] for k, v in self._run(torch.cat([images, padding]), None).items()}
+
+    def _run(self, images: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        feed = {"images": np.ascontiguousarray(images.detach().float().cpu().numpy())}
+        if "mask" in self.inputs:
+            feed["mask"] = np.ascontiguousarray(mask.detach().cpu().numpy())
         results = self.session.run(self.outputs, feed)
         return {name: torch.from_numpy(result).to(images.device) for name, result in zip(self.outputs, results)}

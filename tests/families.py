@@ -61,10 +61,16 @@ def hf_model(model_type: str, seed: int = 0, **changes: Any) -> torch.nn.Module:
     config = transformers.CONFIG_MAPPING[model_type](**{**tiny_config(model_type), **changes})
     torch.manual_seed(seed)
     model = getattr(transformers, FAMILIES[model_type].detection_class)(config).eval()
-    with torch.no_grad():  # transformers starts biases at constants (class scores near 0.01): spread them
-        for name, parameter in model.named_parameters():
-            if name.endswith("bias"):
+    with torch.no_grad():  # transformers starts its linear layers at std 0.01, its class heads at zero with
+        for name, parameter in model.named_parameters():  # constant biases, and some batch-norm scales near
+            if parameter.dim() > 1:  # 0.01: every feature then equals its bias, and the encoder's scores
+                torch.nn.init.xavier_uniform_(parameter)  # tie. Drawn again as a trained model's vary
+            elif name.endswith("bias"):
                 parameter.copy_(torch.randn(parameter.shape) * 0.5)
+        for module in model.modules():
+            if isinstance(module, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm)) and \
+                    module.weight is not None:
+                module.weight.copy_(1 + 0.1 * torch.randn(module.weight.shape))
     return model
 
 

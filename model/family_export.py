@@ -1,0 +1,121 @@
+"""ONNX of a transformers family's model (RT-DETR, D-FINE, DEIMv2, RF-DETR, LW-DETR), verified.
+
+Two things stand between these models and an honest graph, both in transformers' code:
+- a `torch._check` lowers to `aten._is_all_true`, which the ONNX exporter has no function for:
+  it gets one here (all elements true: the minimum of the tensor as integers), so the query
+  selection (the encoder's top-k) is exported as the computation it is. The TorchScript
+  exporter instead traces it as constants: its graph runs and is wrong on any other input;
+- the encoder's anchors, made in the graph with in-place writes to slices, come out of the ONNX
+  translation wrong (boxes off by up to 0.9): the model is built with `anchor_image_size`, the
+  contract's fixed size, so that they are made once, eagerly, and enter the graph as constants;
+- `batch_size = len(features)` fixes the batch at export time: the graph has a static batch
+  (the export's batch size, detection's default 8). OnnxDetr pads a smaller batch with empty
+  images up to it and splits a larger one, so detection runs any batch through it.
+The graph takes `images` alone: these families' contracts resize every image to one fixed size,
+so there is no padding and no mask. The verification runs several different inputs at several
+batch sizes through OnnxDetr, as detection does, against PyTorch, comparing each image's queries
+as a set: where the encoder scores two proposals exactly alike, the order of the queries they
+become is the runtime's choice (the detections, made from the set, are the same).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .contract import InputContract
+from .export_formats import ExportError
+from .families import FamilyConfig
+from .onnx_model import OUTPUTS, OnnxDetr
+
+TOLERANCE = 1e-4  # absolute, as DETR's exports (CPU, float32)
+
+
+class FamilyGraph(nn.Module):
+    """A family's model as deployed: images -> (pred_logits, pred_boxes)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.outputs = OUTPUTS
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(images, None)
+        return tuple(out[name].float() for name in self.outputs)
+
+
+def check_exportable(config: FamilyConfig, contract: InputContract) -> None:
+    if contract.fixed_size is None:
+        raise ExportError(f"ONNX export of {config.model_type} is not supported: its images keep their aspect "
+                          "(padded, with a mask), and transformers' code fixes the shapes at export; the fixed-size "
+                          "families (rt_detr, rt_detr_v2, d_fine, deimv2, rf_detr, lw_detr) export")
+
+
+def anchored(config: FamilyConfig, contract: InputContract) -> FamilyConfig:
+    """The config with the encoder's anchors made for the contract's size (the families that
+    have them: RT-DETR, D-FINE, DEIMv2); the weights are the same."""
+    if "anchor_image_size" not in config.hf:
+        return config
+    return config.replace(anchor_image_size=list(contract.fixed_size))
+
+
+def _is_all_true(x: Any) -> Any:
+    import onnx
+    from onnxscript import opset18 as op
+
+    return op.Cast(op.ReduceMin(op.Cast(x, to=onnx.TensorProto.INT32), keepdims=0), to=onnx.TensorProto.BOOL)
+
+
+def export_family_onnx(model: nn.Module, contract: InputContract, path: str, opset: int, batch: int) -> FamilyGraph:
+    """Write the graph of a family's model to a local path; returns the module it was made from."""
+    graph = FamilyGraph(model.eval()).eval()
+    images = sample_images(batch, contract, seed=0)
+    program = torch.onnx.export(graph, (images,), dynamo=True, opset_version=opset, input_names=["images"],
+                                output_names=list(graph.outputs), verbose=False,
+                                custom_translation_table={torch.ops.aten._is_all_true.default: _is_all_true})
+    program.save(path)
+    return graph
+
+
+def sample_images(batch: int, contract: InputContract, seed: int) -> torch.Tensor:
+    """Normalised images of the contract's fixed size: uniform pixels through its mean / std."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.rand(batch, 3, *contract.fixed_size, generator=generator)
+    mean = torch.tensor(contract.image_mean).view(3, 1, 1)
+    std = torch.tensor(contract.image_std).view(3, 1, 1)
+    return (pixels - mean) / std
+
+
+def verify_family(graph: FamilyGraph, path: str, contract: InputContract, batch: int) -> dict[str, float]:
+    """Largest |ONNX Runtime - PyTorch| of each output at every batch size up to the graph's, and
+    one above it, each on other images; ExportError above TOLERANCE."""
+    run = OnnxDetr(Path(path).read_bytes())
+    worst = {name: 0.0 for name in graph.outputs}
+    for size in sorted({1, max(1, batch - 1), batch, batch + 1}):
+        images = sample_images(size, contract, seed=size)
+        with torch.no_grad():
+            expected = graph(images)
+        got = run(images, None)
+        for name, a, b in zip(graph.outputs, query_rows(*expected), query_rows(*(got[n] for n in graph.outputs))):
+            difference = float((a - b).abs().max())
+            worst[name] = max(worst[name], difference)
+            if not difference <= TOLERANCE:  # NaN fails too
+                raise ExportError(f"the exported model differs from the PyTorch model: {name} max |difference| "
+                                  f"{difference:.3g} on a batch of {size} (tolerance {TOLERANCE})")
+    return worst
+
+
+def query_rows(logits: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's queries in one order, by their logits and boxes (rounded to 1e-3 to order
+    them, compared in full): what a difference in the order of tied queries does not change."""
+    rows = torch.cat([logits, boxes], -1)
+    keys = (rows * 1000).round().to(torch.float64)
+    order = torch.stack([torch.as_tensor(_lexical_order(k)) for k in keys])
+    index = order.unsqueeze(-1)
+    return logits.gather(1, index.expand_as(logits)), boxes.gather(1, index.expand_as(boxes))
+
+
+def _lexical_order(keys: torch.Tensor) -> list[int]:
+    return sorted(range(len(keys)), key=lambda q: keys[q].tolist())

@@ -1,0 +1,43 @@
+"""ONNX of RT-DETRv2 and D-FINE folders, verified against PyTorch before it is written, and
+detection from the graph as from the folder (any batch, through the graph's static one)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import load_checkpoint, read_checkpoint
+from model.export import export_checkpoint
+from model.export_formats import ExportError
+from model.family_export import query_rows, sample_images
+from model.onnx_model import OnnxDetr, read_onnx
+from tests.families import family_folder
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.mark.parametrize("model_type", ["rt_detr_v2", "d_fine"])
+def test_export_verifies_and_runs_any_batch(model_type, tmp_path):
+    family_folder(model_type, tmp_path / "folder")
+    report = export_checkpoint(str(tmp_path / "folder"), str(tmp_path / "model.onnx"), log=lambda line: None)
+    assert report["batch"] == 8 and max(report["max_abs_difference"].values()) <= 1e-4
+    config, graph, weights, contract = read_onnx(str(tmp_path / "model.onnx"))
+    folder_config, state_dict, folder_contract = read_checkpoint(str(tmp_path / "folder"))
+    assert (config.model_type, config.num_classes, contract, weights) == (
+        folder_config.model_type, folder_config.num_classes, folder_contract, report["weights"])
+    model, _ = load_checkpoint(str(tmp_path / "folder"))
+    run = OnnxDetr(graph)
+    for batch in (3, 11):  # below the graph's batch (padded) and above it (split)
+        images = sample_images(batch, contract, seed=100 + batch)
+        with torch.no_grad():
+            expected = model(images, None)
+        got = run(images, None)
+        names = ("pred_logits", "pred_boxes")
+        for a, b in zip(query_rows(*(expected[n] for n in names)), query_rows(*(got[n] for n in names))):
+            assert (a - b).abs().max() <= 1e-4  # queries the encoder tied may come in either order
+
+
+def test_a_family_that_pads_is_refused(tmp_path):
+    family_folder("deformable_detr", tmp_path / "folder")
+    with pytest.raises(ExportError, match="ONNX export of deformable_detr is not supported"):
+        export_checkpoint(str(tmp_path / "folder"), str(tmp_path / "model.onnx"), log=lambda line: None)
+    assert not (tmp_path / "model.onnx").exists()
