@@ -14,7 +14,10 @@ reported in that part's entry instead of stopping the rest:
   800x1066, batches of 2 and 4: images/s, memory peak, the loss finite;
 - onnx: the exported graph on ONNX Runtime's CUDA provider against PyTorch (float32) on the same
   canvases: outputs within 1e-3, images/s of each;
-- bf16: detections in bf16 against float32 on the same images: largest box (px) and score change.
+- bf16: detections in bf16 against float32 on the same images: largest box (px) and score change;
+- families: RT-DETRv2-R18 and D-FINE-S (transformers' classes, random weights, 640x640): bulk
+  detection images/s in bf16 against the bare model and against transformers' own image processor
+  + model loop on the same photos, and a training step's images/s (the family's loss, batch 16).
 
 Prints one JSON line. `--small` runs the same on a CPU in seconds (the shipped detr-tiny, a few
 small images, the CPU decoder and provider): the test suite runs it, so that the command works
@@ -26,6 +29,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 import traceback
@@ -268,14 +272,110 @@ def canvases(setting: Setting, batch_size: int) -> tuple[tuple[torch.Tensor, tor
     return to_canvas(images, canvas, setting.contract, mean, std), canvas
 
 
-PARTS = {"detection": detection, "decode": decode, "training": training, "onnx": onnx, "bf16": bf16}
+# The descendants' speed rows, random weights (speed, not accuracy): transformers' configs shaped as
+# the authors' RT-DETRv2-R18 (ResNet-18-vd, hybrid encoder of 256, 3 decoder layers) and D-FINE-S
+# (HGNetV2-B0, depth 0.34, 3 decoder layers), at their 640x640 contract; --small: the tiny presets.
+FAMILY_MODELS = {
+    "rtdetr_v2_r18": {"model_type": "rt_detr_v2", "hf": {
+        "backbone_config": {"model_type": "rt_detr_resnet", "embedding_size": 64, "hidden_sizes": [64, 128, 256, 512],
+                            "depths": [2, 2, 2, 2], "layer_type": "basic", "downsample_in_bottleneck": True,
+                            "out_features": ["stage2", "stage3", "stage4"], "out_indices": [2, 3, 4]},
+        "encoder_in_channels": [128, 256, 512], "hidden_expansion": 0.5, "decoder_layers": 3, "num_labels": 80}},
+    "dfine_s": {"model_type": "d_fine", "hf": {
+        "backbone_config": {"model_type": "hgnet_v2", "stem_channels": [3, 16, 16], "hidden_sizes": [64, 256, 512, 1024],
+                            "stage_in_channels": [16, 64, 256, 512], "stage_mid_channels": [16, 32, 64, 128],
+                            "stage_out_channels": [64, 256, 512, 1024], "stage_num_blocks": [1, 1, 2, 1],
+                            "stage_numb_of_layers": [3, 3, 3, 3], "stage_downsample": [False, True, True, True],
+                            "stage_light_block": [False, False, True, True], "stage_kernel_size": [3, 3, 5, 5],
+                            "out_features": ["stage2", "stage3", "stage4"], "out_indices": [2, 3, 4]},
+        "encoder_in_channels": [256, 512, 1024], "hidden_expansion": 0.5, "depth_mult": 0.34, "decoder_layers": 3,
+        "num_labels": 80}},
+}
+
+
+def families(setting: Setting) -> dict[str, Any]:
+    """RT-DETRv2-R18 and D-FINE-S: bulk detection (bf16 on a GPU) against the bare model and
+    against transformers' own image processor + model loop on the same photos; a training step."""
+    from model.families import FAMILY_PRESETS, FamilyConfig
+    from model.interface import build_model, preset_config
+
+    out: dict[str, Any] = {}
+    for name, spec in FAMILY_MODELS.items():
+        if setting.small:
+            preset = "rtdetr-tiny" if "rtdetr" in name else "dfine-tiny"
+            config, contract = preset_config(preset, 80), FAMILY_PRESETS[preset][1]
+        else:
+            config = FamilyConfig.from_dict({"family": spec["model_type"], "hf": spec["hf"]})
+            contract = InputContract(640, 640, fixed_size=(640, 640), image_mean=(0, 0, 0), image_std=(1, 1, 1))
+        torch.manual_seed(0)
+        model = build_model(config).eval()
+        model.contract = contract
+        family = Setting.__new__(Setting)
+        family.__dict__.update(setting.__dict__, model=model.to(setting.device), contract=contract)
+        try:
+            out[name] = {**detection(family)[f"batch_{setting.batches[-1]}"],
+                         "transformers_loop_images_per_s": transformers_loop(family, config),
+                         "training": family_training(family, model)}
+        except Exception as e:  # one family's failure reported, the other measured
+            out[name] = {"error": f"{type(e).__name__}: {e}"}
+    return out
+
+
+def transformers_loop(setting: Setting, config: Any) -> float:
+    """transformers' image processor + model + post-processing, as its docs run them, bf16 on a GPU."""
+    import transformers
+    from torchvision.io import decode_image
+
+    h, w = setting.contract.fixed_size
+    processor = transformers.RTDetrImageProcessor(size={"height": h, "width": w}, do_normalize=False)
+    model = setting.model.model
+    batch = setting.batches[-1]
+    paths = setting.paths[:4 * batch] if setting.small else setting.paths[:512]
+
+    def run() -> None:
+        for start in range(0, len(paths), batch):
+            images = [decode_image(p) for p in paths[start:start + batch]]
+            inputs = processor(images=images, return_tensors="pt").to(setting.device)
+            with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=setting.device.type == "cuda"):
+                outputs = model(**inputs)
+            processor.post_process_object_detection(outputs, threshold=0.05,
+                                                    target_sizes=[i.shape[1:] for i in images])
+
+    run()  # warm-up
+    return round(len(paths) / timed(setting, run), 1)
+
+
+def family_training(setting: Setting, model: torch.nn.Module) -> dict[str, Any]:
+    """One worker's step (the family's own loss, float32 under bf16 autocast) at its contract's size."""
+    model = model.to(setting.device).train()
+    cfg = TrainConfig("", "", "", "", preset="rtdetr-tiny")
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=1e-4, weight_decay=cfg.weight_decay)
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    batch = 2 if setting.small else 16
+    images = torch.rand(batch, 3, *setting.contract.fixed_size, device=setting.device)
+    mask = torch.zeros(batch, *setting.contract.fixed_size, dtype=torch.bool, device=setting.device)
+    targets = [{"labels": torch.randint(0, model.config.num_classes, (5,), device=setting.device),
+                "boxes": torch.rand(5, 4, device=setting.device) * 0.4 + 0.3} for _ in range(batch)]
+    losses = []
+    for step in range(2):  # warm-up
+        losses.append(train_step(model, None, optimizer, (images, mask, targets), cfg, step)[0].item())
+    count = 2 if setting.small else 10
+    seconds = timed(setting, lambda: losses.extend(
+        train_step(model, None, optimizer, (images, mask, targets), cfg, 2 + k)[0].item() for k in range(count)))
+    assert all(math.isfinite(v) for v in losses), f"loss not finite: {losses}"
+    return {"batch": batch, "images_per_s": round(batch * count / seconds, 1), "loss": round(losses[-1], 3)}
+
+
+PARTS = {"detection": detection, "decode": decode, "training": training, "onnx": onnx, "bf16": bf16,
+         "families": families}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="detr-tiny on a few small images, on the CPU")
     parser.add_argument("--images", type=int, help="photos for detection (default 2048, --small 8)")
-    parser.add_argument("--parts", nargs="*", choices=sorted(PARTS), default=list(PARTS))
+    parser.add_argument("--parts", nargs="*", choices=sorted(PARTS), default=list(PARTS), help="in this order")
     args = parser.parse_args()
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as folder:
@@ -284,11 +384,15 @@ def main() -> None:
             "gpu": torch.cuda.get_device_name() if setting.device.type == "cuda" else None,
             "device": setting.device.type, "preset": setting.preset, "torch": torch.__version__}
         for name in args.parts:
+            started_part = time.time()
             try:
                 result[name] = PARTS[name](setting)
             except Exception as e:  # report it in the line, measure the rest
                 result[name] = {"error": f"{type(e).__name__}: {e}",
                                 "where": traceback.extract_tb(e.__traceback__)[-1].name}
+            # each part as it ends, on stderr: a run stopped by a time limit still leaves its figures
+            print(json.dumps({name: result[name], "seconds": round(time.time() - started_part, 1)}),
+                  file=sys.stderr, flush=True)
     result["seconds"] = round(time.time() - started, 1)
     print(json.dumps(result))
 

@@ -1,4 +1,4 @@
-"""Learning from scratch: val AP/AP50 of the small preset against wall-clock training time.
+"""Learning from scratch: val AP/AP50 of a small preset against wall-clock training time.
 
 Trains on a synthetic shapes set for a fixed time budget on this machine's CPU (plain
 PyTorch loop over the project's own model, criterion, augmentation, and validation by the
@@ -7,8 +7,10 @@ prints the curve (minutes, AP, AP50, train loss) as JSON. Compare with the refer
 recipe's anchor (AP50 0.002 after 15 minutes, ../shared/reference/LEARNING_ANCHOR.md).
 Defaults are the preset's recipe (what TrainConfig gives it); --model changes the network
 (DetrConfig fields as JSON values), e.g. the paper's learned queries: --model two_stage=false.
+--preset rtdetr-tiny or dfine-tiny trains a transformers family's small preset (model/families.py)
+with its own loss and fixed-size contract, on the same data, for the same time.
 
-    python -m bench.learning [--minutes 15] [--eval-every 3] [--lr 3e-4] [--model KEY=VALUE ...] [--save CKPT]
+    python -m bench.learning [--preset detr-tiny] [--minutes 15] [--eval-every 3] [--lr 3e-4] [--model KEY=VALUE ...]
 """
 from __future__ import annotations
 
@@ -22,8 +24,9 @@ import time
 import numpy as np
 import torch
 
-from model import InputContract, build_criterion, build_detr, save_checkpoint
+from model import InputContract, build_criterion, save_checkpoint
 from model import uri as uris
+from model.interface import build_model, preset_config, preset_contract
 from pipeline.coco import load_coco
 from pipeline.decode import decode_image
 from pipeline.evaluation import CocoScorer, score_predictions
@@ -35,7 +38,7 @@ from pipeline.training.augment import AugmentConfig, train_transform
 def load_split(annotations: str, images: str):
     dataset = load_coco(annotations, images)
     samples = [(decode_image(uris.read_bytes(r["path"])), np.array(r["boxes"], np.float32).reshape(-1, 4),
-                np.array(r["labels"], np.int64), r["image_id"]) for r in dataset.records()]
+                np.array(r["labels"], np.int64), r["image_id"], None) for r in dataset.records()]  # no masks
     return dataset, samples
 
 
@@ -57,18 +60,22 @@ def main() -> None:
     p.add_argument("--data", help="existing make_synthetic folder (default: generate one)")
     p.add_argument("--preset", default="detr-tiny")
     p.add_argument("--model", nargs="*", default=[], metavar="KEY=VALUE", help="DetrConfig overrides (JSON values)")
-    recipe = TrainConfig("", "", "", "", preset="detr-tiny")  # the recipe the training job uses
-    p.add_argument("--lr", type=float, default=recipe.lr)
-    p.add_argument("--lr-backbone", type=float, default=recipe.lr_backbone)
-    p.add_argument("--warmup", type=int, default=recipe.warmup_steps, help="steps of linear learning-rate warm-up")
-    p.add_argument("--encoder-matches", type=int, default=recipe.encoder_matches)
-    p.add_argument("--batch-size", type=int, default=recipe.batch_size)
+    p.add_argument("--lr", type=float, help="default: the preset's recipe (what the training job uses)")
+    p.add_argument("--lr-backbone", type=float)
+    p.add_argument("--warmup", type=int, help="steps of linear learning-rate warm-up")
+    p.add_argument("--encoder-matches", type=int)
+    p.add_argument("--batch-size", type=int)
     p.add_argument("--lr-drop-at", type=float, default=0.8, help="fraction of the budget after which lr x0.1")
     p.add_argument("--augment-scale", type=float, default=0.2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", help="write the trained model here (a checkpoint the detection job reads)")
     args = p.parse_args()
+    recipe = TrainConfig("", "", "", "", preset=args.preset)  # the recipe the training job uses
+    for name, field in (("lr", "lr"), ("lr_backbone", "lr_backbone"), ("warmup", "warmup_steps"),
+                        ("encoder_matches", "encoder_matches"), ("batch_size", "batch_size")):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(recipe, field))
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
@@ -86,13 +93,17 @@ def train(args: argparse.Namespace, data: str) -> None:
     val_set = load_coco(f"{data}/annotations/val.json", f"{data}/val")
     gt = CocoScorer(val_set.raw)
     augment = AugmentConfig().scaled(args.augment_scale)
-    contract = InputContract(min_size=augment.val_size, max_size=augment.max_size)  # validation = detection
+    # validation = detection; a family's preset keeps its own fixed-size contract
+    contract = preset_contract(args.preset) or InputContract(min_size=augment.val_size, max_size=augment.max_size)
     overrides = dict(parse_override(item) for item in args.model)
-    model = build_detr(args.preset, num_classes=train_set.num_classes, **overrides).train()
-    criterion = build_criterion(model.config.num_classes, model.config.dec_layers, two_stage=model.config.two_stage,
-                                encoder_matches=args.encoder_matches)
-    backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.") and p.requires_grad]
-    rest = [p for n, p in model.named_parameters() if not n.startswith("backbone.") and p.requires_grad]
+    model = build_model(preset_config(args.preset, train_set.num_classes, **overrides)).train()
+    model.contract = contract
+    family = preset_contract(args.preset) is not None
+    criterion = None if family else build_criterion(
+        model.config.num_classes, model.config.dec_layers, two_stage=model.config.two_stage,
+        encoder_matches=args.encoder_matches)
+    backbone = [p for n, p in model.named_parameters() if "backbone" in n.split(".") and p.requires_grad]
+    rest = [p for n, p in model.named_parameters() if "backbone" not in n.split(".") and p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": rest, "lr": args.lr}, {"params": backbone, "lr": args.lr_backbone}],
                                   weight_decay=1e-4)
     for group in optimizer.param_groups:
@@ -106,8 +117,11 @@ def train(args: argparse.Namespace, data: str) -> None:
         for start in range(0, len(order) - args.batch_size + 1, args.batch_size):
             tick = time.perf_counter()
             batch = augment_samples([train_samples[i] for i in order[start : start + args.batch_size]], transform)
-            images, mask, targets = collate(batch, device, contract.image_mean, contract.image_std)
-            loss = criterion.total_loss(criterion(model(images, mask), targets))
+            images, mask, targets = collate(batch, device, contract.image_mean, contract.image_std, contract)
+            if criterion is None:  # a family's model: its own loss from the targets
+                loss = model(images, mask, targets)["loss"]
+            else:
+                loss = criterion.total_loss(criterion(model(images, mask), targets))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)

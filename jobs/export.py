@@ -12,6 +12,13 @@ canvas rule: the checkpoint's own unless --min-size / --max-size say otherwise),
 padding included, and compared with the PyTorch model (<= 1e-4 absolute) before it is
 written. Ends with one JSON line; a failure is one `export: ...` line, exit code 1, and no
 file. `jobs/detect.py --checkpoint model.onnx` runs the graph with ONNX Runtime.
+
+A transformers family's model (RT-DETR, D-FINE, ...: docs/families.md) exports to ONNX with
+`images` alone and a static batch of 8 (the fixed-size families), or, with an --output that has
+no suffix, to a transformers folder (config.json, model.safetensors, preprocessor_config.json)
+that transformers and these jobs load as it is:
+
+    python jobs/export.py --checkpoint runs/rtdetr/best/checkpoint.pt --output rtdetr-folder
 """
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a working dir
 
-from model.export_formats import DEFAULT_OPSET, SUFFIXES, ExportError  # noqa: E402
+from model.export_formats import DEFAULT_OPSET, ExportError, output_format  # noqa: E402
 from pipeline.coco import load_coco  # noqa: E402
 from pipeline.paths import absolute  # noqa: E402
 
@@ -31,7 +38,8 @@ from pipeline.paths import absolute  # noqa: E402
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="our checkpoint, a reference .pth or a Hugging Face folder")
-    p.add_argument("--output", required=True, help="a .onnx or .pt2 file (path or s3://)")
+    p.add_argument("--output", required=True, help="a .onnx or .pt2 file, or a folder for a transformers family's "
+                   "model (config.json, model.safetensors, preprocessor_config.json); a path or s3://")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET}, >= 18)")
     p.add_argument("--annotations", help="COCO annotation JSON whose category names go into the metadata")
     p.add_argument("--min-size", type=int, help="shorter side recorded in the metadata (default: the checkpoint's "
@@ -41,8 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.checkpoint, args.output, args.annotations = (absolute(getattr(args, name), f"--{name}")
                                                           for name in ("checkpoint", "output", "annotations"))
-        if not args.output.endswith(SUFFIXES):
-            raise ExportError(f"{args.output}: unknown format; the output must end in .onnx or .pt2")
+        output_format(args.output)
         if args.opset < DEFAULT_OPSET:
             raise ExportError(f"--opset {args.opset}: the exporter writes opset {DEFAULT_OPSET} or newer")
         _check_writable(args.output)
@@ -55,9 +62,13 @@ def main(argv: list[str] | None = None) -> None:
                                    log=lambda line: print(f"export: {line}", file=sys.stderr))
     except (ValueError, ImportError, OSError) as e:  # ExportError and CheckpointError are ValueErrors
         sys.exit(f"export: {e}")
-    print(f"exported {report['weights'][:19]}... to {report['output']} ({report['bytes'] / 1e6:.1f} MB, "
-          f"{report['export_seconds']} s); verified: max |difference| "
-          + ", ".join(f"{k} {v:.2g}" for k, v in report["max_abs_difference"].items()))
+    if "files" in report:  # a transformers folder: the weights as they are, nothing to verify
+        print(f"wrote {report['weights'][:19]}... as a transformers folder {report['output']} "
+              f"({', '.join(report['files'])})")
+    else:
+        print(f"exported {report['weights'][:19]}... to {report['output']} ({report['bytes'] / 1e6:.1f} MB, "
+              f"{report['export_seconds']} s); verified: max |difference| "
+              + ", ".join(f"{k} {v:.2g}" for k, v in report["max_abs_difference"].items()))
     print(json.dumps(report))
 
 

@@ -31,9 +31,9 @@ from .checkpoint import read_checkpoint, weights_id
 from .contract import resolve_contract
 from .detr import DETR, build_detr
 from .contract import InputContract
-from .export_formats import DEFAULT_OPSET, SUFFIXES, ExportError
+from .export_formats import DEFAULT_OPSET, FOLDER, SUFFIXES, ExportError, output_format
 from .families import FamilyConfig
-from .family_export import anchored, check_exportable, export_family_onnx, verify_family
+from .family_export import anchored, check_exportable, export_family_onnx, save_folder, verify_family
 from .interface import build_model
 from .onnx_model import INPUTS, INSTALL_HINT, MASK_OUTPUT, OUTPUTS, OnnxDetr
 
@@ -180,6 +180,11 @@ def export_checkpoint(checkpoint: str, output: str, *, opset: int = DEFAULT_OPSE
     for line in said:
         log(line)
     weights = weights_id(state_dict)
+    if output_format(output) == FOLDER:
+        if not isinstance(config, FamilyConfig):
+            raise ExportError(f"{output}: a folder is written for a transformers family's model; a DETR checkpoint "
+                              "exports to .onnx or .pt2")
+        return {**save_folder(config, state_dict, contract, output), "weights": weights}
     if isinstance(config, FamilyConfig):
         return {**export_family(config, state_dict, contract, output, weights, uris.strip_credentials(checkpoint),
                                 class_names, opset), "weights": weights, "contract": contract.to_dict()}

@@ -27,6 +27,7 @@ class Family:
     contract: InputContract  # what a folder without preprocessor_config.json gets (the authors' default)
     per_rank_terms: tuple[str, ...] = ()  # loss terms that are per-rank means, not sums over boxes
     top_k: int | None = None  # (query, class) pairs kept per image; None: the number of queries
+    processor: str = "RTDetrImageProcessor"  # transformers' image processor of its folders
 
 
 _DETR_STYLE = InputContract()  # shortest side 800, longest 1333, ImageNet mean/std, padded
@@ -38,11 +39,14 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("d_fine", "DFineForObjectDetection", _RT_DETR_STYLE, per_rank_terms=("loss_ddf",)),
     Family("deimv2", "Deimv2ForObjectDetection", _RT_DETR_STYLE, per_rank_terms=("loss_ddf",)),
     Family("rf_detr", "RfDetrForObjectDetection",
-           InputContract(min_size=560, max_size=560, fixed_size=(560, 560), antialias=False)),
+           InputContract(min_size=560, max_size=560, fixed_size=(560, 560), antialias=False),
+           processor="RfDetrImageProcessor"),
     Family("lw_detr", "LwDetrForObjectDetection",
-           InputContract(min_size=640, max_size=640, fixed_size=(640, 640))),
-    Family("deformable_detr", "DeformableDetrForObjectDetection", _DETR_STYLE, top_k=100),
-    Family("conditional_detr", "ConditionalDetrForObjectDetection", _DETR_STYLE, top_k=100),
+           InputContract(min_size=640, max_size=640, fixed_size=(640, 640)), processor="DeformableDetrImageProcessor"),
+    Family("deformable_detr", "DeformableDetrForObjectDetection", _DETR_STYLE, top_k=100,
+           processor="DeformableDetrImageProcessor"),
+    Family("conditional_detr", "ConditionalDetrForObjectDetection", _DETR_STYLE, top_k=100,
+           processor="ConditionalDetrImageProcessor"),
 )}
 SUPPORTED = ("detr", *FAMILIES)  # the model types a folder may be
 
@@ -73,7 +77,7 @@ class FamilyConfig:
         """Class logits: label i is category id i (as DETR's, without "no object")."""
         if "id2label" in self.hf:
             return len(self.hf["id2label"])
-        return int(self.hf.get("num_labels", 80))
+        return int(self.hf.get("num_labels", 2))  # transformers' default
 
     @property
     def num_queries(self) -> int:
@@ -134,6 +138,17 @@ def contract_of_processor(processor: dict[str, Any] | None, family: Family, sour
         raise ValueError(f"{source}/preprocessor_config.json: size {size} is neither height/width nor "
                          "shortest_edge/longest_edge")
     return dataclasses.replace(contract, antialias=family.contract.antialias), []
+
+
+def processor_of_contract(family: Family, contract: InputContract) -> dict[str, Any]:
+    """preprocessor_config.json of a folder that runs with this contract (contract_of_processor's inverse)."""
+    size = ({"height": contract.fixed_size[0], "width": contract.fixed_size[1]} if contract.fixed_size else
+            {"shortest_edge": contract.min_size, "longest_edge": contract.max_size})
+    normalise = tuple(contract.image_mean) != (0.0, 0.0, 0.0) or tuple(contract.image_std) != (1.0, 1.0, 1.0)
+    return {"image_processor_type": family.processor, "do_resize": True, "size": size, "resample": 2,
+            "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": normalise,
+            "image_mean": list(contract.image_mean), "image_std": list(contract.image_std),
+            "do_pad": contract.fixed_size is None}
 
 
 def check_window(config: FamilyConfig, contract: InputContract, source: str) -> None:

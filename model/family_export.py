@@ -27,7 +27,7 @@ from torch import nn
 
 from .contract import InputContract
 from .export_formats import ExportError
-from .families import FamilyConfig
+from .families import FamilyConfig, processor_of_contract
 from .onnx_model import OUTPUTS, OnnxDetr
 
 TOLERANCE = 1e-4  # absolute, as DETR's exports (CPU, float32)
@@ -119,3 +119,30 @@ def query_rows(logits: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor,
 
 def _lexical_order(keys: torch.Tensor) -> list[int]:
     return sorted(range(len(keys)), key=lambda q: keys[q].tolist())
+
+
+def save_folder(config: FamilyConfig, state_dict: dict[str, torch.Tensor], contract: InputContract | None,
+                output: str) -> dict[str, Any]:
+    """A transformers folder of a family's model (local or s3://): config.json and model.safetensors
+    as save_pretrained writes them, and the preprocessor_config.json of its input contract, so that
+    transformers' own pipeline, and this project's jobs, run it as it was trained."""
+    import json
+    import os
+    import tempfile
+
+    from . import uri as uris
+    from .interface import build_model
+
+    model = build_model(config)
+    model.load_state_dict(state_dict)
+    contract = contract or config.family.contract
+    written = []
+    with tempfile.TemporaryDirectory() as folder:
+        model.model.save_pretrained(folder)
+        with open(os.path.join(folder, "preprocessor_config.json"), "w") as f:
+            json.dump(processor_of_contract(config.family, contract), f, indent=2)
+        for name in sorted(os.listdir(folder)):
+            with open(os.path.join(folder, name), "rb") as f:
+                uris.write_bytes(uris.join(output, name), f.read())
+            written.append(name)
+    return {"output": output, "format": "transformers folder", "files": written, "contract": contract.to_dict()}

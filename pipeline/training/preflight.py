@@ -38,7 +38,10 @@ def dry_run(cfg: TrainConfig, check_all_files: bool = False, sample: int = 100) 
     except (ValueError, OSError) as e:  # OSError: FileNotFoundError of --init, --backbone-weights
         summary["initialisation"] = str(e)
     num_classes = summary["train"].get("num_classes")
-    summary["model"] = describe_model(cfg, num_classes) if num_classes and summary["initialisation"] == "ok" else None
+    try:
+        summary["model"] = describe_model(cfg, num_classes) if num_classes else None
+    except (ValueError, OSError):  # an --init that cannot be read: said under "initialisation"
+        summary["model"] = None
     summary["storage"] = describe_storage(cfg)
     summary["resources"] = describe_resources(cfg)
     splits = [summary["train"]] + ([summary["val"]] if "val" in summary else [])

@@ -16,6 +16,7 @@ def test_the_gpu_benchmark_runs_every_part_on_a_cpu():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     failed = {name: result[name] for name in ("detection", "decode", "training", "onnx", "bf16")
               if "error" in result[name]}
+    failed.update({name: row for name, row in result["families"].items() if "error" in row})
     assert not failed, failed
     assert result["device"] == "cpu" and result["preset"] == "detr-tiny"
     for batch in ("batch_2", "batch_4"):
@@ -25,3 +26,7 @@ def test_the_gpu_benchmark_runs_every_part_on_a_cpu():
     assert result["training"]["batch_2"]["images_per_s"] > 0
     assert result["onnx"]["max_abs_difference"] <= 1e-3
     assert result["bf16"]["largest_box_change_px"] >= 0
+    for name in ("rtdetr_v2_r18", "dfine_s"):  # the tiny presets on a CPU
+        row = result["families"][name]
+        assert row["batch_fill"] == 1.0  # a fixed-size contract: every batch full
+        assert row["training"]["batch"] == 2 and row["transformers_loop_images_per_s"] > 0

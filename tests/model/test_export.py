@@ -120,7 +120,7 @@ def test_bad_export_requests_end_in_one_line_and_leave_no_file(tmp_path):
     garbage.write_bytes(b"not a checkpoint")
     (tmp_path / "a-file").write_text("")
     cases = {
-        "unknown suffix": (SHIPPED, tmp_path / "model.tflite", "unknown format; the output must end in .onnx or .pt2"),
+        "unknown suffix": (SHIPPED, tmp_path / "model.tflite", "unknown format .tflite; the output must end in .onnx or .pt2, or be a folder"),
         "unloadable checkpoint": (str(garbage), tmp_path / "model.onnx", "garbage.pt"),
         "unwritable output": (SHIPPED, tmp_path / "a-file" / "model.onnx", "is not a writable folder"),
     }

@@ -119,5 +119,5 @@ def test_hub_segmentation_folder_loads_with_its_mask_head(tmp_path):
 
 def test_hub_folder_other_model_type_is_refused(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
-    with pytest.raises(CheckpointError, match="not 'detr'"):
+    with pytest.raises(CheckpointError, match="'bert' is not supported; the supported ones are detr, rt_detr"):
         load_checkpoint(str(tmp_path))

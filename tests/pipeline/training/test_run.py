@@ -210,7 +210,9 @@ def test_as_many_workers_as_cores_stops_with_a_message(tiny_shapes, tmp_path):
 def test_a_paper_preset_without_pretrained_weights_is_refused(tiny_shapes, tmp_path):
     check_initialisation(TrainConfig("", "", "", ""))  # detr-tiny trains from scratch by design
     check_initialisation(TrainConfig("", "", "", "", preset="detr-r50", from_scratch=True))
-    check_initialisation(TrainConfig("", "", "", "", preset="detr-r50", init="ck.pt"))
+    check_initialisation(TrainConfig("", "", "", "", preset="detr-r50", init=str(REPO / "checkpoints/detr-tiny-shapes.pt")))
+    with pytest.raises(FileNotFoundError, match="no checkpoint at ck.pt"):  # a typo stops before Ray starts
+        check_initialisation(TrainConfig("", "", "", "", preset="detr-r50", init="ck.pt"))
     with pytest.raises(ValueError, match="no such file"):
         check_initialisation(TrainConfig("", "", "", "", preset="detr-r50", backbone_weights=str(tmp_path / "x.pt")))
     proc = subprocess.run(
