@@ -7,7 +7,8 @@ reported in that part's entry instead of stopping the rest:
 - detection: the detection path end to end in one process (the read stage's threads, the one
   decoder with nvJPEG, canvases, batches, the model: what one actor of `jobs/detect.py` does, as
   Ray need not be installed) for batches of 8, 16 and 32: images/s, the bare model's images/s on
-  the same canvases decoded beforehand (the limit), their ratio, batch_fill, GPU memory peak;
+  the same canvases decoded beforehand (the limit), their ratio, the actor alone on rows read
+  beforehand (as Ray's read tasks feed it), batch_fill, GPU memory peak;
 - decode: nvJPEG's batched decode against the CPU decoder on the same files, images/s of each and
   the largest pixel difference;
 - training: one worker's step (`pipeline.training.train_step`: bf16 autocast, float32 heads) at
@@ -136,11 +137,17 @@ def detection(setting: Setting) -> dict[str, Any]:
                 calls.append(sum(table["call_share"].to_pylist()))
 
         seconds = timed(setting, end_to_end)
+        fetched = [fetch(rows_of(setting.paths[start:start + window]), setting.contract, 10**9)
+                   for start in range(0, len(setting.paths), window)]
+        actor_seconds = timed(setting, lambda: [detector(rows) for rows in fetched])
         bare = bare_images_per_s(setting, detector, batch_size, window)
         pipeline = len(setting.paths) / seconds
+        actor = len(setting.paths) / actor_seconds
         out[f"batch_{batch_size}"] = {
             "images_per_s": round(pipeline, 1), "bare_images_per_s": round(bare, 1),
             "pipeline_over_bare": round(pipeline / bare, 3),
+            # the actor alone, its rows read beforehand (in bulk detection, Ray's read tasks do that on other CPUs)
+            "actor_images_per_s": round(actor, 1), "actor_over_bare": round(actor / bare, 3),
             "batch_fill": round(len(setting.paths) / sum(calls) / batch_size, 3),
             "gpu_memory_peak_gib": peak_memory_gib(setting)}
     return out

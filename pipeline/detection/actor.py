@@ -173,7 +173,7 @@ class Detector:
         if self.panoptic is not None:
             for d, logits, masks, size in zip(found, outputs["pred_logits"], outputs["pred_masks"], sizes):
                 d["panoptic"], d["panoptic_png"] = self.segments(logits, masks, canvas, size)
-        return [{k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in d.items()} for d in found]
+        return to_numpy(found)
 
     def kept_queries(self, outputs: dict) -> torch.Tensor:
         """[B,Q] bool: the queries whose masks are kept, those PostProcess keeps (and with
@@ -199,6 +199,20 @@ class Detector:
         fed = self.contract.resized_size(*size)
         return [rle for start in range(0, len(logits), MASK_CHUNK)
                 for rle in encode(image_masks(logits[start:start + MASK_CHUNK], canvas, fed, size).cpu().numpy())]
+
+
+def to_numpy(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each image's tensors as numpy arrays, copied from the device once per key for the whole
+    batch (one synchronisation each, not one per image and key: at hundreds of images a second
+    on a GPU, those add up)."""
+    keys = [k for k, v in found[0].items() if isinstance(v, torch.Tensor)] if found else []
+    out = [dict(d) for d in found]
+    for key in keys:
+        lengths = [len(d[key]) for d in found]
+        values = torch.cat([d[key] for d in found]).cpu().numpy()
+        for d, part in zip(out, np.split(values, np.cumsum(lengths)[:-1])):
+            d[key] = part
+    return out
 
 
 def _is_cuda_fault(error: Exception) -> bool:

@@ -147,6 +147,9 @@ def read_model(checkpoint: str) -> tuple[ModelConfig, Any, str, InputContract | 
     exported from), or the state_dict of any checkpoint PyTorch loads."""
     if checkpoint.endswith(".onnx"):
         return read_onnx(checkpoint)
+    if checkpoint.endswith(".pt2"):
+        raise ValueError(f"{checkpoint}: detection reads checkpoints (.pt, .pth, folders) and .onnx graphs, not "
+                         "torch.export programs (.pt2); give the checkpoint it was exported from")
     model_config, state_dict, contract = read_checkpoint(checkpoint)
     return model_config, state_dict, weights_id(state_dict), contract
 

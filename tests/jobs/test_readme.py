@@ -16,8 +16,8 @@ from tests import REPO
 # within rounding (ONNX Runtime and PyTorch may then pick different ones).
 SHORTER = {"make_synthetic.py": ["--train", "24", "--val", "8"], "train.py": ["--epochs", "1", "--eval-every", "1"],
            "export.py": ["--checkpoint", "checkpoints/detr-tiny-shapes.pt"]}
-# The family's export writes the shipped rtdetr-tiny as a transformers folder, as written
-KEPT_AS_WRITTEN = ("--output rtdetr-folder",)
+# The family's export writes the shipped dfine-tiny as a transformers folder, as written
+KEPT_AS_WRITTEN = ("--output dfine-folder",)
 
 
 def readme_commands() -> list[str]:
@@ -56,12 +56,12 @@ def test_the_readme_commands_run_as_written(ray_cluster, tmp_path):
     assert (tmp_path / "runs" / "shapes" / "curves.png").is_file()
     assert (tmp_path / "metrics" / "metrics.json").is_file() and (tmp_path / "history" / "report.md").is_file()
     assert (tmp_path / "detr.onnx").is_file()
-    for predictions in ("predictions", "predictions-rtdetr", "predictions-onnx", "predictions-panoptic"):
+    for predictions in ("predictions", "predictions-dfine", "predictions-onnx", "predictions-panoptic"):
         assert len(list((tmp_path / predictions).glob("part-*.parquet"))) == 1
     assert len(list((tmp_path / "predictions-panoptic" / "_panoptic").glob("*.png"))) == 8
-    family = summaries[4]  # the shipped rtdetr-tiny, written as a transformers folder, detected with
+    family = summaries[4]  # the shipped dfine-tiny, written as a transformers folder, detected with
     assert family["rows"] == 8 and family["batch_fill"] == 1.0
-    assert (tmp_path / "rtdetr-folder" / "preprocessor_config.json").is_file()
+    assert (tmp_path / "dfine-folder" / "preprocessor_config.json").is_file()
     segment = summaries[8]  # the shipped stuff model: boxes, masks and panoptic segments scored
     assert segment["metrics"]["AP"] > 0 and segment["segm"]["metrics"]["AP"] > 0
     assert segment["panoptic"]["metrics"]["PQ"] > 0 and segment["panoptic"]["report"]["predicted"] == 8
