@@ -4,9 +4,11 @@ A model is an nn.Module with
 - `config`: DetrConfig or FamilyConfig (num_classes, num_queries, masks, stuff_classes, to_dict);
 - `contract`: its InputContract (model/contract.py), or None where it records none;
 - `forward(pixels, mask)` -> {"pred_logits", "pred_boxes"[, "pred_masks"]};
-and these functions give the rest by its config: how it is built, how its outputs become the
-predictions table's boxes (postprocess_for), how it is trained (training_losses), and the copy
-that bulk detection runs (inference_copy).
+and these functions give the rest by its config: how it is built (build_model, preset_config),
+how its outputs become the predictions table's boxes (postprocess_for), and the copy that bulk
+detection runs (inference_copy). Its loss: DETR's SetCriterion on its outputs (model/criterion.py);
+a family's forward(pixels, mask, targets) returns its own loss terms (model/transformers_detector.py),
+since its denoising queries are made from the targets inside the model.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ ModelConfig = DetrConfig | FamilyConfig
 
 
 class DetectionModel(Protocol):
+    """What the jobs hold: DETR, DETRsegm or a TransformersDetector."""
+
     config: ModelConfig
     contract: InputContract | None
 
@@ -83,7 +87,3 @@ def inference_copy(model: nn.Module) -> nn.Module:
     copied.inference_only = True
     return copied
 
-
-def takes_targets(model: nn.Module) -> bool:
-    """A family's model computes its own loss in forward (denoising needs the targets there)."""
-    return isinstance(getattr(model, "module", model).config, FamilyConfig)
