@@ -317,8 +317,9 @@ def families(setting: Setting) -> dict[str, Any]:
         torch.manual_seed(0)
         model = build_model(config).eval()
         model.contract = contract
-        family = Setting.__new__(Setting)
-        family.__dict__.update(setting.__dict__, model=model.to(setting.device), contract=contract)
+        family = Setting.__new__(Setting)  # one batch size: the largest
+        family.__dict__.update(setting.__dict__, model=model.to(setting.device), contract=contract,
+                               batches=setting.batches[-1:])
         try:
             out[name] = {**detection(family)[f"batch_{setting.batches[-1]}"],
                          "transformers_loop_images_per_s": transformers_loop(family, config),
@@ -337,7 +338,7 @@ def transformers_loop(setting: Setting, config: Any) -> float:
     processor = transformers.RTDetrImageProcessor(size={"height": h, "width": w}, do_normalize=False)
     model = setting.model.model
     batch = setting.batches[-1]
-    paths = setting.paths[:4 * batch] if setting.small else setting.paths[:512]
+    paths = setting.paths[:2 * batch] if setting.small else setting.paths[:512]
 
     def run() -> None:
         for start in range(0, len(paths), batch):

@@ -1,5 +1,6 @@
 """Fine-tuning a transformers family's folder on Ray Train: its own loss, num_classes from the
-dataset, its fixed-size contract recorded, validated by the detection path, and resumed."""
+dataset, its fixed-size contract recorded, validated by the detection path. (Resuming is the
+same RunState for every model: tests/pipeline/training/test_run.py.)"""
 from __future__ import annotations
 
 from functools import partial
@@ -13,7 +14,7 @@ from tests.families import FIXED, family_folder
 from tests.pipeline.training import small_run, tensorboard_scalars
 
 
-def test_fine_tune_a_family_folder_then_resume(ray_cluster, tiny_shapes, tmp_path):
+def test_fine_tune_a_family_folder(ray_cluster, tiny_shapes, tmp_path):
     original = family_folder("rt_detr_v2", tmp_path / "rtdetr")  # 4 labels; the shapes have 12 ids
     config = partial(small_run, tiny_shapes, tmp_path, "rtdetr", init=str(tmp_path / "rtdetr"), model_overrides={},
                      val_annotations=tiny_shapes["val_annotations"], val_images=tiny_shapes["val_images"])
@@ -25,6 +26,4 @@ def test_fine_tune_a_family_folder_then_resume(ray_cluster, tiny_shapes, tmp_pat
     weight = "model.model.decoder.layers.0.self_attn.o_proj.weight"
     assert not torch.equal(model.state_dict()[weight], original.state_dict()[weight.removeprefix("model.")])
     steps = first["metrics"]["steps"]
-    second = run_training(config(epochs=2))
-    assert second["metrics"]["epoch"] == 2 and second["metrics"]["steps"] == 2 * steps  # resumed, not retrained
-    assert [s for s, _ in tensorboard_scalars(second["run"])["train/loss"]] == list(range(1, 2 * steps + 1))
+    assert [s for s, _ in tensorboard_scalars(first["run"])["train/loss"]] == list(range(1, steps + 1))
