@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from model.export_formats import DEFAULT_OPSET, ExportError, output_format  # noqa: E402
 from pipeline.coco import load_coco  # noqa: E402
-from pipeline.paths import absolute  # noqa: E402
+from pipeline.paths import absolute, model_source  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-size", type=int, help="longer side cap recorded in the metadata (default: the checkpoint's)")
     args = p.parse_args(argv)
     try:
-        args.checkpoint, args.output, args.annotations = (absolute(getattr(args, name), f"--{name}")
-                                                          for name in ("checkpoint", "output", "annotations"))
+        args.checkpoint = model_source(args.checkpoint, "--checkpoint")
+        args.output, args.annotations = (absolute(getattr(args, name), f"--{name}") for name in ("output", "annotations"))
         output_format(args.output)
         if args.opset < DEFAULT_OPSET:
             raise ExportError(f"--opset {args.opset}: the exporter writes opset {DEFAULT_OPSET} or newer")

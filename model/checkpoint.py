@@ -23,7 +23,7 @@ from . import uri as uris
 from .config import DetrConfig
 from .contract import InputContract
 from .detr import DETR, build_detr
-from .families import FAMILIES, FamilyConfig, check_window, contract_of_processor, unsupported
+from .families import FAMILIES, HUB_ID, FamilyConfig, check_window, contract_of_processor, unsupported
 from .interface import ModelConfig, config_from_dict
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,6 @@ _BASIC_DEPTHS = {2: "resnet18", 6: "resnet34"}
 CLASS_HEADS = ("class_embed.", "query_selection.class_embed.")  # re-initialised for other label sets
 SEGM_CLASS_HEADS = tuple(f"detr.{h}" for h in CLASS_HEADS)  # the same in a model with the mask head
 MASK_HEAD = ("bbox_attention.", "mask_head.")
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name, where no such local path exists
 HUB_FILES = ["config.json", "preprocessor_config.json", *HF_WEIGHT_FILES]  # never code
 
 
@@ -386,8 +385,9 @@ def _read_family(source: str, hf: dict[str, Any]) -> tuple[FamilyConfig, dict[st
     loading first."""
     import tempfile
 
-    from .transformers_detector import TransformersDetector, family_config
+    from .transformers_detector import TransformersDetector, family_config, quiet_transformers
 
+    quiet_transformers()
     family = FAMILIES[hf["model_type"]]
     processor_uri = uris.join(source, "preprocessor_config.json")
     processor = (json.loads(uris.read_bytes(processor_uri))

@@ -24,6 +24,13 @@ from torch import nn
 from .families import FamilyConfig
 
 
+def quiet_transformers() -> None:
+    """transformers' progress bars (loading and writing weights) say nothing to a job's user."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def hf_config(config: FamilyConfig) -> Any:
     from transformers import CONFIG_MAPPING
 
@@ -46,6 +53,7 @@ class TransformersDetector(nn.Module):
         super().__init__()
         import transformers
 
+        quiet_transformers()
         self.config = config
         self.contract = None
         self.model = hf_model if hf_model is not None else \

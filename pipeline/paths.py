@@ -14,6 +14,8 @@ import dataclasses
 import os
 from typing import Any
 
+from model.families import HUB_ID
+
 SUBMITTED_FROM = "DETR_SUBMITTED_FROM"  # set by jobs/submit.py in the job's environment
 
 
@@ -44,6 +46,21 @@ def absolute(value: str | None, flag: str) -> str | None:
     return os.path.normpath(os.path.join(base, value))
 
 
+def model_source(value: str | None, flag: str) -> str | None:
+    """A checkpoint or model folder as absolute() makes it, or a hub model id (org/name) kept as
+    it is where no such local path exists."""
+    if value and HUB_ID.fullmatch(value):
+        base = os.environ.get(SUBMITTED_FROM) or os.getcwd()
+        if not os.path.exists(os.path.join(base, value)):
+            return value
+    return absolute(value, flag)
+
+
+MODEL_FIELDS = ("checkpoint", "init")  # the fields that name a model: a path, a URI or a hub id
+
+
 def with_absolute_paths(config: Any, flags: dict[str, str]) -> Any:
     """A dataclass config with its path fields (field name -> the flag that sets it) absolute."""
-    return dataclasses.replace(config, **{name: absolute(getattr(config, name), flag) for name, flag in flags.items()})
+    return dataclasses.replace(config, **{
+        name: (model_source if name in MODEL_FIELDS else absolute)(getattr(config, name), flag)
+        for name, flag in flags.items()})

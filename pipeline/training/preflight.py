@@ -117,7 +117,8 @@ def describe_model(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
     model = build_model(preset_config(cfg.preset, num_classes, **cfg.model_overrides))
     parameters = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"preset": cfg.preset, "num_classes": num_classes, "parameters": parameters,
+    return {"preset": cfg.preset, "model_type": getattr(model.config, "model_type", "detr"),
+            "num_classes": num_classes, "parameters": parameters,
             "contract": cfg.contract(preset_contract(cfg.preset)).to_dict(),
             "backbone_weights": cfg.backbone_weights, "checkpoint_bytes": 4 * (parameters + 2 * trainable),
             "recipe": cfg.recipe()}

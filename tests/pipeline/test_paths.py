@@ -28,3 +28,13 @@ def test_a_submitted_job_resolves_against_the_submitters_folder(tmp_path, monkey
     with pytest.raises(PathError, match="--storage runs is a relative path, and this job runs in Ray's temporary"):
         absolute("runs", "--storage")
     assert absolute("s3://bucket/runs", "--storage") == "s3://bucket/runs"
+
+
+def test_a_hub_id_stays_a_hub_id_where_no_such_path_exists(tmp_path, monkeypatch):
+    from pipeline.paths import model_source
+
+    monkeypatch.chdir(tmp_path)
+    assert model_source("PekingU/rtdetr_v2_r18vd", "--init") == "PekingU/rtdetr_v2_r18vd"
+    assert model_source("runs/x.pt", "--init") == str(tmp_path / "runs/x.pt")  # a missing file is a path
+    (tmp_path / "org" / "name").mkdir(parents=True)
+    assert model_source("org/name", "--init") == str(tmp_path / "org/name")  # the local folder wins
