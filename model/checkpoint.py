@@ -440,7 +440,7 @@ def _load_family(source: str, config: FamilyConfig, state_dict: dict[str, torch.
     model = TransformersDetector(config)
     expected = model.state_dict()
     mismatched = {k for k, v in state_dict.items() if k in expected and v.shape != expected[k].shape}
-    heads = {k for k in mismatched if drop_head}
+    heads = mismatched if drop_head else set()  # the only weights whose shapes num_classes changes
     missing = [k for k in expected if k not in state_dict and k not in heads]
     unexpected = [k for k in state_dict if k not in expected]
     if missing or unexpected or mismatched - heads:

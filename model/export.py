@@ -28,10 +28,9 @@ from torch import nn
 
 from . import uri as uris
 from .checkpoint import read_checkpoint, weights_id
-from .contract import resolve_contract
+from .contract import InputContract, resolve_contract
 from .detr import DETR, build_detr
-from .contract import InputContract
-from .export_formats import DEFAULT_OPSET, FOLDER, SUFFIXES, ExportError, output_format
+from .export_formats import DEFAULT_OPSET, FOLDER, SUFFIXES, TOLERANCE, ExportError, output_format
 from .families import FamilyConfig
 from .family_export import anchored, check_exportable, export_family_onnx, save_folder, verify_family
 from .interface import build_model
@@ -39,7 +38,6 @@ from .onnx_model import INPUTS, INSTALL_HINT, MASK_OUTPUT, OUTPUTS, OnnxDetr
 
 FAMILY_BATCH = 8  # a family graph's static batch (transformers' code fixes it): detection's default
 
-TOLERANCE = 1e-4  # absolute, on both outputs (CPU, float32)
 # (batch, height, width, padded): batches the verification runs, padded ones with an image
 # smaller than the batch in each direction.
 VERIFY_CASES = ((1, 224, 288, False), (2, 320, 256, True), (3, 256, 384, True))

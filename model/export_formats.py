@@ -16,6 +16,7 @@ def output_format(output: str) -> str:
         raise ExportError(f"{output}: unknown format {suffix}; the output must end in .onnx or .pt2, or be a folder "
                           "(a transformers folder of an RT-DETR, D-FINE, ... model)")
     return suffix
+TOLERANCE = 1e-4  # an export's largest |exported - PyTorch| on any output (CPU, float32)
 DEFAULT_OPSET = 18  # the lowest the torch.export-based ONNX exporter writes
 
 

@@ -14,7 +14,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from .contract import IMAGENET_MEAN, IMAGENET_STD, InputContract
 
@@ -92,8 +92,8 @@ class FamilyConfig:
         """Detections kept per image at most, as the family's authors keep them."""
         return self.family.top_k or self.num_queries
 
-    masks = False  # RF-DETR's instance segmentation is not wired into the jobs yet
-    stuff_classes: tuple[int, ...] = ()
+    masks: ClassVar[bool] = False  # RF-DETR's instance segmentation is not wired into the jobs yet
+    stuff_classes: ClassVar[tuple[int, ...]] = ()  # panoptic output is DETR's
 
     def replace(self, **hf_changes: Any) -> "FamilyConfig":
         hf = {**self.hf, **hf_changes}
