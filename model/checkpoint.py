@@ -5,12 +5,10 @@ and .safetensors with safetensors, so a checkpoint from elsewhere cannot run cod
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
 import logging
-import pickle
 import re
 from typing import Any
 
@@ -22,25 +20,21 @@ from torch import nn
 from . import uri as uris
 from .config import DetrConfig
 from .contract import InputContract
-from .detr import DETR, build_detr
-from .families import FAMILIES, HUB_ID, FamilyConfig, check_window, contract_of_processor, unsupported
+from .detr import build_detr
+from .families import FAMILIES, HUB_ID, FamilyConfig, unsupported
+from .family_folders import from_hub, load_family, read_family
 from .interface import ModelConfig, config_from_dict
+from .safe_load import HF_WEIGHT_FILES, CheckpointError, refuse_remote_code, safe_torch_load  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 FORMAT = "detr-ray-checkpoint"
 CHECKPOINT_FILE = "checkpoint.pt"
-HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _BOTTLENECK_DEPTHS = {6: "resnet50", 23: "resnet101"}  # blocks in layer3
 _BASIC_DEPTHS = {2: "resnet18", 6: "resnet34"}
 CLASS_HEADS = ("class_embed.", "query_selection.class_embed.")  # re-initialised for other label sets
 SEGM_CLASS_HEADS = tuple(f"detr.{h}" for h in CLASS_HEADS)  # the same in a model with the mask head
 MASK_HEAD = ("bbox_attention.", "mask_head.")
-HUB_FILES = ["config.json", "preprocessor_config.json", *HF_WEIGHT_FILES]  # never code
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded: unsafe, unrecognised or not matching the model."""
 
 
 def save_checkpoint(
@@ -104,7 +98,7 @@ def load_checkpoint(
     """
     config, state_dict, contract = read_checkpoint(source, dilation=dilation)
     if isinstance(config, FamilyConfig):
-        return _load_family(source, config, state_dict, contract, num_classes, device, config_overrides)
+        return load_family(source, config, state_dict, contract, num_classes, device, config_overrides)
     drop_head = num_classes is not None and num_classes != config.num_classes
     if drop_head:
         log.warning(
@@ -148,7 +142,7 @@ def read_checkpoint(
     trained with the paper's, model.contract.PAPER_CONTRACT)."""
     kind = uris.file_type(source)
     if kind == pafs.FileType.NotFound and HUB_ID.fullmatch(source):
-        source, kind = _from_hub(source), pafs.FileType.Directory
+        source, kind = from_hub(source), pafs.FileType.Directory
     if kind == pafs.FileType.NotFound:
         raise FileNotFoundError(f"no checkpoint at {source}")
     if kind == pafs.FileType.Directory:
@@ -174,20 +168,6 @@ def weights_id(state_dict: dict[str, torch.Tensor]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def safe_torch_load(data: bytes, name: str) -> Any:
-    """torch.load restricted to tensors and plain data (plus argparse.Namespace, which the
-    reference training script stores and which cannot run code)."""
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"refusing to load {name}: it holds objects other than tensors and plain data, and "
-            f"unpickling them could run code ({reason}). Re-save just its state_dict, or use safetensors."
-        ) from e
-
-
 def _keys(payload: Any) -> list[str]:
     return sorted(map(str, payload))[:10] if isinstance(payload, dict) else [type(payload).__name__]
 
@@ -202,7 +182,7 @@ def _read_directory(
         hf = json.loads(uris.read_bytes(uris.join(source, "config.json")))
         refuse_remote_code(hf, source)
         if hf.get("model_type") in FAMILIES:
-            return _read_family(source, hf)
+            return read_family(source, hf)
         if hf.get("model_type") != "detr":
             raise CheckpointError(unsupported(hf.get("model_type"), f"{source}/config.json"))
         return _read_huggingface(source)
@@ -357,98 +337,6 @@ def huggingface_to_reference(hf_state: dict[str, torch.Tensor]) -> dict[str, tor
                 raise CheckpointError(f"{prefix} lacks one of its q/k/v projections")
             packed[f"{prefix}.in_proj_{kind}"] = torch.cat(parts)
     return packed
-
-
-def _from_hub(repo_id: str) -> str:
-    """A hub model's config, processor settings and weights (nothing else), in the local cache."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(repo_id, allow_patterns=HUB_FILES)
-    except Exception as e:  # offline, unknown repository, refused
-        raise FileNotFoundError(f"no checkpoint at {repo_id}: not a local path, and the hub gave no model "
-                                f"of that id ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-
-
-def refuse_remote_code(hf: dict[str, Any], source: str) -> None:
-    """A folder whose config asks for code of its own (auto_map: trust_remote_code) is refused:
-    loading a folder never runs code from it."""
-    if hf.get("auto_map"):
-        raise CheckpointError(f"refusing {source}: its config.json asks to run code of its own (auto_map "
-                              f"{sorted(hf['auto_map'])}); only transformers' own model classes are loaded")
-
-
-def _read_family(source: str, hf: dict[str, Any]) -> tuple[FamilyConfig, dict[str, torch.Tensor], InputContract]:
-    """A transformers folder of a listed family: its weights through transformers' own loading
-    (which renames checkpoints of older versions), from a local copy holding the config and
-    weights only, so that nothing in the folder can run; a .bin is checked with weights_only
-    loading first."""
-    import tempfile
-
-    from .transformers_detector import TransformersDetector, family_config, quiet_transformers
-
-    quiet_transformers()
-    family = FAMILIES[hf["model_type"]]
-    processor_uri = uris.join(source, "preprocessor_config.json")
-    processor = (json.loads(uris.read_bytes(processor_uri))
-                 if uris.file_type(processor_uri) == pafs.FileType.File else None)
-    try:
-        contract, said = contract_of_processor(processor, family, source)
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
-    for line in said:
-        log.warning("%s", line)
-    weights = next((n for n in HF_WEIGHT_FILES if uris.file_type(uris.join(source, n)) == pafs.FileType.File), None)
-    if weights is None:
-        raise CheckpointError(f"{source} has config.json but none of {HF_WEIGHT_FILES}")
-    data = uris.read_bytes(uris.join(source, weights))
-    if weights.endswith(".bin"):
-        safe_torch_load(data, uris.join(source, weights))
-    import transformers
-
-    with tempfile.TemporaryDirectory() as folder:
-        with open(f"{folder}/config.json", "w") as f:
-            json.dump(hf, f)
-        with open(f"{folder}/{weights}", "wb") as f:
-            f.write(data)
-        hf_model = getattr(transformers, family.detection_class).from_pretrained(
-            folder, trust_remote_code=False, local_files_only=True)
-    config = family_config(hf_model.config)
-    try:
-        check_window(config, contract, source)
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
-    return config, TransformersDetector(config, hf_model).state_dict(), contract
-
-
-def _load_family(source: str, config: FamilyConfig, state_dict: dict[str, torch.Tensor],
-                 contract: InputContract | None, num_classes: int | None, device: str | torch.device,
-                 overrides: dict[str, Any]) -> tuple[nn.Module, FamilyConfig]:
-    """A family's TransformersDetector with the checkpoint's weights; with another num_classes,
-    its class heads (the only weights whose shapes depend on it) are new."""
-    from .transformers_detector import TransformersDetector
-
-    if overrides.pop("masks", False):
-        raise CheckpointError(f"{source} is a {config.model_type} model: the mask head (--masks) is DETR's")
-    overrides.pop("stuff_classes", None)  # panoptic output is DETR's; a family detects stuff as boxes
-    drop_head = num_classes is not None and num_classes != config.num_classes
-    if drop_head:
-        log.warning("%s has %d classes, building %d: the class heads are re-initialised",
-                    source, config.num_classes, num_classes)
-        overrides = {**overrides, "num_labels": num_classes}
-    config = config.replace(**overrides) if overrides else config
-    model = TransformersDetector(config)
-    expected = model.state_dict()
-    mismatched = {k for k, v in state_dict.items() if k in expected and v.shape != expected[k].shape}
-    heads = mismatched if drop_head else set()  # the only weights whose shapes num_classes changes
-    missing = [k for k in expected if k not in state_dict and k not in heads]
-    unexpected = [k for k in state_dict if k not in expected]
-    if missing or unexpected or mismatched - heads:
-        raise CheckpointError(f"{source} does not match {config.describe()}: missing keys {missing[:10]}, unexpected "
-                              f"keys {unexpected[:10]}, shape mismatches {sorted(mismatched - heads)[:10]}")
-    model.load_state_dict({k: v for k, v in state_dict.items() if k not in heads}, strict=False)
-    model.contract = contract
-    return model.to(device).eval(), config
 
 
 def check_source(source: str) -> None:
