@@ -28,7 +28,8 @@ from model.families import FamilyConfig
 from model.interface import build_model as build_network
 from model.interface import preset_config, preset_contract
 from model import uri as uris
-from model.checkpoint import CHECKPOINT_FILE, safe_torch_load
+from model.checkpoint import CHECKPOINT_FILE
+from model.safe_load import safe_torch_load
 
 from ..coco import load_coco
 from ..evaluation import CocoScorer
