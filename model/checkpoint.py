@@ -339,10 +339,11 @@ def huggingface_to_reference(hf_state: dict[str, torch.Tensor]) -> dict[str, tor
     return packed
 
 
-def check_source(source: str) -> None:
+def check_source(source: str, masks: bool | None = None) -> None:
     """A cheap look at a checkpoint before a run starts (no weights read): it exists, is a file
-    or folder the loader reads, of a supported model type, and asks to run no code. One-line
-    errors (CheckpointError, FileNotFoundError)."""
+    or folder the loader reads, of a supported model type, and asks to run no code; a
+    transformers folder, that it can train with masks (True) or without (False) as asked.
+    One-line errors (CheckpointError, FileNotFoundError)."""
     kind = uris.file_type(source)
     if kind == pafs.FileType.NotFound:
         if HUB_ID.fullmatch(source):
@@ -363,3 +364,10 @@ def check_source(source: str) -> None:
     refuse_remote_code(hf, source)
     if hf.get("model_type") not in ("detr", *FAMILIES):
         raise CheckpointError(unsupported(hf.get("model_type"), f"{source}/config.json"))
+    segmentation = FAMILIES[hf["model_type"]].segmentation_class if hf["model_type"] in FAMILIES else None
+    if masks and hf["model_type"] in FAMILIES and segmentation is None:
+        raise CheckpointError(f"{source} is a {hf['model_type']} model, which has no mask head (--masks): "
+                              "instance masks are DETR's and rf_detr's")
+    if masks is False and segmentation in hf.get("architectures", ()):
+        raise CheckpointError(f"{source} is {segmentation}: train it with --masks (its mask terms need the "
+                              "annotations' segmentations)")

@@ -32,6 +32,11 @@ class Family:
     per_rank_terms: tuple[str, ...] = ()  # loss terms that are per-rank means, not sums over boxes
     top_k: int | None = None  # (query, class) pairs kept per image; None: the number of queries
     processor: str = "RTDetrImageProcessor"  # transformers' image processor of its folders
+    segmentation_class: str | None = None  # transformers' class for instance masks, where it has one
+    # transformers' loss already divides by the mean box count over ranks (an all-reduce of its own)
+    normalised_across_ranks: bool = False
+    # loss terms divided by the matches of all decoder layers together (DEIMv2's dense one-to-one)
+    union_terms: tuple[str, ...] = ()
 
 
 _DETR_STYLE = InputContract()  # shortest side 800, longest 1333, ImageNet mean/std, padded
@@ -41,12 +46,15 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("rt_detr", "RTDetrForObjectDetection", _RT_DETR_STYLE),
     Family("rt_detr_v2", "RTDetrV2ForObjectDetection", _RT_DETR_STYLE),
     Family("d_fine", "DFineForObjectDetection", _RT_DETR_STYLE, per_rank_terms=("loss_ddf",)),
-    Family("deimv2", "Deimv2ForObjectDetection", _RT_DETR_STYLE, per_rank_terms=("loss_ddf",)),
+    Family("deimv2", "Deimv2ForObjectDetection", _RT_DETR_STYLE, per_rank_terms=("loss_ddf",),
+           union_terms=("loss_bbox", "loss_giou", "loss_fgl")),
     Family("rf_detr", "RfDetrForObjectDetection",
            InputContract(min_size=560, max_size=560, fixed_size=(560, 560), antialias=False),
-           processor="RfDetrImageProcessor"),
+           processor="RfDetrImageProcessor", segmentation_class="RfDetrForInstanceSegmentation",
+           normalised_across_ranks=True),
     Family("lw_detr", "LwDetrForObjectDetection",
-           InputContract(min_size=640, max_size=640, fixed_size=(640, 640)), processor="DeformableDetrImageProcessor"),
+           InputContract(min_size=640, max_size=640, fixed_size=(640, 640)), processor="DeformableDetrImageProcessor",
+           normalised_across_ranks=True),
     Family("deformable_detr", "DeformableDetrForObjectDetection", _DETR_STYLE, top_k=100,
            processor="DeformableDetrImageProcessor"),
     Family("conditional_detr", "ConditionalDetrForObjectDetection", _DETR_STYLE, top_k=100,
@@ -63,14 +71,23 @@ def unsupported(model_type: Any, source: str) -> str:
 @dataclass(frozen=True)
 class FamilyConfig:
     """A transformers family's model: its model_type and transformers' config as a dict (what
-    config.json holds). Plays DetrConfig's part in checkpoints, actors and jobs."""
+    config.json holds), and whether it is the family's instance segmentation model (masks).
+    Plays DetrConfig's part in checkpoints, actors and jobs."""
 
     model_type: str
     hf: dict[str, Any] = field(default_factory=dict)
+    masks: bool = False
 
     def __post_init__(self) -> None:
         if self.model_type not in FAMILIES:
             raise ValueError(unsupported(self.model_type, "config"))
+        if self.masks and self.family.segmentation_class is None:
+            raise ValueError(f"{self.model_type} has no mask head; instance masks are DETR's and rf_detr's")
+
+    @property
+    def model_class(self) -> str:
+        """transformers' class of this model: the family's boxes, or its instance masks."""
+        return self.family.segmentation_class if self.masks else self.family.detection_class  # type: ignore[return-value]
 
     @property
     def family(self) -> Family:
@@ -92,25 +109,26 @@ class FamilyConfig:
         """Detections kept per image at most, as the family's authors keep them."""
         return self.family.top_k or self.num_queries
 
-    masks: ClassVar[bool] = False  # RF-DETR's instance segmentation is not wired into the jobs yet
     stuff_classes: ClassVar[tuple[int, ...]] = ()  # panoptic output is DETR's
 
-    def replace(self, **hf_changes: Any) -> "FamilyConfig":
+    def replace(self, masks: bool | None = None, **hf_changes: Any) -> "FamilyConfig":
+        """With other transformers config fields (and masks, where given)."""
         hf = {**self.hf, **hf_changes}
         if "num_labels" in hf_changes:  # transformers derives the label maps from it
             hf.pop("id2label", None)
             hf.pop("label2id", None)
-        return dataclasses.replace(self, hf=hf)
+        return dataclasses.replace(self, hf=hf, masks=self.masks if masks is None else masks)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"family": self.model_type, "hf": self.hf}
+        return {"family": self.model_type, "hf": self.hf, **({"masks": True} if self.masks else {})}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FamilyConfig":
-        return cls(d["family"], dict(d["hf"]))
+        return cls(d["family"], dict(d["hf"]), bool(d.get("masks", False)))
 
     def describe(self) -> str:
-        return f"{self.model_type} ({self.num_classes} classes, {self.num_queries} queries)"
+        masks = ", instance masks" if self.masks else ""
+        return f"{self.model_type} ({self.num_classes} classes, {self.num_queries} queries{masks})"
 
 
 def is_family_dict(d: dict[str, Any]) -> bool:

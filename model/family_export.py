@@ -46,6 +46,9 @@ class FamilyGraph(nn.Module):
 
 
 def check_exportable(config: FamilyConfig, contract: InputContract) -> None:
+    if config.masks:
+        raise ExportError(f"ONNX export of {config.model_type}'s instance segmentation model is not supported (its "
+                          "graph would have boxes only); --output FOLDER writes it as a transformers folder")
     if contract.fixed_size is None:
         raise ExportError(f"ONNX export of {config.model_type} is not supported: its images keep their aspect "
                           "(padded, with a mask), and transformers' code fixes the shapes at export; the fixed-size "

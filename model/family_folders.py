@@ -58,14 +58,16 @@ def read_family(source: str, hf: dict[str, Any]) -> tuple[FamilyConfig, dict[str
         safe_torch_load(data, uris.join(source, weights))
     import transformers
 
+    # An instance segmentation folder (RF-DETR's) says so in its architectures, as transformers writes them
+    masks = family.segmentation_class is not None and family.segmentation_class in hf.get("architectures", ())
     with tempfile.TemporaryDirectory() as folder:
         with open(f"{folder}/config.json", "w") as f:
             json.dump(hf, f)
         with open(f"{folder}/{weights}", "wb") as f:
             f.write(data)
-        hf_model = getattr(transformers, family.detection_class).from_pretrained(
-            folder, trust_remote_code=False, local_files_only=True)
-    config = family_config(hf_model.config)
+        hf_model = getattr(transformers, family.segmentation_class if masks else family.detection_class
+                           ).from_pretrained(folder, trust_remote_code=False, local_files_only=True)
+    config = family_config(hf_model.config, masks)
     try:
         check_window(config, contract, source)
     except ValueError as e:
@@ -77,9 +79,17 @@ def load_family(source: str, config: FamilyConfig, state_dict: dict[str, torch.T
                  contract: InputContract | None, num_classes: int | None, device: str | torch.device,
                  overrides: dict[str, Any]) -> tuple[nn.Module, FamilyConfig]:
     """A family's TransformersDetector with the checkpoint's weights; with another num_classes,
-    its class heads (the only weights whose shapes depend on it) are new."""
-    if overrides.pop("masks", False):
-        raise CheckpointError(f"{source} is a {config.model_type} model: the mask head (--masks) is DETR's")
+    its class heads (the only weights whose shapes depend on it) are new; with masks=True on a
+    box model, so is its mask head."""
+    new_mask_head = bool(overrides.pop("masks", False)) and not config.masks
+    if new_mask_head:
+        if config.family.segmentation_class is None:
+            raise CheckpointError(f"{source} is a {config.model_type} model, which has no mask head (--masks): "
+                                  "instance masks are DETR's and rf_detr's")
+        log.warning("%s is a box model: a new mask head is added to it", source)
+        # transformers' segmentation model holds the box model as its `model`
+        state_dict = {f"model.{k}": v for k, v in state_dict.items()}
+        config = config.replace(masks=True)
     overrides.pop("stuff_classes", None)  # panoptic output is DETR's; a family detects stuff as boxes
     drop_head = num_classes is not None and num_classes != config.num_classes
     if drop_head:
@@ -91,7 +101,8 @@ def load_family(source: str, config: FamilyConfig, state_dict: dict[str, torch.T
     expected = model.state_dict()
     mismatched = {k for k, v in state_dict.items() if k in expected and v.shape != expected[k].shape}
     heads = mismatched if drop_head else set()  # the only weights whose shapes num_classes changes
-    missing = [k for k in expected if k not in state_dict and k not in heads]
+    new = {k for k in expected if not k.startswith("model.model.")} if new_mask_head else set()
+    missing = [k for k in expected if k not in state_dict and k not in heads | new]
     unexpected = [k for k in state_dict if k not in expected]
     if missing or unexpected or mismatched - heads:
         raise CheckpointError(f"{source} does not match {config.describe()}: missing keys {missing[:10]}, unexpected "

@@ -13,7 +13,7 @@ since its denoising queries are made from the targets inside the model.
 from __future__ import annotations
 
 import copy
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -21,7 +21,12 @@ from torch import nn
 from .config import PRESETS, DetrConfig, get_config
 from .contract import InputContract
 from .families import FAMILY_PRESETS, FamilyConfig, is_family_dict
+from .mask_postprocess import image_masks, resized_masks
 from .postprocess import PostProcess, TopKPostProcess
+
+# A query's mask logits [k,h,w] -> its masks [k,H,W] uint8 at the original size, given the canvas
+# the batch was fed on, the image's size on it and its original size
+MaskRule = Callable[[torch.Tensor, tuple[int, int], tuple[int, int], tuple[int, int]], torch.Tensor]
 
 ModelConfig = DetrConfig | FamilyConfig
 
@@ -72,6 +77,12 @@ def postprocess_for(config: ModelConfig, score_threshold: float) -> PostProcess:
     if isinstance(config, FamilyConfig):
         return TopKPostProcess(score_threshold, top_k=config.top_k)
     return PostProcess(score_threshold, top_k=config.num_queries)
+
+
+def mask_rule_for(config: ModelConfig) -> MaskRule:
+    """DETR's mask head: the reference's rule (upsampled to the canvas, thresholded, cropped,
+    resized nearest); RF-DETR's: transformers' (upsampled to the original size, positive logits)."""
+    return resized_masks if isinstance(config, FamilyConfig) else image_masks
 
 
 def inference_copy(model: nn.Module) -> nn.Module:

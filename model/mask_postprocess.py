@@ -28,6 +28,18 @@ def image_masks(logits: torch.Tensor, padded: tuple[int, int], fed: tuple[int, i
     return F.interpolate(cropped[:, None].to(torch.uint8), size=original, mode="nearest")[:, 0]
 
 
+def resized_masks(logits: torch.Tensor, padded: tuple[int, int], fed: tuple[int, int], original: tuple[int, int]
+                  ) -> torch.Tensor:
+    """The descendants' rule (transformers' post_process_instance_segmentation, binary maps, for
+    RF-DETR): each query's mask logits [k,h,w], which cover the fixed-size input and so the whole
+    image, upsampled (bilinear) straight to the original size and kept where positive. uint8
+    [k,H,W]; padded and fed are image_masks' (no padding here: fed is the canvas)."""
+    if fed != padded:
+        raise ValueError(f"resized_masks takes unpadded inputs: fed {fed}, canvas {padded}")
+    masks = F.interpolate(logits[:, None].float(), size=original, mode="bilinear", align_corners=False)[:, 0]
+    return (masks > 0).to(torch.uint8)
+
+
 class PostProcessSegm(nn.Module):
     """Each query's mask at its image's original size (image_masks). results: PostProcess's, one
     dict per image, gains "masks" [Q,1,H,W] uint8."""

@@ -55,12 +55,14 @@ def processor(model_type: str, size: dict[str, int] | None = None) -> Any:
     return transformers.RTDetrImageProcessor(size=size, do_normalize=False)
 
 
-def hf_model(model_type: str, seed: int = 0, **changes: Any) -> torch.nn.Module:
+def hf_model(model_type: str, seed: int = 0, masks: bool = False, **changes: Any) -> torch.nn.Module:
+    """transformers' model of a tiny config (its instance segmentation model with masks)."""
     import transformers
 
     config = transformers.CONFIG_MAPPING[model_type](**{**tiny_config(model_type), **changes})
     torch.manual_seed(seed)
-    model = getattr(transformers, FAMILIES[model_type].detection_class)(config).eval()
+    family = FAMILIES[model_type]
+    model = getattr(transformers, family.segmentation_class if masks else family.detection_class)(config).eval()
     with torch.no_grad():  # transformers starts its linear layers at std 0.01, its class heads at zero with
         for name, parameter in model.named_parameters():  # constant biases, and some batch-norm scales near
             if parameter.dim() > 1:  # 0.01: every feature then equals its bias, and the encoder's scores
@@ -74,10 +76,11 @@ def hf_model(model_type: str, seed: int = 0, **changes: Any) -> torch.nn.Module:
     return model
 
 
-def family_folder(model_type: str, folder: Path, seed: int = 0, with_processor: bool = True) -> torch.nn.Module:
+def family_folder(model_type: str, folder: Path, seed: int = 0, with_processor: bool = True,
+                  masks: bool = False, **changes: Any) -> torch.nn.Module:
     """A random-weight folder as a user's would be (config.json, model.safetensors and
     preprocessor_config.json); returns transformers' model of it."""
-    model = hf_model(model_type, seed)
+    model = hf_model(model_type, seed, masks, **changes)
     model.save_pretrained(folder)
     if with_processor:
         processor(model_type).save_pretrained(folder)

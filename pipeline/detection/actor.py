@@ -24,8 +24,9 @@ import pyarrow as pa
 import torch
 
 from model import InputContract
-from model.interface import ModelConfig, build_model, config_from_dict, inference_copy, postprocess_for
-from model.mask_postprocess import PostProcessPanoptic, image_masks
+from model.interface import (ModelConfig, build_model, config_from_dict, inference_copy, mask_rule_for,
+                             postprocess_for)
+from model.mask_postprocess import PostProcessPanoptic
 from model.onnx_model import OnnxDetr
 from model.segmentation import DETRsegm
 
@@ -69,6 +70,7 @@ class Detector:
         self.mean = torch.tensor(contract.image_mean, device=device).view(3, 1, 1)
         self.std = torch.tensor(contract.image_std, device=device).view(3, 1, 1)
         self.postprocess = postprocess_for(config, score_threshold)
+        self.mask_rule = mask_rule_for(config)
         self.model_id, self.batch_size = model_id, batch_size
         self.decoder = ThreadPoolExecutor(1)  # decodes batch k+1 while the model runs batch k
 
@@ -198,7 +200,7 @@ class Detector:
         that a large photo's masks are never all held at full size."""
         fed = self.contract.resized_size(*size)
         return [rle for start in range(0, len(logits), MASK_CHUNK)
-                for rle in encode(image_masks(logits[start:start + MASK_CHUNK], canvas, fed, size).cpu().numpy())]
+                for rle in encode(self.mask_rule(logits[start:start + MASK_CHUNK], canvas, fed, size).cpu().numpy())]
 
 
 def to_numpy(found: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -142,9 +142,10 @@ def build_model(cfg: TrainConfig, num_classes: int, stuff_classes: tuple[int, ..
     overrides = {**cfg.model_overrides, "stuff_classes": stuff_classes, **({"masks": True} if cfg.masks else {})}
     if cfg.init:
         model, _ = load_checkpoint(cfg.init, num_classes=num_classes, **overrides)
-    elif preset_contract(cfg.preset) is not None:
-        if cfg.masks:
-            raise ValueError(f"{cfg.preset}: the mask head is DETR's (train a detr-* preset with --masks)")
+        if isinstance(model.config, FamilyConfig) and model.config.masks and not cfg.masks:
+            raise ValueError(f"{cfg.init} has a mask head: train it with --masks (its mask terms need the "
+                             "annotations' segmentations)")
+    elif preset_contract(cfg.preset) is not None:  # (--masks refused before the run: run.check_initialisation)
         model = build_network(preset_config(cfg.preset, num_classes, **cfg.model_overrides))
         model.contract = preset_contract(cfg.preset)
     else:

@@ -15,6 +15,7 @@ import ray.train.torch
 from model import DetrConfig
 from model import uri as uris
 from model.checkpoint import CHECKPOINT_FILE, check_source
+from model.families import FamilyConfig
 from model.interface import preset_config
 
 from ..cluster import init_ray, wait_for
@@ -81,8 +82,11 @@ def check_initialisation(cfg: TrainConfig) -> None:
     statistics): refuse to start one from random weights unless asked to. With --mlflow, MLflow's
     client is installed."""
     if cfg.init:
-        check_source(cfg.init)  # there, of a supported model type, asking to run no code
+        check_source(cfg.init, cfg.masks)  # there, of a supported model type, asking to run no code
     preset = preset_config(cfg.preset, **cfg.model_overrides)  # a ValueError naming what does not fit
+    if cfg.masks and not cfg.init and isinstance(preset, FamilyConfig):
+        raise ValueError(f"--masks: {cfg.preset} has no mask head (train a detr-* preset, or an rf_detr folder "
+                         "given with --init, with --masks)")
     if cfg.mlflow:
         tracking.client(cfg.mlflow)  # installed, or a line that says how to install it
     if cfg.freeze_detr and not (cfg.masks and cfg.init):

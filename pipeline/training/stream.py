@@ -122,8 +122,9 @@ def collate(
     contract: InputContract | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]]:
     """Normalise and zero-pad a numpy batch: images [B,3,H,W], mask [B,H,W], targets (with
-    "masks" [n,H,W] at each image's size when the batch has masks). With a fixed-size contract
-    each augmented image is resized to it as detection resizes (the boxes are relative)."""
+    "masks" [n,H,W] at each augmented image's size when the batch has masks). With a fixed-size
+    contract each augmented image is resized to it as detection resizes (the boxes are relative;
+    the masks stay at the image's size, which RF-DETR's mask terms sample at relative points)."""
     pixels = [torch.from_numpy(np.array(img)).to(device) for img in batch["image"]]
     if contract is not None and contract.fixed_size is not None:
         images = [F.normalize(contract.resize(p, contract.fixed_size), mean, std) for p in pixels]
@@ -136,8 +137,8 @@ def collate(
         }
         for boxes, labels in zip(batch["boxes"], batch["labels"])
     ]
-    if "masks" in batch:
-        for target, packed, image in zip(targets, batch["masks"], images):
+    if "masks" in batch:  # at the augmented image's size, before any fixed-size resize
+        for target, packed, image in zip(targets, batch["masks"], pixels):
             shape = (len(target["labels"]), *image.shape[-2:])
             bits = np.unpackbits(np.asarray(packed, np.uint8), count=int(np.prod(shape)))
             target["masks"] = torch.from_numpy(bits.reshape(shape)).to(device)

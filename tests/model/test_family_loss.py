@@ -1,10 +1,14 @@
-"""A family's loss normalised across data-parallel ranks: 2 ranks x batch b give the gradients of
-1 rank x 2b (what DistributedDataParallel averages), where transformers alone does not.
+"""Every listed family's loss normalised across data-parallel ranks: 2 ranks x batch b give the
+gradients of 1 rank x 2b (what DistributedDataParallel averages), where transformers alone does
+not (RT-DETR, D-FINE, DEIMv2, Deformable and Conditional DETR divide by each rank's own box count;
+LW-DETR and RF-DETR reduce it themselves, and are left as they are).
 
 Two terms of such a loss depend on the batch by design and are set aside here: denoising groups
 (their number is num_denoising // the batch's largest box count) and batch-norm statistics (per
-rank; training converts to SyncBatchNorm on GPUs). D-FINE's DDF term is a per-rank mean, as in its
-authors' code (Family.per_rank_terms), so its weight is 0 in this comparison.
+rank; training converts to SyncBatchNorm on GPUs). D-FINE's and DEIMv2's DDF term is a per-rank
+mean, as in their authors' code (Family.per_rank_terms), so its weight is 0 in this comparison.
+RF-DETR's mask terms sample random points, so ranks and one device see other points: its box
+model is what is compared.
 """
 from __future__ import annotations
 
@@ -17,10 +21,16 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from model.families import FamilyConfig
-from model.interface import build_model, preset_config
+from model.families import FAMILIES, FamilyConfig
+from model.interface import build_model
+from tests.families import tiny_config
 
-CASES = {"rt_detr_v2": ("rtdetr-tiny", {}), "d_fine": ("dfine-tiny", {"weight_loss_ddf": 0.0})}
+NO_DENOISING = {"num_denoising": 0}
+NO_DROPOUT = {"dropout": 0.0}  # random per process: one device and two ranks would drop other units
+CASES = {"rt_detr": NO_DENOISING, "rt_detr_v2": NO_DENOISING, "d_fine": {**NO_DENOISING, "weight_loss_ddf": 0.0},
+         "deimv2": {**NO_DENOISING, "weight_loss_ddf": 0.0}, "rf_detr": NO_DROPOUT, "lw_detr": {},
+         "deformable_detr": NO_DROPOUT, "conditional_detr": NO_DROPOUT}
+assert CASES.keys() == FAMILIES.keys()
 # 4 images whose box counts differ between the ranks' halves (2 + 1 against 4 + 3), so that
 # normalising by each rank's own count gives other gradients than normalising by the mean
 BOXES = [2, 1, 4, 3]
@@ -38,11 +48,8 @@ def _batch() -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
 
 
 def _model(model_type: str) -> torch.nn.Module:
-    preset, changes = CASES[model_type]
-    config = preset_config(preset, 4)
-    assert isinstance(config, FamilyConfig)
     torch.manual_seed(0)
-    model = build_model(config.replace(num_denoising=0, **changes)).train()
+    model = build_model(FamilyConfig(model_type, {**tiny_config(model_type, 4), **CASES[model_type]})).train()
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.eval()
@@ -109,7 +116,7 @@ def test_without_normalisation_the_gradients_differ(two_ranks, monkeypatch):
 
     one = gradients("rt_detr_v2", slice(None))
     half = len(BOXES) // 2
-    monkeypatch.setattr(transformers_detector, "box_share", lambda boxes, device: 1.0)
+    monkeypatch.setattr(transformers_detector, "box_shares", lambda counts, device: [1.0] * len(counts))
     local = [gradients("rt_detr_v2", slice(r * half, (r + 1) * half)) for r in range(2)]
     worst = max(_relative(one[n], (local[0][n] + local[1][n]) / 2) for n in one)
     assert worst > 1e-2
