@@ -2,16 +2,10 @@
 
 Both train the same model (same preset, loss, batch size, torch threads) on the same
 synthetic set for the same epochs, timed over every epoch but the first (warm-up). The
-plain loop always runs over samples decoded and augmented beforehand. The worker's input
-is one of two (--ingest):
-- streamed (default): the worker streams its data through Ray Data, reading, decoding and
-  augmenting as it trains, as `jobs/train.py` does; the plain loop gets a fresh augmentation
-  per epoch, as the worker does. The ratio prices Ray Train plus streaming ingest.
-- pre-decoded: the worker gets the plain loop's samples, augmented once and materialised in
-  Ray's object store, so both loops train on the same pre-decoded samples (each shuffled
-  into batches afresh per epoch). The ratio prices Ray Train itself: the worker process,
-  its data shard, and Ray's daemons beside it.
-The worker times its epochs without the end-of-epoch report and checkpoint.
+plain loop runs over samples decoded and augmented beforehand, a fresh augmentation per
+epoch as the worker's; the worker streams its data through Ray Data, reading, decoding and
+augmenting as it trains, as `jobs/train.py` does. The ratio prices Ray Train plus streaming
+ingest. The worker times its epochs without the end-of-epoch report and checkpoint.
 
 Machines drift (a shared 2-core VM by 10-15% from one minute to the next), so the runs
 alternate: plain, Ray, plain, Ray, ..., plain; each Ray run is divided by the mean of the
@@ -25,7 +19,7 @@ tasks run on the one left. With --threads 1 on a 2-core machine those tasks have
 their own, as on a GPU node or a machine with cores to spare; with --threads 2 they compete
 with the training step for the same two cores.
 
-    python -m bench.train_overhead [--ingest streamed|pre-decoded] [--images 480] [--epochs 3]
+    python -m bench.train_overhead [--images 480] [--epochs 3]
         [--rounds 3] [--batch-size 4] [--threads 1]
 """
 from __future__ import annotations
@@ -33,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import random
 import statistics
@@ -88,15 +81,10 @@ def plain_loop(cfg: TrainConfig, epochs: list[list[dict]], num_classes: int) -> 
     return seen / seconds, 1000 * cpu_seconds / seen
 
 
-def ray_worker(cfg: TrainConfig, samples: list[dict] | None) -> tuple[float, float]:
+def ray_worker(cfg: TrainConfig) -> tuple[float, float]:
     """Images/s and CPU ms per image of the training thread, from the epochs the worker
-    reported (its own timing, reporting excluded). With samples, the worker trains on them
-    (materialised in the object store) instead of streaming its own."""
-    datasets = None
-    if samples is not None:
-        blocks = math.ceil(len(samples) / 32)  # as sample_stream's
-        datasets = {"train": ray.data.from_items(samples, override_num_blocks=blocks).materialize()}
-    result, _ = fit(cfg, datasets)
+    reported (its own timing, reporting excluded)."""
+    result, _ = fit(cfg)
     epochs = result.metrics_dataframe.sort_values("epoch").iloc[1:]
     images = float((epochs["images_per_s"] * epochs["epoch_seconds"]).sum())
     return images / epochs["epoch_seconds"].sum(), 1000 * epochs["cpu_seconds"].sum() / images
@@ -104,8 +92,6 @@ def ray_worker(cfg: TrainConfig, samples: list[dict] | None) -> tuple[float, flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ingest", choices=("streamed", "pre-decoded"), default="streamed",
-                        help="the worker's input: its own Ray Data stream, or the plain loop's samples")
     parser.add_argument("--images", type=int, default=480)
     parser.add_argument("--epochs", type=int, default=3, help="the first is warm-up, not timed")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -125,13 +111,12 @@ def main() -> None:
                           augment_scale=0.25, model_overrides={"num_queries": 20})
         dataset = load_coco(cfg.annotations, cfg.images)
         records = records_of(dataset)
-        shared = _samples(cfg, records) if args.ingest == "pre-decoded" else None
         torch.set_num_threads(args.threads)
         plain, plain_cpu, workers, workers_cpu, ratios = [], [], [], [], []
 
         def run_plain() -> None:
-            # prepared untimed: the worker's samples, or a fresh augmentation per epoch as the stream gives
-            epochs = [_batches(shared or _samples(cfg, records), cfg.batch_size, seed=e) for e in range(cfg.epochs)]
+            # prepared untimed: a fresh augmentation per epoch, as the stream gives
+            epochs = [_batches(_samples(cfg, records), cfg.batch_size, seed=e) for e in range(cfg.epochs)]
             speed, cpu = plain_loop(cfg, epochs, dataset.num_classes)
             plain.append(speed)
             plain_cpu.append(cpu)
@@ -140,15 +125,15 @@ def main() -> None:
         run_plain()
         for round_ in range(args.rounds):
             ray.init(num_cpus=args.threads + 1, include_dashboard=False)
-            speed, cpu = ray_worker(dataclasses.replace(cfg, name=f"overhead{round_}"), shared)
+            speed, cpu = ray_worker(dataclasses.replace(cfg, name=f"overhead{round_}"))
             ray.shutdown()
             workers.append(speed)
             workers_cpu.append(cpu)
-            print(f"Ray Train worker ({args.ingest} ingest): {speed:.2f} images/s, {cpu:.1f} CPU ms/image",
+            print(f"Ray Train worker (streamed ingest): {speed:.2f} images/s, {cpu:.1f} CPU ms/image",
                   flush=True)
             run_plain()
             ratios.append(workers[-1] / statistics.mean(plain[-2:]))  # the plain runs either side
-    print(json.dumps({"ingest": args.ingest, "ratio": statistics.median(ratios), "ratios": ratios,
+    print(json.dumps({"ratio": statistics.median(ratios), "ratios": ratios,
                       "ray_train_images_per_s": workers, "plain_images_per_s": plain,
                       "ray_train_cpu_ms_per_image": workers_cpu, "plain_cpu_ms_per_image": plain_cpu,
                       "threads": args.threads, "batch_size": args.batch_size, "images": args.images}))

@@ -16,7 +16,7 @@ class LoopInputs:
     config: TrainConfig
     num_classes: int
     train_images: int
-    train_records: Any  # object ref of the training records, or None: a prepared dataset replaces them
+    train_records: Any  # object ref of the training records
     val_records: Any  # object ref of the validation records, or None: no validation
     run_folder: str  # RUN: its progress files, TensorBoard events and curves (watch.py)
     best_checkpoint: str  # RUN/best/checkpoint.pt: the checkpoint with the best validation AP so far

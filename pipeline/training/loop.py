@@ -37,7 +37,7 @@ from ..progress import StepProgress
 from .config import TrainConfig
 from .entry import LoopInputs
 from .step import param_groups, train_step
-from .stream import collate, epoch_order, sample_stream, shuffle_buffer, worker_share
+from .stream import collate, epoch_order, sample_stream, worker_share
 from .validation import validate
 from .watch import RunLog
 
@@ -84,7 +84,7 @@ def run_loop(inputs: LoopInputs) -> None:
     """Runs on every Ray Train worker (entry.train_loop)."""
     cfg = inputs.config
     worker = start_worker(inputs)
-    records = ray.get(inputs.train_records) if inputs.train_records is not None else None
+    records = ray.get(inputs.train_records)
     val_records = ray.get(inputs.val_records) if inputs.val_records is not None else None
     scorer = (CocoScorer(load_coco(cfg.val_annotations, cfg.val_images, check_files=False).raw, cfg.eval_backend)
               if val_records is not None and worker.rank == 0 else None)
@@ -170,14 +170,10 @@ def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler)
     return state
 
 
-def epoch_batches(cfg: TrainConfig, records: list[dict[str, Any]] | None, epoch: int, rank: int,
+def epoch_batches(cfg: TrainConfig, records: list[dict[str, Any]], epoch: int, rank: int,
                   world_size: int) -> Iterable[dict[str, Any]]:
     """The worker's training batches of an epoch: its share of the epoch's permutation,
-    streamed through Ray Data; or, for a prepared dataset given to fit, its shard of that."""
-    if records is None:
-        return ray.train.get_dataset_shard("train").iter_batches(
-            batch_size=cfg.batch_size, batch_format="numpy", prefetch_batches=2,
-            local_shuffle_buffer_size=shuffle_buffer(cfg.batch_size))
+    streamed through Ray Data (read, decoded and augmented as it trains)."""
     share = worker_share(epoch_order(len(records), cfg.seed, epoch), rank, world_size)
     stream = sample_stream([records[i] for i in share], cfg.augment, num_cpus=cfg.data_cpus)
     return stream.iter_batches(batch_size=cfg.batch_size, batch_format="numpy", prefetch_batches=2)

@@ -65,14 +65,13 @@ def run_config(cfg: TrainConfig) -> ray.train.RunConfig:
     )
 
 
-def loop_inputs(cfg: TrainConfig, train_set: CocoDataset, prepared: bool,
-                mlflow: tracking.MlflowLog | None) -> LoopInputs:
+def loop_inputs(cfg: TrainConfig, train_set: CocoDataset, mlflow: tracking.MlflowLog | None) -> LoopInputs:
     """What every worker gets: the config, and the annotation records in the object store (the
-    training ones unless a prepared dataset replaces them, and the validation ones)."""
+    training ones and the validation ones)."""
     val_records = (ray.put(records_of(load_coco(cfg.val_annotations, cfg.val_images)))
                    if cfg.val_annotations else None)
     return LoopInputs(cfg, train_set.num_classes, len(train_set.images),
-                      None if prepared else ray.put(records_of(train_set, cfg.masks)), val_records,
+                      ray.put(records_of(train_set, cfg.masks)), val_records,
                       run_folder(cfg), best_uri(cfg), mlflow, train_set.stuff_classes)
 
 
@@ -134,14 +133,11 @@ def check_fit(cfg: TrainConfig) -> None:
              "--resource-wait SECONDS for an autoscaler to add nodes")
 
 
-def fit(
-    cfg: TrainConfig, datasets: dict[str, ray.data.Dataset] | None = None
-) -> tuple[ray.train.Result, CocoDataset]:
+def fit(cfg: TrainConfig) -> tuple[ray.train.Result, CocoDataset]:
     """Check the run and its data, then train on the Ray cluster (joined, or started here once
     the inputs are known to be good). Returns Ray's Result (its metrics_dataframe: one row per
-    kept checkpoint, i.e. per epoch) and the training set. `datasets` ({"train": samples})
-    replaces the workers' per-epoch streams, e.g. with samples decoded once and materialised
-    (split between the workers by Ray Train). Relative paths are the caller's (resolved())."""
+    kept checkpoint, i.e. per epoch) and the training set. Relative paths are the caller's
+    (resolved())."""
     cfg = cfg.resolved()
     if cfg.val_annotations and not cfg.val_images:
         raise ValueError("--val-annotations needs --val-images")
@@ -156,14 +152,12 @@ def fit(
               if cfg.mlflow else None)
     trainer = ray.train.torch.TorchTrainer(
         train_loop,
-        train_loop_config={"inputs": loop_inputs(cfg, train_set, bool(datasets), mlflow)},
+        train_loop_config={"inputs": loop_inputs(cfg, train_set, mlflow)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker},
             placement_strategy=cfg.placement,
         ),
         run_config=run_config(cfg),
-        datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]) if datasets else None,
     )
     try:
         result = trainer.fit()

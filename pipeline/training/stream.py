@@ -112,11 +112,6 @@ def sample_stream(records: list[dict[str, Any]], augment: AugmentConfig, num_cpu
     )
 
 
-def shuffle_buffer(batch_size: int) -> int:
-    """Samples mixed across neighbouring blocks by the consumer of a prepared dataset."""
-    return 8 * batch_size
-
-
 def collate(
     batch: dict[str, Any], device: torch.device, mean: tuple[float, ...], std: tuple[float, ...],
     contract: InputContract | None = None,

@@ -4,7 +4,6 @@ checkpoints of them round-trip, and bad folders stop in one line."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -19,9 +19,7 @@ import torch
 
 from model import load_checkpoint
 from model.checkpoint import safe_torch_load
-from pipeline.coco import load_coco
-from pipeline.training import TrainConfig, check_initialisation, fit, records_of, run_training
-from pipeline.training.stream import sample_stream
+from pipeline.training import TrainConfig, check_initialisation, run_training
 from tests import REPO
 from tests.local_cluster import STATE_API, job_env
 from tests.pipeline.training import small_run, tensorboard_scalars
@@ -105,17 +103,6 @@ def test_two_workers_step_count_validation_retention_and_what_a_watcher_sees(ray
     assert [m.step for m in mlflow.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3, 4, 5, 6]
     assert [m.value for m in mlflow.get_metric_history(run.info.run_id, "val/AP")] == pytest.approx(ap)
     assert [a.path for a in mlflow.list_artifacts(run.info.run_id, "best")] == ["best/checkpoint.pt"]
-
-
-def test_fit_trains_on_the_datasets_it_is_given(ray_cluster, tiny_shapes, tmp_path):
-    """A prepared dataset (here 8 of the 16 samples, decoded once and materialised) replaces
-    the stream fit would build from the annotations."""
-    cfg = small_run(tiny_shapes, tmp_path, "prepared")
-    samples = sample_stream(records_of(load_coco(cfg.annotations, cfg.images)), cfg.augment).limit(8)
-    samples = samples.materialize()
-    result, train_set = fit(cfg, {"train": samples})
-    assert train_set.num_classes == 12  # the model's classes still come from the annotations
-    assert result.metrics["steps"] == 8 // cfg.batch_size  # not 16 // 4: the stream was not built
 
 
 def test_fine_tune_then_resume_at_the_next_epoch(ray_cluster, small_fixture, tiny_shapes, tmp_path):
