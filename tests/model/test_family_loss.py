@@ -25,6 +25,8 @@ from model.families import FAMILIES, FamilyConfig
 from model.interface import build_model
 from tests.families import tiny_config
 
+# One test process computes the two ranks' gradients once (tests/conftest.py: xdist groups)
+pytestmark = pytest.mark.xdist_group("family_loss")
 NO_DENOISING = {"num_denoising": 0}
 NO_DROPOUT = {"dropout": 0.0}  # random per process: one device and two ranks would drop other units
 CASES = {"rt_detr": NO_DENOISING, "rt_detr_v2": NO_DENOISING, "d_fine": {**NO_DENOISING, "weight_loss_ddf": 0.0},
