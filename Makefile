@@ -6,9 +6,11 @@ DEMO_OUT ?= demo-output
 # The token of the Ray clusters you start (`make head`, `ray up cluster.yaml`): made once, kept
 # out of the repository, readable by you alone. Clients send it from RAY_AUTH_TOKEN_PATH.
 RAY_AUTH_TOKEN_PATH ?= $(HOME)/.config/detr-ray/auth_token
+HEAD_PORT ?= 6379
+DASHBOARD_PORT ?= 8265
 HEAD_ARGS ?=
 
-.PHONY: demo test bench bench-gpu install clean token head
+.PHONY: demo test bench bench-gpu install clean token head stop-head
 
 install: $(STAMP)
 
@@ -37,10 +39,15 @@ token:
 	@echo "token: $(RAY_AUTH_TOKEN_PATH)"
 
 # A Ray head on this machine, from the project's environment (so a submitted job's `python` is
-# the project's), with token authentication and its dashboard / job API on 127.0.0.1:8265.
+# the project's), with token authentication and its dashboard / job API on 127.0.0.1:$(DASHBOARD_PORT);
+# recorded, so that `make stop-head` stops it and no other Ray (pipeline/cluster/head.py).
+# HEAD_ARGS: more `ray start` arguments (e.g. --num-cpus=4).
 head: $(STAMP) token
-	PATH=$(abspath $(VENV))/bin:$$PATH RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$(RAY_AUTH_TOKEN_PATH) \
-		$(VENV)/bin/ray start --head --dashboard-host=127.0.0.1 $(HEAD_ARGS)
+	RAY_AUTH_TOKEN_PATH=$(RAY_AUTH_TOKEN_PATH) $(VENV)/bin/python -m pipeline.cluster.head start \
+		--port $(HEAD_PORT) --dashboard-port $(DASHBOARD_PORT) -- $(HEAD_ARGS)
+
+stop-head:
+	$(VENV)/bin/python -m pipeline.cluster.head stop --port $(HEAD_PORT)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) *.egg-info

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ray  # noqa: E402
 
-from pipeline.cluster import init_ray  # noqa: E402
+from pipeline.cluster import RAY_HELP, init_ray  # noqa: E402
 from pipeline.detection import DetectConfig, run_detection  # noqa: E402
 from pipeline.evaluation import score_files  # noqa: E402
 from pipeline.progress import duration  # noqa: E402
@@ -46,6 +46,7 @@ def main() -> None:
                         help="the checkpoint that detects: the shipped detr-tiny, or the one trained here")
     parser.add_argument("--pictures", type=int, default=4, help="validation images drawn with detections")
     parser.add_argument("--picture-score", type=float, default=0.5, help="boxes drawn score at least this")
+    parser.add_argument("--ray", metavar="local|head|HOST:PORT", help=RAY_HELP)
     args = parser.parse_args()
     started = time.time()
     out = os.path.abspath(args.out)
@@ -56,7 +57,7 @@ def main() -> None:
                           config=SyntheticConfig(min_side=96, max_side=192, max_objects=4))
     print(f"synthetic data: {args.train} train / {args.val} val images under {data['out']}", flush=True)
 
-    init_ray()
+    init_ray(args.ray)
     training = run_training(TrainConfig(
         annotations=data["train_annotations"], images=data["train_images"],
         val_annotations=data["val_annotations"], val_images=data["val_images"],

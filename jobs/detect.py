@@ -22,6 +22,7 @@ import ray  # noqa: E402
 
 from pipeline.detection import DetectConfig, run_detection  # noqa: E402
 from pipeline.paths import absolute  # noqa: E402
+from pipeline.cluster import RAY_HELP, use_ray  # noqa: E402
 from pipeline.progress import detection_headline  # noqa: E402
 from pipeline.render import render_predictions  # noqa: E402
 
@@ -64,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[DetectConfig, argparse.Na
                         "(default: 600 with GPU actors, else 0: stop at once with what is short)")
     p.add_argument("--overwrite", action="store_true", help="delete the output's part files and start fresh")
     p.add_argument("--render", nargs=2, metavar=("K", "DIR"), help="also draw K images with their boxes into DIR")
+    p.add_argument("--ray", metavar="local|head|HOST:PORT", help=RAY_HELP)
     args = p.parse_args(argv)
     actors = tuple(int(v) for v in args.actors.split(",")) if args.actors else None
     if actors is not None and (len(actors) != 2 or not 1 <= actors[0] <= actors[1]):
@@ -86,6 +88,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[DetectConfig, argparse.Na
 
 def main(argv: list[str] | None = None) -> None:
     config, args = parse_args(argv)
+    use_ray(args.ray)
     try:
         summary = run_detection(config)
     except (ValueError, RuntimeError, OSError, ImportError) as e:  # bad input, a cluster too small, no onnxruntime

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import ray  # noqa: E402
 
+from pipeline.cluster import RAY_HELP, use_ray  # noqa: E402
 from pipeline.evaluation import BACKENDS, ReevaluateConfig, max_dets_arg, reevaluate  # noqa: E402
 from pipeline.progress import reevaluation_headline  # noqa: E402
 
@@ -61,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
                    "classes, kept in the history")
     p.add_argument("--panoptic-folder", help="its PNGs (default: the JSON's path without .json)")
     p.add_argument("--every", type=duration_seconds, help="keep running, once per DURATION (30m, 6h, 1d)")
+    p.add_argument("--ray", metavar="local|head|HOST:PORT", help=RAY_HELP)
     args = p.parse_args(argv)
+    use_ray(args.ray)
     config = ReevaluateConfig(
         checkpoints=args.checkpoints, images=args.images, annotations=args.annotations, history=args.history,
         score_threshold=args.score_threshold, min_size=args.min_size, max_size=args.max_size,

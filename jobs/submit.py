@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.submit import SubmitError, submit  # noqa: E402
+from pipeline.cluster.submit import SubmitError, submit  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,11 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     if not entrypoint:
         p.error("give the job's command after --, e.g. -- python jobs/train.py ...")
     try:
-        job_id, status = submit(args.address, entrypoint, args.working_dir, wait=not args.no_wait)
+        job_id, status, message = submit(args.address, entrypoint, args.working_dir, wait=not args.no_wait)
     except SubmitError as e:
         sys.exit(f"submit: {e}")
-    print(f"job {job_id}: {status}", file=sys.stderr)
-    return 0 if args.no_wait or status == "SUCCEEDED" else 1
+    ended = args.no_wait or status == "SUCCEEDED"
+    print(f"job {job_id}: {status}" + (f": {message}" if message and not ended else ""), file=sys.stderr)
+    return 0 if ended else 1
 
 
 if __name__ == "__main__":

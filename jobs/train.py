@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import ray  # noqa: E402
 
-from pipeline.cluster import ClusterTooSmall  # noqa: E402
+from pipeline.cluster import RAY_HELP, ClusterTooSmall, use_ray  # noqa: E402
 from pipeline.evaluation import BACKENDS  # noqa: E402
 from pipeline.progress import dry_run_headline, training_headline  # noqa: E402
 from pipeline.training import (PAPER_RECIPE, RECIPES, TrainConfig, dry_run,  # noqa: E402
@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check the annotations, a sample of the image files, the model, storage and resources; "
                         "print a JSON summary and exit (0 when the run could start) without training")
     p.add_argument("--check-all-files", action="store_true", help="with --dry-run: check every image file")
+    p.add_argument("--ray", metavar="local|head|HOST:PORT", help=RAY_HELP)
     return p
 
 
@@ -117,6 +118,7 @@ def config_from(a: argparse.Namespace) -> TrainConfig:
 
 def main() -> None:
     args = build_parser().parse_args()
+    use_ray(args.ray)
     try:
         config = config_from(args).resolved()  # relative paths: against the folder the job started from
     except ValueError as e:

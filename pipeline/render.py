@@ -67,6 +67,8 @@ def draw(image: torch.Tensor, boxes: torch.Tensor, labels: list[str], colours: l
             masks = TF.resize(masks.to(torch.uint8), size, interpolation=TF.InterpolationMode.NEAREST).bool()
     if masks is not None and len(masks):
         image = draw_segmentation_masks(image, masks, alpha=0.45, colors=colours)
+    if not len(boxes):  # nothing to draw (torchvision would warn that there is nothing)
+        return image
     return draw_bounding_boxes(image, boxes, labels=labels, colors=colours, width=2, font=_font(),
                                font_size=FONT_SIZE, label_colors="black", fill_labels=True)
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,8 @@ import pytest
 from model import load_checkpoint
 
 from tests import REPO
-from tests.local_cluster import STATE_API, dashboard_env, free_port
+from tests.corpus import write_pictures
+from tests.local_cluster import STATE_API, free_port
 
 pytestmark = pytest.mark.own_ray
 VENV_BIN = Path(sys.executable).parent
@@ -34,43 +32,39 @@ def _plain_env() -> dict:
     return env
 
 
+def start_head(folder: Path, token: Path) -> dict:
+    """`make head` with a token of its own and free ports (the suite's own Ray holds the default
+    ones), recorded under `folder`; returns its record (pipeline/cluster/head.py)."""
+    port, dashboard = free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    head_args = f"--node-ip-address=127.0.0.1 --num-cpus=4 --temp-dir={temp_dir}"
+    proc = _run(["make", "head", f"RAY_AUTH_TOKEN_PATH={token}", f"HEAD_PORT={port}", f"DASHBOARD_PORT={dashboard}",
+                 f"HEAD_ARGS={head_args}"], dict(_plain_env(), DETR_RAY_HEADS=str(folder)), timeout=180)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "`make stop-head HEAD_PORT=" in proc.stdout
+    return {**json.loads((folder / f"{port}.json").read_text()), "temp_dir": temp_dir}
+
+
+def stop_head(folder: Path, head: dict) -> subprocess.CompletedProcess:
+    proc = _run(["make", "stop-head", f"HEAD_PORT={head['port']}"], dict(_plain_env(), DETR_RAY_HEADS=str(folder)),
+                timeout=120)
+    subprocess.run(["rm", "-rf", head["temp_dir"]])
+    return proc
+
+
 @pytest.fixture(scope="module")
 def token_head(tmp_path_factory):
-    """`make head` with a token of its own and free ports (the suite's own Ray holds the
-    default ones); SIGTERM to its process group stops this cluster only. Yields (address, token file)."""
+    """A head as `make head` starts it, stopped by `make stop-head`. Yields (job API address,
+    token file, its record, the records' folder)."""
     folder = tmp_path_factory.mktemp("head")
     token = folder / "auth_token"
-    dashboard = free_port()
-    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
-    head_args = (f"--block --node-ip-address=127.0.0.1 --port={free_port()} --dashboard-port={dashboard}"
-                 f" --dashboard-agent-listen-port={free_port()} --dashboard-agent-grpc-port={free_port()}"
-                 f" --runtime-env-agent-port={free_port()} --metrics-export-port={free_port()} --num-cpus=4"
-                 f" --temp-dir={temp_dir}")
-    head = subprocess.Popen(["make", "head", f"RAY_AUTH_TOKEN_PATH={token}", f"HEAD_ARGS={head_args}"],
-                            cwd=REPO, env=dict(_plain_env(), **dashboard_env(dashboard)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    address = f"http://127.0.0.1:{dashboard}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{address}/api/version", timeout=2)
-            break
-        except urllib.error.HTTPError:  # it answers: authentication refused the anonymous request
-            break
-        except Exception:
-            assert head.poll() is None and time.time() < deadline, "Ray head did not start"
-            time.sleep(1)
+    token.write_text(os.urandom(32).hex())
+    head = start_head(folder / "records", token)
     try:
-        yield address, token
+        yield head["dashboard"], token, head, folder / "records"
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-        time.sleep(2)  # `ray start --block` stops its processes; any left are found by their temp dir
-        subprocess.run(["pkill", "-9", "-f", temp_dir])
-        subprocess.run(["rm", "-rf", temp_dir])
+        stopped = stop_head(folder / "records", head)
+        assert stopped.returncode == 0, stopped.stderr
 
 
 def _run(args: list[str], env: dict, timeout: int = 900, cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -92,7 +86,7 @@ def _anonymous() -> dict:
 def test_train_job_submitted_as_the_readme_says(token_head, tiny_shapes, tmp_path):
     """Relative paths, as the README writes them, mean the folder the job was submitted from: the
     run, its best checkpoint and progress files land there, not in Ray's copy of the working dir."""
-    address, token = token_head
+    address, token, _, _ = token_head
 
     def relative(key: str) -> str:
         return os.path.relpath(tiny_shapes[key], tmp_path)
@@ -121,7 +115,7 @@ def test_train_job_submitted_as_the_readme_says(token_head, tiny_shapes, tmp_pat
 
 
 def test_plain_ray_job_submit_needs_the_token_and_runs_the_projects_python(token_head):
-    address, token = token_head
+    address, token, _, _ = token_head
     command = [RAY, "job", "submit", "--address", address, "--working-dir", ".", "--",
                "python", "-c", "import ray, sys; print('python', sys.executable)"]
     refused = _run(command, _anonymous(), timeout=120)
@@ -132,7 +126,7 @@ def test_plain_ray_job_submit_needs_the_token_and_runs_the_projects_python(token
 
 
 def test_a_wrong_token_or_a_head_that_is_down_is_one_line(token_head):
-    address, _ = token_head
+    address, _, _, _ = token_head
     wrong = _submit(address, "python -c print(1)", dict(_anonymous(), RAY_AUTH_TOKEN="0" * 64))
     missing = _submit(address, "python -c print(1)", _anonymous())
     down = _submit(f"http://127.0.0.1:{free_port()}", "python -c print(1)", _anonymous())
@@ -140,3 +134,85 @@ def test_a_wrong_token_or_a_head_that_is_down_is_one_line(token_head):
                        (missing, "requires a token and none was given"), (down, "no Ray head answers at")):
         assert proc.returncode == 1 and proc.stdout == ""
         assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("submit: ") and says in proc.stderr, proc.stderr
+
+
+def test_a_failed_job_ends_in_one_line(token_head):
+    address, token, _, _ = token_head
+    proc = _submit(address, "python -c raise(SystemExit('the-reason'))", dict(_anonymous(), RAY_AUTH_TOKEN_PATH=str(token)))
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("job ") and ": FAILED: " in last, proc.stderr
+
+
+def test_two_heads_each_stopped_on_its_own_and_a_head_lost_mid_job(token_head, tmp_path):
+    """A second head on other ports runs beside the first; a job submitted to it, waiting, ends
+    in one line when `make stop-head` stops that head, and the first head's processes live on."""
+    import psutil
+
+    address, token, first, records = token_head
+    second = start_head(records, token)
+    env = dict(_anonymous(), RAY_AUTH_TOKEN_PATH=str(token))
+    waiting = subprocess.Popen([sys.executable, str(REPO / "jobs" / "submit.py"), "--address", second["dashboard"],
+                                "--working-dir", str(tmp_path), "--", "python", "-c", "import time; time.sleep(300)"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    deadline = time.time() + 120
+    while not _job_running(second["dashboard"], token) and time.time() < deadline:
+        assert waiting.poll() is None, waiting.communicate()
+        time.sleep(1)
+    stopped = stop_head(records, second)
+    assert stopped.returncode == 0 and "other Rays untouched" in stopped.stdout, stopped.stderr
+    out, err = waiting.communicate(timeout=120)
+    assert waiting.returncode == 1 and err.strip().splitlines()[-1].startswith(
+        f"submit: lost the head at {second['dashboard']} while job "), err
+    assert not [p for p in second["pids"] if psutil.pid_exists(p)]  # the second head is gone
+    assert all(psutil.pid_exists(p) for p in first["pids"])  # the first one is not
+    again = _submit(address, "python -c print(1)", env)
+    assert again.returncode == 0, again.stderr
+
+
+def _job_running(address: str, token: Path) -> bool:
+    proc = _run([sys.executable, "-c", "from pipeline.cluster.submit import client; import sys; "
+                 f"print(any(str(j.status).endswith('RUNNING') for j in client({address!r}).list_jobs()))"],
+                dict(_anonymous(), RAY_AUTH_TOKEN_PATH=str(token)), timeout=60)
+    return proc.stdout.strip().endswith("True")
+
+
+def test_a_job_run_directly_beside_a_head_uses_a_ray_of_its_own_or_the_head(token_head, tiny_shapes, tmp_path):
+    """With a head up, training run directly starts a local Ray of its own (no token needed, and
+    Ray Train is not confused by the other Ray on the machine); detection with --ray head joins
+    the head `make head` recorded, with the token, or says in one line what it lacks."""
+    _, token, _, records = token_head
+    env = dict(_anonymous(), DETR_RAY_HEADS=str(records))
+    alone = _run([sys.executable, str(REPO / "jobs" / "train.py"), "--annotations", tiny_shapes["train_annotations"],
+                  "--images", tiny_shapes["train_images"], "--storage", "runs", "--name", "alone", "--epochs", "1",
+                  "--batch-size", "4", "--augment-scale", "0.15"], env, cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert "ray: a local Ray of this job's own" in alone.stderr
+    assert "Found multiple active Ray instances" not in alone.stderr and "Traceback" not in alone.stderr
+    write_pictures(tmp_path / "images", 4)
+    detect = [sys.executable, str(REPO / "jobs" / "detect.py"), "--images", "images", "--output", "joined",
+              "--checkpoint", str(REPO / "checkpoints" / "detr-tiny-shapes.pt"), "--batch-size", "4", "--ray", "head"]
+    joined = _run(detect, dict(env, RAY_AUTH_TOKEN_PATH=str(token)), cwd=tmp_path)
+    assert joined.returncode == 0, joined.stderr[-3000:]
+    assert "ray: joined the head `make head` started at 127.0.0.1:" in joined.stderr
+    assert json.loads(joined.stdout.strip().splitlines()[-1])["rows"] == 4
+    untokened = _run(detect, env, cwd=tmp_path)
+    assert untokened.returncode == 1 and untokened.stderr.strip().splitlines()[-1] == (
+        "detect: --ray: joining the head `make head` started needs the cluster's token: run `make token` where the "
+        "head was started, or set RAY_AUTH_TOKEN_PATH")
+
+
+def test_an_upload_over_the_heads_limit_is_refused_before_sending(tmp_path):
+    """What .gitignore leaves out (the README's outputs) is not counted; a large file it does not
+    cover is named, with the fix, before anything is sent."""
+    from pipeline.cluster.submit import MAX_UPLOAD, SubmitError, check_upload
+
+    (tmp_path / ".gitignore").write_text((REPO / ".gitignore").read_text())
+    for name in ("data/shapes/big.bin", "runs/r/checkpoint.pt", "notes/big.bin"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp_path / name, "wb") as f:
+            f.truncate(MAX_UPLOAD + 1)  # sparse: its size without the disk
+    with pytest.raises(SubmitError, match=r"largest notes \(100 MiB\).*\.gitignore or \.rayignore"):
+        check_upload(str(tmp_path))
+    (tmp_path / "notes" / "big.bin").unlink()
+    check_upload(str(tmp_path))  # the data and the run: ignored, as the README's outputs are
