@@ -23,9 +23,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.cluster.token import use_token  # noqa: E402
+
+use_token()  # the token of the user's clusters, before Ray is imported: Ray reads its mode once, at import
+
 import ray  # noqa: E402
 
-from pipeline.cluster import RAY_HELP, init_ray  # noqa: E402
+from pipeline.cluster.connect import RAY_HELP, init_ray, use_ray  # noqa: E402
 from pipeline.detection import DetectConfig, run_detection  # noqa: E402
 from pipeline.evaluation import score_files  # noqa: E402
 from pipeline.progress import duration  # noqa: E402
@@ -57,7 +61,8 @@ def main() -> None:
                           config=SyntheticConfig(min_side=96, max_side=192, max_objects=4))
     print(f"synthetic data: {args.train} train / {args.val} val images under {data['out']}", flush=True)
 
-    init_ray(args.ray)
+    use_ray(args.ray)
+    init_ray()
     training = run_training(TrainConfig(
         annotations=data["train_annotations"], images=data["train_images"],
         val_annotations=data["val_annotations"], val_images=data["val_images"],

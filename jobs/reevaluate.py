@@ -19,9 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a working dir
 
+from pipeline.cluster.token import use_token  # noqa: E402
+
+use_token()  # the token of the user's clusters, before Ray is imported: Ray reads its mode once, at import
+
 import ray  # noqa: E402
 
-from pipeline.cluster import RAY_HELP, use_ray  # noqa: E402
+from pipeline.cluster.connect import RAY_HELP, use_ray  # noqa: E402
 from pipeline.evaluation import BACKENDS, ReevaluateConfig, max_dets_arg, reevaluate  # noqa: E402
 from pipeline.progress import reevaluation_headline  # noqa: E402
 

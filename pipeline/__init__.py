@@ -1,7 +1,7 @@
 """Ray Data / Ray Train building blocks, a subpackage per stage (training, detection,
 evaluation) and, here at the top, what the stages share: COCO reading (coco.py), the
 predictions table (predictions.py), image headers and the one decoder (images.py, decode.py),
-the cluster helpers (cluster.py, submit.py), progress lines (progress.py), pictures
+Ray for the jobs (cluster/), progress lines (progress.py), pictures
 (render.py) and the synthetic dataset (synthetic.py). No argument parsing: that is jobs/."""
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""Ray for the jobs: which Ray a job runs on (connect.py), whether it can hold the run
-(resources.py), a head of one's own on this machine (head.py), submissions to a head
-(submit.py) and the token they share (token.py)."""
-from .connect import FORWARDED_ENV, RAY_HELP, RayChoiceError, init_ray, use_ray
-from .resources import ClusterTooSmall, wait_for
-
-__all__ = ["FORWARDED_ENV", "RAY_HELP", "ClusterTooSmall", "RayChoiceError", "init_ray", "use_ray", "wait_for"]
+"""Ray for the jobs: the token of the user's clusters (token.py: light, read before Ray is
+imported, since Ray reads its authentication mode once, at import), which Ray a job runs on
+(connect.py), Ray's routine lines kept out of a job's output (quiet.py), whether the cluster can
+hold a run (resources.py), a head of one's own on this machine (head.py) and submissions to a
+head (submit.py)."""

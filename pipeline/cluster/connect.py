@@ -18,6 +18,7 @@ import sys
 
 import ray
 
+from .quiet import drop_routine_stderr, token_auth_notice
 from .token import use_token
 
 # Passed to a local Ray's workers so s3:// works there as on the driver (never written to outputs).
@@ -38,9 +39,11 @@ class RayChoiceError(ValueError):
 
 
 def use_ray(choice: str | None) -> None:
-    """The job's --ray, for init_ray (a job's options are read before its pipeline starts Ray)."""
+    """The job's --ray, for init_ray (a job's options are read before its pipeline starts Ray);
+    from here on the job's stderr goes without Ray's routine lines (quiet.py)."""
     global _choice
     _choice = choice
+    drop_routine_stderr()
 
 
 def init_ray(choice: str | None = None) -> None:
@@ -71,7 +74,9 @@ def start_local() -> None:
     port = free_port()
     os.environ[STATE_API] = f"http://127.0.0.1:{port}"
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    token_auth_notice(quiet=True)  # Ray's default for a local Ray, said at every start
     ray.init(address="local", dashboard_port=port, runtime_env={"env_vars": env} if env else None)
+    token_auth_notice(quiet=False)
     cpus = ray.cluster_resources().get("CPU", 0)
     say(f"ray: a local Ray of this job's own ({cpus:g} CPUs; --ray head joins the head `make head` started)")
 

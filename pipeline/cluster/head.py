@@ -1,9 +1,9 @@
 """A Ray head on this machine that can be stopped alone (`make head`, `make stop-head`).
 
 `ray stop` stops every Ray of the user on the machine (another project's head, a test's
-cluster). So `start` records what it started (records()): the head's ports and its Ray
-session, whose name every process of the head carries on its command line (GCS, raylet,
-dashboard, workers, a submitted job's driver); `stop` ends those processes and no others. Its
+cluster). So `start` records what it started (records()): the head's ports, its Ray session
+and its processes (processes() finds them again by the session's name and their parents);
+`stop` ends those processes and no others. Its
 ports are chosen (6379 and 8265 by default) and a taken one is reported, not shared; the head's
 internal ports are free ones, so that two heads can run side by side.
 
@@ -52,8 +52,10 @@ def start(port: int = DEFAULT_PORT, dashboard_port: int = DEFAULT_DASHBOARD, tok
     `python` is the project's) and record it; returns the record."""
     for name, value in (("--port", port), ("--dashboard-port", dashboard_port)):
         if answers("127.0.0.1", value):
+            free = next(k for k in range(1, 100) if not answers("127.0.0.1", port + k)
+                        and not answers("127.0.0.1", dashboard_port + k))
             raise HeadError(f"port {value} ({name}) is taken, by another Ray head or another program: choose "
-                            f"another, e.g. `make head HEAD_PORT={port + 1} DASHBOARD_PORT={dashboard_port + 1}`")
+                            f"others, e.g. `make head HEAD_PORT={port + free} DASHBOARD_PORT={dashboard_port + free}`")
     if record_path(port).exists() and recorded_head(port) is not None:
         raise HeadError(f"a head recorded at port {port} is up: `make stop-head HEAD_PORT={port}` first")
     bin_dir = str(Path(sys.executable).parent)
@@ -71,21 +73,22 @@ def start(port: int = DEFAULT_PORT, dashboard_port: int = DEFAULT_DASHBOARD, tok
         raise HeadError(f"ray start failed: {last_error(proc.stderr or proc.stdout)}")
     session = session_of_port(port)
     record = {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard_port}", "port": port,
-              "dashboard_port": dashboard_port, "session": session, "pids": sorted(p.pid for p in processes(session)),
+              "dashboard_port": dashboard_port, "session": session,
+              "pids": sorted(p.pid for p in processes(session, port)),
               "started": time.time()}
     records().mkdir(parents=True, exist_ok=True)
     record_path(port).write_text(json.dumps(record, indent=2))
     return record
 
 
-def stop(port: int = DEFAULT_PORT, wait_s: float = 15.0) -> list[int]:
+def stop(port: int = DEFAULT_PORT, wait_s: float = 5.0) -> list[int]:
     """End the recorded head's processes (SIGTERM, then SIGKILL after wait_s) and its records;
     returns the pids ended. Other Rays on the machine are not touched."""
     path = record_path(port)
     if not path.exists():
         raise HeadError(f"no head started by `make head` is recorded at port {port} ({path})")
     record = json.loads(path.read_text())
-    found = processes(record["session"])
+    found = processes(record["session"], port)
     for p in found:
         try:
             p.send_signal(signal.SIGTERM)
@@ -134,13 +137,23 @@ def session_of_port(port: int) -> str:
     raise HeadError(f"ray start reported success, but no GCS of a Ray session listens on port {port}")
 
 
-def processes(session: str) -> list[psutil.Process]:
-    """Every process whose command line names the session (the head's, and its workers')."""
-    found = []
+def processes(session: str, port: int) -> list[psutil.Process]:
+    """The head's processes: those whose command line names its session (GCS, raylet, dashboard,
+    log monitor, autoscaler), its client server (which names its GCS port instead), and all their
+    children (workers, agents and the dashboard's modules, whose names Ray rewrites)."""
+    roots = []
     for p in psutil.process_iter(["cmdline"]):
-        if p.pid != os.getpid() and session in " ".join(p.info["cmdline"] or []):
-            found.append(p)
-    return found
+        cmdline = " ".join(p.info["cmdline"] or [])
+        client = "ray.util.client.server" in cmdline and re.search(rf"--address=\S+:{port}(\s|$)", cmdline)
+        if p.pid != os.getpid() and (session in cmdline or client):
+            roots.append(p)
+    found = {p.pid: p for p in roots}
+    for p in roots:
+        try:
+            found.update({c.pid: c for c in p.children(recursive=True)})
+        except psutil.NoSuchProcess:
+            pass
+    return list(found.values())
 
 
 def last_error(text: str) -> str:
@@ -156,12 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dashboard-port", type=int, default=DEFAULT_DASHBOARD,
                         help="its dashboard and job API, on 127.0.0.1 (default 8265)")
     parser.add_argument("--token", help="the token file (default: RAY_AUTH_TOKEN_PATH)")
-    parser.add_argument("ray_args", nargs=argparse.REMAINDER, help="-- then more `ray start` arguments")
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    ray_args = argv[argv.index("--") + 1:] if "--" in argv else []  # -- then more `ray start` arguments
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     try:
         if args.action == "start":
-            extra = args.ray_args[1:] if args.ray_args[:1] == ["--"] else args.ray_args
-            record = start(args.port, args.dashboard_port, args.token or os.environ.get("RAY_AUTH_TOKEN_PATH"), extra)
+            record = start(args.port, args.dashboard_port, args.token or os.environ.get("RAY_AUTH_TOKEN_PATH"),
+                           ray_args)
             print(f"head: up at {record['address']}, dashboard and job API {record['dashboard']} (session "
                   f"{record['session']}); `make stop-head HEAD_PORT={args.port}` stops it alone")
         else:

@@ -34,7 +34,8 @@ from model.contract import resolve_contract
 from model.onnx_model import import_onnxruntime, read_onnx
 
 from .. import predictions
-from ..cluster import init_ray, wait_for
+from ..cluster.connect import init_ray
+from ..cluster.resources import wait_for
 from ..images import MAX_PIXELS
 from ..paths import with_absolute_paths
 from ..predictions import SCORE_THRESHOLD

@@ -31,7 +31,8 @@ def draw_curves(history: list[dict[str, Any]], title: str) -> bytes:
         axes.set_xlabel("epoch")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are counted, not measured
         axes.grid(alpha=0.3)
-        axes.legend(fontsize="small")
+        if axes.get_legend_handles_labels()[0]:  # (an epoch without validation has no scores to name)
+            axes.legend(fontsize="small")
     figure.suptitle(title)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")

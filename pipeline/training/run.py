@@ -18,7 +18,8 @@ from model.checkpoint import CHECKPOINT_FILE, check_source
 from model.families import FamilyConfig
 from model.interface import preset_config
 
-from ..cluster import init_ray, wait_for
+from ..cluster.connect import init_ray
+from ..cluster.resources import wait_for
 from ..coco import CocoDataset, load_coco
 from . import tracking
 from .config import TrainConfig

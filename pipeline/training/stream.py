@@ -127,8 +127,9 @@ def collate(
         images = [F.normalize(F.to_dtype(p, torch.float32, scale=True), mean, std) for p in pixels]
     targets = [
         {
-            "boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4), device=device),
-            "labels": torch.as_tensor(np.asarray(labels, dtype=np.int64), device=device),
+            # copies: Ray's batches are read-only, and torch warns on wrapping a read-only array
+            "boxes": torch.as_tensor(np.array(boxes, dtype=np.float32).reshape(-1, 4), device=device),
+            "labels": torch.as_tensor(np.array(labels, dtype=np.int64), device=device),
         }
         for boxes, labels in zip(batch["boxes"], batch["labels"])
     ]
