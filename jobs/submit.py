@@ -14,6 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.cluster.token import use_token  # noqa: E402
+
+use_token()  # before Ray is imported: Ray reads its authentication mode once, at import
+
 from pipeline.cluster.submit import SubmitError, submit  # noqa: E402
 
 

@@ -3,6 +3,7 @@ token and a one-line message when the head is down or refuses the token. The job
 folder it was submitted from, which its relative paths mean (pipeline/paths.py)."""
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import sys
@@ -47,8 +48,8 @@ def submit(address: str, entrypoint: list[str], working_dir: str = ".", wait: bo
     """Submit entrypoint with working_dir uploaded (what .gitignore and .rayignore leave out is
     not); with wait, stream its logs to stdout until it ends. Returns (submission id, final or
     current status, the job's message)."""
+    jobs = client(address)  # first: it sets the token mode before Ray is imported
     check_upload(working_dir)
-    jobs = client(address)
     deadline = time.time() + agent_wait_s
     while True:  # a fresh head answers before its job agent has registered
         try:
@@ -103,7 +104,9 @@ def check_upload(working_dir: str) -> None:
             top = path.relative_to(root).parts[0]
             sizes[top] = sizes.get(top, 0) + path.stat().st_size
 
-    _dir_travel(root, [], count, include_gitignore=True)
+    quiet = logging.getLogger(__name__ + ".upload")  # not Ray's line per ignore file found
+    quiet.setLevel(logging.WARNING)
+    _dir_travel(root, [], count, include_gitignore=True, logger=quiet)
     total = sum(sizes.values())
     if total > MAX_UPLOAD:
         largest = sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
