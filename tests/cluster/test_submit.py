@@ -150,6 +150,9 @@ def test_two_heads_each_stopped_on_its_own_and_a_head_lost_mid_job(token_head, t
     import psutil
 
     address, token, first, records = token_head
+    taken = _run(["make", "head", f"RAY_AUTH_TOKEN_PATH={token}", f"HEAD_PORT={first['port']}",
+                  f"DASHBOARD_PORT={free_port()}"], dict(_plain_env(), DETR_RAY_HEADS=str(records)), timeout=120)
+    assert taken.returncode != 0 and f"head: port {first['port']} (--port) is taken" in taken.stderr  # not shared
     second = start_head(records, token)
     env = dict(_anonymous(), RAY_AUTH_TOKEN_PATH=str(token))
     waiting = subprocess.Popen([sys.executable, str(REPO / "jobs" / "submit.py"), "--address", second["dashboard"],
