@@ -24,7 +24,7 @@ use_token()  # the token of the user's clusters, before Ray is imported: Ray rea
 
 import ray  # noqa: E402
 
-from pipeline.detection import DetectConfig, run_detection  # noqa: E402
+from pipeline.detection import DetectConfig, actors_arg, run_detection  # noqa: E402
 from pipeline.paths import absolute  # noqa: E402
 from pipeline.cluster.connect import RAY_HELP, use_ray  # noqa: E402
 from pipeline.progress import detection_headline  # noqa: E402
@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[DetectConfig, argparse.Na
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=d.device,
                    help="auto: GPU actors when the cluster has GPUs now; cuda: ask the autoscaler for GPU nodes "
                         "and wait for them; cpu: CPU actors")
-    p.add_argument("--actors", help="MIN,MAX model actors (default: one per GPU, or half the CPUs)")
+    p.add_argument("--actors", type=actors_arg, help="MIN,MAX model actors (default: one per GPU, or half the CPUs)")
     p.add_argument("--gpus-per-actor", type=float, help="default: 1 on a GPU (--device), else 0")
     p.add_argument("--cpus-per-actor", type=float, default=d.cpus_per_actor, help="also torch threads on CPU")
     p.add_argument("--shard-size", type=int, default=d.shard_size, help="inputs per shard (the unit of resumption)")
@@ -71,22 +71,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[DetectConfig, argparse.Na
     p.add_argument("--render", nargs=2, metavar=("K", "DIR"), help="also draw K images with their boxes into DIR")
     p.add_argument("--ray", metavar="local|head|HOST:PORT", help=RAY_HELP)
     args = p.parse_args(argv)
-    actors = tuple(int(v) for v in args.actors.split(",")) if args.actors else None
-    if actors is not None and (len(actors) != 2 or not 1 <= actors[0] <= actors[1]):
-        p.error("--actors takes MIN,MAX with 1 <= MIN <= MAX")
-    if args.read_attempts < 1:
-        p.error("--read-attempts must be at least 1")
-    if args.actor_restarts < 0:
-        p.error("--actor-restarts must be at least 0")
     config = DetectConfig(
         images=args.images, output=args.output, checkpoint=args.checkpoint, image_root=args.image_root,
         score_threshold=args.score_threshold, batch_size=args.batch_size, window=args.window,
         min_size=args.min_size, max_size=args.max_size, max_pixels=args.max_pixels,
         read_attempts=args.read_attempts, actor_restarts=args.actor_restarts, device=args.device,
-        actors=actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
+        actors=args.actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
         shard_size=args.shard_size, rows_per_file=args.rows_per_file, retry_errors=args.retry_errors,
         resource_wait_s=args.resource_wait, overwrite=args.overwrite,
     )
+    try:
+        config.check()
+    except ValueError as e:
+        p.error(str(e))
     return config, args
 
 

@@ -26,6 +26,7 @@ use_token()  # the token of the user's clusters, before Ray is imported: Ray rea
 import ray  # noqa: E402
 
 from pipeline.cluster.connect import RAY_HELP, use_ray  # noqa: E402
+from pipeline.detection import actors_arg  # noqa: E402
 from pipeline.evaluation import BACKENDS, ReevaluateConfig, max_dets_arg, reevaluate  # noqa: E402
 from pipeline.progress import reevaluation_headline  # noqa: E402
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                    "input contract)")
     p.add_argument("--max-size", type=int, help="longer side cap (default: each checkpoint's own)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--actors", help="MIN,MAX model actors")
+    p.add_argument("--actors", type=actors_arg, help="MIN,MAX model actors")
     p.add_argument("--backend", choices=BACKENDS, default=d.backend,
                    help=f"COCO scorer (default {d.backend}; pycocotools is the reference, same numbers)")
     p.add_argument("--max-dets", type=max_dets_arg, default=d.max_dets,
@@ -68,11 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every", type=duration_seconds, help="keep running, once per DURATION (30m, 6h, 1d)")
     p.add_argument("--ray", metavar="local|head|HOST:PORT", help=RAY_HELP)
     args = p.parse_args(argv)
+    if args.batch_size < 1:
+        p.error(f"--batch-size must be at least 1, not {args.batch_size}")
     use_ray(args.ray)
     config = ReevaluateConfig(
         checkpoints=args.checkpoints, images=args.images, annotations=args.annotations, history=args.history,
         score_threshold=args.score_threshold, min_size=args.min_size, max_size=args.max_size,
-        batch_size=args.batch_size, actors=tuple(int(v) for v in args.actors.split(",")) if args.actors else None,
+        batch_size=args.batch_size, actors=args.actors,
         backend=args.backend, max_dets=args.max_dets, panoptic_annotations=args.panoptic_annotations,
         panoptic_folder=args.panoptic_folder,
         regression_pct=args.fail_on_regression if args.fail_on_regression is not None else args.regression_pct,

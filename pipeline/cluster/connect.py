@@ -19,7 +19,7 @@ import sys
 import ray
 
 from .quiet import drop_routine_stderr, token_auth_notice
-from .token import use_token
+from .token import missing_token, use_token
 
 # Passed to a local Ray's workers so s3:// works there as on the driver (never written to outputs).
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
@@ -84,13 +84,15 @@ def start_local() -> None:
 def join(address: str, what: str, dashboard: str | None) -> None:
     """Join the Ray at a GCS address with the token at hand: one line, not Ray's retry loop, when
     nothing answers there or (where its dashboard is known) the token is refused."""
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        raise RayChoiceError(f"--ray {address}: not an address; --ray takes local, head or HOST:PORT")
     source = use_token()
     if source is None:
-        raise RayChoiceError(f"--ray: joining {what} needs the cluster's token: run `make token` where the head "
-                             "was started, or set RAY_AUTH_TOKEN_PATH")
-    host, _, port = address.rpartition(":")
-    if not port.isdigit() or not answers(host or "127.0.0.1", int(port)):
-        raise RayChoiceError(f"--ray: nothing answers at {address} ({what}); is it up?")
+        raise RayChoiceError(f"--ray: {missing_token(f'joining {what}')}")
+    if not answers(host or "127.0.0.1", int(port)):
+        raise RayChoiceError(f"--ray: nothing answers at {address}" + ("" if what == address else f" ({what})")
+                             + "; is it up?")
     if dashboard:  # the token checked where a refusal is one quick answer, not 24 s of retries
         from .submit import SubmitError, client
 

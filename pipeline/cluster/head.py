@@ -50,14 +50,14 @@ def start(port: int = DEFAULT_PORT, dashboard_port: int = DEFAULT_DASHBOARD, tok
           ray_args: list[str] | None = None) -> dict[str, Any]:
     """Start a token-locked head on 127.0.0.1 from this Python's environment (so a submitted job's
     `python` is the project's) and record it; returns the record."""
+    if recorded_head(port) is not None:
+        raise HeadError(f"the head `make head` started at port {port} is up: use it, or `make stop-head "
+                        f"HEAD_PORT={port}` first")
     for name, value in (("--port", port), ("--dashboard-port", dashboard_port)):
         if answers("127.0.0.1", value):
-            free = next(k for k in range(1, 100) if not answers("127.0.0.1", port + k)
-                        and not answers("127.0.0.1", dashboard_port + k))
             raise HeadError(f"port {value} ({name}) is taken, by another Ray head or another program: choose "
-                            f"others, e.g. `make head HEAD_PORT={port + free} DASHBOARD_PORT={dashboard_port + free}`")
-    if record_path(port).exists() and recorded_head(port) is not None:
-        raise HeadError(f"a head recorded at port {port} is up: `make stop-head HEAD_PORT={port}` first")
+                            f"others, e.g. `make head HEAD_PORT={next_free(port)} DASHBOARD_PORT="
+                            f"{next_free(dashboard_port)}`")
     bin_dir = str(Path(sys.executable).parent)
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", RAY_AUTH_MODE="token",
                **{STATE_API: f"http://127.0.0.1:{dashboard_port}"})  # its processes' state API: this head's
@@ -124,6 +124,11 @@ def recorded_head(port: int | None = None) -> dict[str, Any] | None:
             if answers("127.0.0.1", int(record["port"])):
                 return record
     return None
+
+
+def next_free(port: int) -> int:
+    """The port itself where nothing answers, else the next such."""
+    return next(p for p in range(port, port + 100) if not answers("127.0.0.1", p))
 
 
 def session_of_port(port: int) -> str:

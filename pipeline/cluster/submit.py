@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import SUBMITTED_FROM
-from .token import use_token
+from .token import missing_token, use_token
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 MAX_UPLOAD = 100 * 2**20  # a head refuses a larger working_dir (HTTP 413: "Maximum request body size")
@@ -35,8 +35,7 @@ def client(address: str):
                           "`ray dashboard cluster.yaml` forwards the cluster's)") from None
     except AuthenticationError as e:
         if source is None:
-            raise SubmitError(f"the head at {address} requires a token and none was given: run `make token` "
-                              "where the head was started, or set RAY_AUTH_TOKEN_PATH") from None
+            raise SubmitError(missing_token(f"the head at {address}")) from None
         if "invalid" in str(e).lower():
             raise SubmitError(f"the head at {address} refused the token from {source}: it is not this "
                               "cluster's token") from None
@@ -50,6 +49,8 @@ def submit(address: str, entrypoint: list[str], working_dir: str = ".", wait: bo
     current status, the job's message)."""
     jobs = client(address)  # first: it sets the token mode before Ray is imported
     check_upload(working_dir)
+    for name in ("ray._private.runtime_env.packaging", "ray._private.runtime_env.working_dir"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # "Ignoring upload ...", ".git is now ignored ..."
     deadline = time.time() + agent_wait_s
     while True:  # a fresh head answers before its job agent has registered
         try:

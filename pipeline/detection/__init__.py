@@ -12,6 +12,7 @@ from .. import exports
 
 _MODULE_OF = {
     "DetectConfig": "run",
+    "actors_arg": "run",
     "run_detection": "run",
     "read_model": "run",
     "SCORE_THRESHOLD": "run",

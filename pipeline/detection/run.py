@@ -13,6 +13,8 @@ shards already complete and runs the others again.
 """
 from __future__ import annotations
 
+import argparse
+
 import sys
 import time
 import warnings
@@ -80,10 +82,38 @@ class DetectConfig:
     def images_per_window(self) -> int:
         return self.window or 32 * self.batch_size
 
+    def check(self) -> None:
+        """A ValueError naming the first option out of its range (before anything starts)."""
+        counts = {"--batch-size": self.batch_size, "--window": self.window or 1, "--shard-size": self.shard_size,
+                  "--rows-per-file": self.rows_per_file, "--read-attempts": self.read_attempts,
+                  "--max-pixels": self.max_pixels}
+        for flag, value in counts.items():
+            if value < 1:
+                raise ValueError(f"{flag} must be at least 1, not {value}")
+        if self.actor_restarts < 0:
+            raise ValueError(f"--actor-restarts must be at least 0, not {self.actor_restarts}")
+        if not self.cpus_per_actor > 0:
+            raise ValueError(f"--cpus-per-actor must be above 0, not {self.cpus_per_actor}")
+        if not 0 <= self.score_threshold <= 1:
+            raise ValueError(f"--score-threshold is a score, between 0 and 1, not {self.score_threshold}")
+        if self.actors is not None and not 1 <= self.actors[0] <= self.actors[1]:
+            raise ValueError(f"--actors takes MIN,MAX with 1 <= MIN <= MAX, not {self.actors}")
+
     def resolved(self) -> "DetectConfig":
         """The config with its local paths absolute (pipeline/paths.py)."""
         return with_absolute_paths(self, {"images": "--images", "output": "--output", "checkpoint": "--checkpoint",
                                           "image_root": "--image-root"})
+
+
+def actors_arg(text: str) -> tuple[int, int]:
+    """--actors MIN,MAX as argparse reads it (one line on a bad value)."""
+    try:
+        low, high = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not MIN,MAX (two whole numbers)") from None
+    if not 1 <= low <= high:
+        raise argparse.ArgumentTypeError(f"{text!r}: MIN,MAX with 1 <= MIN <= MAX")
+    return low, high
 
 
 def log(message: str) -> None:
@@ -96,6 +126,7 @@ def run_detection(config: DetectConfig) -> dict[str, Any]:
     """Detect every input not yet in config.output; returns the summary the job prints. The
     checkpoint and the inputs are checked before Ray is joined or started."""
     started = time.time()
+    config.check()
     config = config.resolved()
     if uris.file_type(config.images) == pafs.FileType.NotFound:
         raise FileNotFoundError(f"--images {config.images}: no such folder or file")

@@ -131,7 +131,7 @@ def test_a_wrong_token_or_a_head_that_is_down_is_one_line(token_head):
     missing = _submit(address, "python -c print(1)", _anonymous())
     down = _submit(f"http://127.0.0.1:{free_port()}", "python -c print(1)", _anonymous())
     for proc, says in ((wrong, "refused the token from RAY_AUTH_TOKEN: it is not this cluster's token"),
-                       (missing, "requires a token and none was given"), (down, "no Ray head answers at")):
+                       (missing, "needs the cluster's token and none was given"), (down, "no Ray head answers at")):
         assert proc.returncode == 1 and proc.stdout == ""
         assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("submit: ") and says in proc.stderr, proc.stderr
 
@@ -150,9 +150,11 @@ def test_two_heads_each_stopped_on_its_own_and_a_head_lost_mid_job(token_head, t
     import psutil
 
     address, token, first, records = token_head
-    taken = _run(["make", "head", f"RAY_AUTH_TOKEN_PATH={token}", f"HEAD_PORT={first['port']}",
-                  f"DASHBOARD_PORT={free_port()}"], dict(_plain_env(), DETR_RAY_HEADS=str(records)), timeout=120)
-    assert taken.returncode != 0 and f"head: port {first['port']} (--port) is taken" in taken.stderr  # not shared
+    for port, says in ((first["port"], f"head: the head `make head` started at port {first['port']} is up"),
+                       (first["dashboard_port"], f"head: port {first['dashboard_port']} (--port) is taken")):
+        taken = _run(["make", "head", f"RAY_AUTH_TOKEN_PATH={token}", f"HEAD_PORT={port}",
+                      f"DASHBOARD_PORT={free_port()}"], dict(_plain_env(), DETR_RAY_HEADS=str(records)), timeout=120)
+        assert taken.returncode != 0 and says in taken.stderr, taken.stderr  # not shared
     second = start_head(records, token)
     env = dict(_anonymous(), RAY_AUTH_TOKEN_PATH=str(token))
     waiting = subprocess.Popen([sys.executable, str(REPO / "jobs" / "submit.py"), "--address", second["dashboard"],
@@ -201,8 +203,12 @@ def test_a_job_run_directly_beside_a_head_uses_a_ray_of_its_own_or_the_head(toke
     assert json.loads(joined.stdout.strip().splitlines()[-1])["rows"] == 4
     untokened = _run(detect, env, cwd=tmp_path)
     assert untokened.returncode == 1 and untokened.stderr.strip().splitlines()[-1] == (
-        "detect: --ray: joining the head `make head` started needs the cluster's token: run `make token` where the "
-        "head was started, or set RAY_AUTH_TOKEN_PATH")
+        "detect: --ray: joining the head `make head` started needs the cluster's token and none was given: run "
+        "`make token` where the head was started, or set RAY_AUTH_TOKEN_PATH to its file")
+    # a token file that is not there: said as such, not as a refusal, and a local Ray runs anyway
+    gone = dict(env, RAY_AUTH_TOKEN_PATH=str(tmp_path / "no-such-token"))
+    named = _run(detect, gone, cwd=tmp_path)
+    assert named.returncode == 1 and "RAY_AUTH_TOKEN_PATH names " in named.stderr.strip().splitlines()[-1]
 
 
 def test_an_upload_over_the_heads_limit_is_refused_before_sending(tmp_path):
