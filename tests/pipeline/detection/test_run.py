@@ -1,8 +1,10 @@
 """Bulk detection: every input exactly once, bad files as error rows, resume, S3, canvases, invariance."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -281,3 +283,21 @@ def test_an_actor_that_keeps_dying_stops_the_run_with_one_line(ray_cluster, chec
     assert "its process died (Worker unexpectedly exits" in str(error) and "lower --batch-size" in str(error)
     summary = detect(str(tmp_path / "images"), str(tmp_path / "out"), checkpoint, **settings)
     assert summary["rows"] == summary["inputs"] == 200 and summary["duplicates"] == summary["missing"] == 0
+
+
+def test_options_out_of_range_stop_before_anything_starts(tmp_path):
+    """Checked with the options (DetectConfig.check), in the job before Ray starts: one line each."""
+    from pipeline.detection import actors_arg
+
+    for change, says in (({"batch_size": 0}, "--batch-size must be at least 1, not 0"),
+                         ({"window": -3}, "--window must be at least 1"),
+                         ({"cpus_per_actor": 0.0}, "--cpus-per-actor must be above 0"),
+                         ({"score_threshold": 5.0}, "--score-threshold is a score"),
+                         ({"actors": (3, 2)}, "--actors takes MIN,MAX")):
+        with pytest.raises(ValueError, match=re.escape(says)):
+            DetectConfig(str(tmp_path), str(tmp_path / "out"), "model.pt", **change).check()
+    assert actors_arg("1,4") == (1, 4)
+    for text in ("3", "1,x", "4,2", "0,1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            actors_arg(text)
+    assert not (tmp_path / "out").exists()
