@@ -157,7 +157,7 @@ def run_detection(config: DetectConfig) -> dict[str, Any]:
         raise e.cause from None
     done, previous_errors = resume(config.output, plan, config.retry_errors)
     todo = [s for s in range(len(plan.shard_rows)) if s not in done]
-    log(f"{plan.inputs} inputs in {len(plan.shard_rows)} shards; {len(done)} shards already done, {len(todo)} to run")
+    log(f"{plan.inputs} inputs in {len(plan.shard_rows)} shard(s); {len(done)} already done, {len(todo)} to run")
 
     sink = PartSink(config.output, run, config.rows_per_file)
     if todo:
