@@ -11,6 +11,7 @@ import atexit
 import logging
 import os
 import re
+import sys
 import threading
 
 ROUTINE = (
@@ -55,8 +56,6 @@ def drop_routine_stderr() -> None:
     thread.start()
 
     def close() -> None:  # what is still in the pipe reaches the terminal before the process ends
-        import sys
-
         sys.stderr.flush()
         os.dup2(original, 2)  # the pipe's last writer gone: the thread reads to its end
         thread.join(timeout=2)  # (a child process that kept fd 2 holds the pipe open)

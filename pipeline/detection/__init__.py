@@ -11,11 +11,11 @@ from __future__ import annotations
 from .. import exports
 
 _MODULE_OF = {
-    "DetectConfig": "run",
-    "actors_arg": "run",
+    "DetectConfig": "config",
+    "actors_arg": "config",
     "run_detection": "run",
     "read_model": "run",
-    "SCORE_THRESHOLD": "run",
+    "SCORE_THRESHOLD": "config",
     "Detector": "actor",
     "DetectorActor": "actor",
     "model_batches": "actor",
