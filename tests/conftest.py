@@ -5,13 +5,16 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests import REPO
 
 # Every Ray cluster of the test run, and every driver, without token auth (docs/training.md),
 # except the authenticated head of test_job_submit.py.
 os.environ["RAY_AUTH_MODE"] = "disabled"
+# One thread per process for PyTorch's and NumPy's kernels, here and in every process started from
+# here (jobs, Ray workers): the two test processes already keep both cores busy, and more
+# threads only contend for them (the suite takes a tenth longer with two each).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Ray Train's controller polls its workers every 2 s and each run waits for a poll at each
 # phase (start, every worker done): 3 s of a 9 s one-epoch test run. Runs and their outcome
 # are the same at a shorter interval.
@@ -49,6 +52,8 @@ def reference_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def small_fixture(reference_dir: Path) -> dict:
+    import torch
+
     return torch.load(reference_dir / "detr_small_fixture.pt", weights_only=True)
 
 
@@ -200,6 +205,8 @@ def demo_val(tmp_path_factory) -> dict:
 def segm_fixture(reference_dir: Path) -> dict:
     """The reference DETRsegm's fixture (../shared/reference/README.md), its backbone's
     convolution weights dequantized into the state_dict."""
+    import torch
+
     fixture = torch.load(reference_dir / "detr_segm_fixture.pt", weights_only=True)
     state = dict(fixture["state_dict"])
     for name, q in fixture["quantized_backbone"].items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,7 @@ from model import load_checkpoint
 from tests import REPO
 from tests.corpus import write_pictures
 from tests.local_cluster import STATE_API, free_port
+from tests.readme import checkout_layout, readme_commands, shortened
 
 pytestmark = pytest.mark.own_ray
 VENV_BIN = Path(sys.executable).parent
@@ -83,29 +85,33 @@ def _anonymous() -> dict:
     return dict(_plain_env(), HOME=tempfile.mkdtemp(prefix="home"))
 
 
-def test_train_job_submitted_as_the_readme_says(token_head, tiny_shapes, tmp_path):
-    """Relative paths, as the README writes them, mean the folder the job was submitted from: the
-    run, its best checkpoint and progress files land there, not in Ray's copy of the working dir."""
+def _readme_folder(folder: Path) -> list[str]:
+    """The README's first three commands (make the shapes, train, detect), and the shapes made
+    in `folder` by the first, as the README's commands are run (tests/readme.py)."""
+    checkout_layout(folder)
+    make, train, detect = readme_commands()[:3]
+    made = _run(shortened(make), _plain_env(), cwd=folder)
+    assert made.returncode == 0, made.stderr
+    return [train, detect]
+
+
+def test_train_job_submitted_as_the_readme_says(token_head, tmp_path):
+    """The README's training command, submitted: its relative paths mean the folder the job was
+    submitted from: the run, its best checkpoint and progress files land there, not in Ray's
+    copy of the working dir."""
     address, token, _, _ = token_head
-
-    def relative(key: str) -> str:
-        return os.path.relpath(tiny_shapes[key], tmp_path)
-
-    entrypoint = (
-        f"python jobs/train.py --annotations {relative('train_annotations')} --images {relative('train_images')}"
-        f" --val-annotations {relative('val_annotations')} --val-images {relative('val_images')}"
-        " --storage runs --name submitted --epochs 1 --batch-size 4 --augment-scale 0.15 --log-every 2"
-    )
+    train, _ = _readme_folder(tmp_path)
+    entrypoint = " ".join(["python", *shortened(train)[1:], "--log-every", "1"])
     proc = _submit(address, entrypoint, dict(_anonymous(), RAY_AUTH_TOKEN_PATH=str(token)), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
-    steps = [line for line in lines if "epoch 1/1 step 4/4 loss " in line and " eta " in line]
-    assert len(steps) == 1  # a progress line, printed once
-    assert any(line.startswith("training detr-tiny: 1 worker(s) x batch 4 = total batch 4; lr 0.0003,")
+    steps = [m.groups() for m in (re.search(r"epoch 1/1 step (\d+)/(\d+) loss .* eta ", line) for line in lines) if m]
+    assert steps and steps == [(str(k), steps[0][1]) for k in range(1, int(steps[0][1]) + 1)]  # each step's line once
+    assert any(line.startswith("training detr-tiny: 1 worker(s) x batch ") and "; lr 0.0003," in line
                for line in lines)  # the learning rate used, and its rule
     assert lines[-2].startswith("trained 1 epoch:")  # the human summary, then the JSON
     summary = json.loads(lines[-1])
-    run = tmp_path / "runs" / "submitted"
+    run = tmp_path / "work" / "runs" / "shapes"
     assert summary["metrics"]["epoch"] == 1 and summary["run"] == str(run)
     assert summary["best_checkpoint"] == str(run / "best" / "checkpoint.pt")
     assert Path(summary["best_checkpoint"]).is_file()
@@ -182,18 +188,19 @@ def _job_running(address: str, token: Path) -> bool:
     return proc.stdout.strip().endswith("True")
 
 
-def test_a_job_run_directly_beside_a_head_uses_a_ray_of_its_own_or_the_head(token_head, tiny_shapes, tmp_path):
-    """With a head up, training run directly starts a local Ray of its own (no token needed, and
-    Ray Train is not confused by the other Ray on the machine); detection with --ray head joins
-    the head `make head` recorded, with the token, or says in one line what it lacks."""
+def test_a_job_run_directly_beside_a_head_uses_a_ray_of_its_own_or_the_head(token_head, tmp_path):
+    """With a head up, the README's commands run directly (training, then detection) each start
+    a local Ray of their own (no token needed, and Ray Train is not confused by the other Ray on
+    the machine); detection with --ray head joins the head `make head` recorded, with the
+    token, or says in one line what it lacks."""
     _, token, _, records = token_head
     env = dict(_anonymous(), DETR_RAY_HEADS=str(records))
-    alone = _run([sys.executable, str(REPO / "jobs" / "train.py"), "--annotations", tiny_shapes["train_annotations"],
-                  "--images", tiny_shapes["train_images"], "--storage", "runs", "--name", "alone", "--epochs", "1",
-                  "--batch-size", "4", "--augment-scale", "0.15"], env, cwd=tmp_path)
-    assert alone.returncode == 0, alone.stderr[-3000:]
-    assert "ray: a local Ray of this job's own" in alone.stderr
-    assert "Found multiple active Ray instances" not in alone.stderr and "Traceback" not in alone.stderr
+    for command in _readme_folder(tmp_path):
+        alone = _run(shortened(command), env, cwd=tmp_path)
+        assert alone.returncode == 0, (command, alone.stderr[-3000:])
+        assert "ray: a local Ray of this job's own" in alone.stderr
+        assert "Found multiple active Ray instances" not in alone.stderr and "Traceback" not in alone.stderr
+    assert json.loads(alone.stdout.strip().splitlines()[-1])["rows"] == 8
     write_pictures(tmp_path / "images", 4)
     detect = [sys.executable, str(REPO / "jobs" / "detect.py"), "--images", "images", "--output", "joined",
               "--checkpoint", str(REPO / "checkpoints" / "detr-tiny-shapes.pt"), "--batch-size", "4", "--ray", "head"]
@@ -217,7 +224,7 @@ def test_an_upload_over_the_heads_limit_is_refused_before_sending(tmp_path):
     from pipeline.cluster.submit import MAX_UPLOAD, SubmitError, check_upload
 
     (tmp_path / ".gitignore").write_text((REPO / ".gitignore").read_text())
-    for name in ("data/shapes/big.bin", "runs/r/checkpoint.pt", "notes/big.bin"):
+    for name in ("work/data/shapes/big.bin", "work/runs/r/checkpoint.pt", "notes/big.bin"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         with open(tmp_path / name, "wb") as f:
             f.truncate(MAX_UPLOAD + 1)  # sparse: its size without the disk
