@@ -10,7 +10,7 @@ HEAD_PORT ?= 6379
 DASHBOARD_PORT ?= 8265
 HEAD_ARGS ?=
 
-.PHONY: demo test bench bench-gpu install clean token head stop-head
+.PHONY: demo test test-fast bench bench-gpu install clean token head stop-head
 
 install: $(STAMP)
 
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup
+
+# The inner loop: every test that needs no Ray cluster (about a minute on 2 cores).
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup -m "not ray"
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench.forward_vs_huggingface

@@ -36,6 +36,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("own_ray"):
             item.add_marker(pytest.mark.xdist_group("own_ray"))
+        if item.get_closest_marker("own_ray") or "ray_cluster" in item.fixturenames:
+            item.add_marker(pytest.mark.ray)  # left out by `make test-fast`
     # the long tests first (those on the session's Ray), the short ones after to even out the end
     items.sort(key=lambda item: "ray_cluster" not in item.fixturenames)
 
