@@ -37,8 +37,7 @@ import torch
 from PIL import Image
 
 from model import InputContract, build_detr, save_checkpoint
-from pipeline.detection import DetectConfig, run_detection
-from pipeline.detection import DetectorActor, fetch, model_batches
+from pipeline.detection import DetectConfig, DetectorActor, fetch, model_batches, run_detection
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "coco" / "instances_val2014_100.json"
 REPO = Path(__file__).resolve().parents[1]

@@ -36,7 +36,7 @@ import time
 import ray
 import torch
 
-from model import build_criterion, get_config, build_detr
+from model import build_criterion, build_detr, get_config
 from pipeline.coco import load_coco
 from pipeline.synthetic import make_synthetic
 from pipeline.training import TrainConfig, collate, fit, load_and_augment, param_groups, records_of

@@ -24,9 +24,9 @@ use_token()  # the token of the user's clusters, before Ray is imported: Ray rea
 
 import ray  # noqa: E402
 
+from pipeline.cluster.connect import RAY_HELP, use_ray  # noqa: E402
 from pipeline.detection import DetectConfig, actors_arg, run_detection  # noqa: E402
 from pipeline.paths import absolute  # noqa: E402
-from pipeline.cluster.connect import RAY_HELP, use_ray  # noqa: E402
 from pipeline.progress import detection_headline  # noqa: E402
 from pipeline.render import render_predictions  # noqa: E402
 

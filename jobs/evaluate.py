@@ -25,8 +25,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a working dir
 
-from pipeline.evaluation import (BACKENDS, DEFAULT_BACKEND, MAX_DETECTIONS, score_files,  # noqa: E402
-                                 format_tables, max_dets_arg, write_evaluation)
+from pipeline.evaluation import (  # noqa: E402
+    BACKENDS,
+    DEFAULT_BACKEND,
+    MAX_DETECTIONS,
+    format_tables,
+    max_dets_arg,
+    score_files,
+    write_evaluation,
+)
 from pipeline.paths import absolute  # noqa: E402
 from pipeline.progress import evaluation_headline  # noqa: E402
 

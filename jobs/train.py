@@ -24,8 +24,7 @@ from pipeline.cluster.connect import RAY_HELP, use_ray  # noqa: E402
 from pipeline.cluster.resources import ClusterTooSmall  # noqa: E402
 from pipeline.evaluation import BACKENDS  # noqa: E402
 from pipeline.progress import dry_run_headline, training_headline  # noqa: E402
-from pipeline.training import (PAPER_RECIPE, RECIPES, TrainConfig, dry_run,  # noqa: E402
-                               run_training)
+from pipeline.training import PAPER_RECIPE, RECIPES, TrainConfig, dry_run, run_training  # noqa: E402
 
 
 def recipe_default(name: str) -> str:

@@ -81,14 +81,14 @@ class DetrConfig:
         last = 512 if self.backbone in ("resnet18", "resnet34") else 2048
         return last if self.backbone_stages == 4 else last // 2
 
-    def replace(self, **changes: Any) -> "DetrConfig":
+    def replace(self, **changes: Any) -> DetrConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DetrConfig":
+    def from_dict(cls, d: dict[str, Any]) -> DetrConfig:
         """The config of a dict; image_mean / image_std, which configs held before the input
         contract (model/contract.py) took them over, are ignored (they were always ImageNet's)."""
         d = {k: v for k, v in d.items() if k not in LEGACY_FIELDS}

@@ -102,7 +102,7 @@ class InputContract:
         return TF.resize(image.float() / 255, list(size), antialias=False)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "InputContract":
+    def from_dict(cls, d: dict[str, Any]) -> InputContract:
         known = {"min_size", "max_size", "image_mean", "image_std", "stride", "canvas_aspects", "fixed_size",
                  "antialias"}
         unknown = sorted(set(d) - known)

@@ -1,7 +1,7 @@
 """DETR: backbone + transformer + set-prediction heads (Carion et al., 2020)."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

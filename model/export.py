@@ -20,8 +20,9 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -115,7 +116,7 @@ def _quiet() -> Iterator[None]:
 
 def _export_onnx(graph: DetectionGraph, path: str, metadata: dict[str, Any], opset: int) -> None:
     try:
-        import onnx
+        import onnx  # noqa: F401  (checked here for a clear message)
         import onnxscript  # noqa: F401  (the exporter's dependency, checked here for a clear message)
     except ImportError as e:
         raise ImportError(f"ONNX export needs onnx, onnxscript and onnxruntime: {INSTALL_HINT}") from e

@@ -111,7 +111,7 @@ class FamilyConfig:
 
     stuff_classes: ClassVar[tuple[int, ...]] = ()  # panoptic output is DETR's
 
-    def replace(self, masks: bool | None = None, **hf_changes: Any) -> "FamilyConfig":
+    def replace(self, masks: bool | None = None, **hf_changes: Any) -> FamilyConfig:
         """With other transformers config fields (and masks, where given)."""
         hf = {**self.hf, **hf_changes}
         if "num_labels" in hf_changes:  # transformers derives the label maps from it
@@ -123,7 +123,7 @@ class FamilyConfig:
         return {"family": self.model_type, "hf": self.hf, **({"masks": True} if self.masks else {})}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FamilyConfig":
+    def from_dict(cls, d: dict[str, Any]) -> FamilyConfig:
         return cls(d["family"], dict(d["hf"]), bool(d.get("masks", False)))
 
     def describe(self) -> str:

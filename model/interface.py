@@ -13,7 +13,8 @@ since its denoising queries are made from the targets inside the model.
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import torch
 from torch import nn

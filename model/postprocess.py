@@ -29,7 +29,7 @@ class PostProcess(nn.Module):
         height, width = target_sizes.to(boxes.device, torch.float32).unbind(1)
         scale = torch.stack([width, height, width, height], dim=1)
         boxes = box_convert(boxes.float(), "cxcywh", "xyxy") * scale[:, None, :]
-        return [self._select(s, l, b) for s, l, b in zip(scores, labels, boxes)]
+        return [self._select(s, c, b) for s, c, b in zip(scores, labels, boxes)]
 
     @staticmethod
     def query_scores(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +70,7 @@ class TopKPostProcess(PostProcess):
         boxes = box_convert(boxes.float(), "cxcywh", "xyxy") * scale[:, None, :]
         boxes = boxes.gather(1, queries.unsqueeze(-1).expand(-1, -1, 4))
         found = []
-        for s, l, b, q in zip(scores, labels, boxes, queries):
+        for s, c, b, q in zip(scores, labels, boxes, queries):
             keep = s >= self.score_threshold  # already best first
-            found.append({"scores": s[keep], "labels": l[keep], "boxes": b[keep], "queries": q[keep]})
+            found.append({"scores": s[keep], "labels": c[keep], "boxes": b[keep], "queries": q[keep]})
         return found

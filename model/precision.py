@@ -7,8 +7,8 @@ autocast context (the backbone and transformer keep bf16).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 

@@ -9,7 +9,7 @@ map per query at the first of those stages' stride: 4 for a ResNet (layer3, laye
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -145,7 +145,7 @@ class DETRsegm(nn.Module):
         self.detr_frozen = True
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "DETRsegm":
+    def train(self, mode: bool = True) -> DETRsegm:
         super().train(mode)
         if self.detr_frozen:
             self.detr.eval()

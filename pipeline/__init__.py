@@ -6,7 +6,8 @@ Ray for the jobs (cluster/), progress lines (progress.py), pictures
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def exports(package: str, module_of: dict[str, str]) -> Callable[[str], Any]:

@@ -10,7 +10,7 @@ pixels to training as to detection.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg

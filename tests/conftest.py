@@ -100,13 +100,13 @@ def s3_server(s3_faults):
 def s3_faults():
     """A real S3-compatible server (moto) on 127.0.0.1 behind a proxy that can fail reads
     (tests/flaky_s3.py); AWS_* variables point at the proxy. Yields the proxy."""
-    from tests.flaky_s3 import FlakyProxy
-
     import socket
     import subprocess
     import sys
     import time
     import urllib.request
+
+    from tests.flaky_s3 import FlakyProxy
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -125,7 +125,7 @@ def s3_faults():
         except Exception:
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
-                raise RuntimeError("moto server did not start")
+                raise RuntimeError("moto server did not start") from None
             time.sleep(0.2)
     proxy = FlakyProxy(endpoint)
     saved = {k: os.environ.get(k) for k in _S3_ENV}

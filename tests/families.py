@@ -91,10 +91,10 @@ def assert_same_detections(ours: dict, theirs: dict, score_tol: float = 1e-4, bo
     """The same detections ({"scores", "labels", "boxes"} lists), in any order among near-equal
     scores (a random model saturates many sigmoids at 1.0, and top-k orders ties as it likes):
     each of ours pairs with one of theirs of its label, score and box within the tolerances."""
-    theirs_rows = [(s, l, np.asarray(b)) for s, l, b in zip(theirs["scores"], theirs["labels"], theirs["boxes"])]
+    theirs_rows = [(s, c, np.asarray(b)) for s, c, b in zip(theirs["scores"], theirs["labels"], theirs["boxes"])]
     assert len(ours["scores"]) == len(theirs_rows) > 0
-    for s, l, b in zip(ours["scores"], ours["labels"], ours["boxes"]):
+    for s, label, b in zip(ours["scores"], ours["labels"], ours["boxes"]):
         match = next((k for k, (ts, tl, tb) in enumerate(theirs_rows)
-                      if tl == l and abs(ts - s) <= score_tol and np.abs(tb - np.asarray(b)).max() <= box_tol), None)
-        assert match is not None, f"no match for score {s}, label {l}, box {b}"
+                      if tl == label and abs(ts - s) <= score_tol and np.abs(tb - np.asarray(b)).max() <= box_tol), None)
+        assert match is not None, f"no match for score {s}, label {label}, box {b}"
         theirs_rows.pop(match)

@@ -16,16 +16,16 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from model import InputContract
-from model.interface import (ModelConfig, build_model, config_from_dict, inference_copy, mask_rule_for,
-                             postprocess_for)
+from model.interface import ModelConfig, build_model, config_from_dict, inference_copy, mask_rule_for, postprocess_for
 from model.mask_postprocess import PostProcessPanoptic
 from model.onnx_model import OnnxDetr
 from model.segmentation import DETRsegm
@@ -76,7 +76,7 @@ class Detector:
 
     @classmethod
     def of_model(cls, model: torch.nn.Module, contract: InputContract, score_threshold: float, batch_size: int,
-                 model_id: str = "") -> "Detector":
+                 model_id: str = "") -> Detector:
         """An in-process detector running an inference copy of `model` (model/interface.py), on its device."""
         device = next(model.parameters()).device
         return cls(inference_copy(model).to(device), model.config, contract, score_threshold, batch_size, model_id,

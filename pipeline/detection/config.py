@@ -61,7 +61,7 @@ class DetectConfig:
         if self.actors is not None and not 1 <= self.actors[0] <= self.actors[1]:
             raise ValueError(f"--actors takes MIN,MAX with 1 <= MIN <= MAX, not {self.actors}")
 
-    def resolved(self) -> "DetectConfig":
+    def resolved(self) -> DetectConfig:
         """The config with its local paths absolute (pipeline/paths.py)."""
         return with_absolute_paths(self, {"images": "--images", "output": "--output", "checkpoint": "--checkpoint",
                                           "image_root": "--image-root"})

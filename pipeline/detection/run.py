@@ -13,7 +13,6 @@ shards already complete and runs the others again.
 """
 from __future__ import annotations
 
-
 import sys
 import time
 import warnings
@@ -27,18 +26,18 @@ from ray.data import ActorPoolStrategy
 from ray.util.annotations import RayDeprecationWarning
 
 from model import PRESETS, InputContract, read_checkpoint, weights_id
-from model.families import FamilyConfig
-from model.interface import ModelConfig
 from model import uri as uris
 from model.contract import resolve_contract
+from model.families import FamilyConfig
+from model.interface import ModelConfig
 from model.onnx_model import import_onnxruntime, read_onnx
 
 from .. import predictions
 from ..cluster.connect import init_ray
 from ..cluster.resources import wait_for
 from . import plan as input_plan
-from .config import DetectConfig
 from .actor import DetectorActor
+from .config import DetectConfig
 from .read import TRANSIENT_ERRORS, fetch
 from .sink import PartSink
 

@@ -36,8 +36,16 @@ from ..detection import DetectConfig, run_detection
 from ..paths import with_absolute_paths
 from ..predictions import SCORE_THRESHOLD, prediction_batches
 from .panoptic_quality import score_panoptic_files
-from .scoring import (BATCH_ROWS, COLUMNS, DEFAULT_BACKEND, MAX_DETECTIONS, CocoScorer, has_values,
-                      score_mask_files, score_predictions)
+from .scoring import (
+    BATCH_ROWS,
+    COLUMNS,
+    DEFAULT_BACKEND,
+    MAX_DETECTIONS,
+    CocoScorer,
+    has_values,
+    score_mask_files,
+    score_predictions,
+)
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 # A checkpoint's score counts only when at most this share of the evaluation images failed
@@ -62,7 +70,7 @@ class ReevaluateConfig:
     panoptic_annotations: str | None = None  # COCO panoptic JSON: PQ of checkpoints with stuff classes
     panoptic_folder: str | None = None  # its PNGs (default: the JSON's path without .json)
 
-    def resolved(self) -> "ReevaluateConfig":
+    def resolved(self) -> ReevaluateConfig:
         """The config with its local paths absolute (pipeline/paths.py)."""
         return with_absolute_paths(self, {"checkpoints": "--checkpoints", "images": "--images",
                                           "annotations": "--annotations", "history": "--history",
@@ -193,7 +201,7 @@ def score_checkpoint(config: ReevaluateConfig, found: dict[str, Any], weights: s
                 if config.panoptic_annotations and has_values(output, "panoptic") else {})  # and stuff classes
     return {
         "key": key,
-        "evaluated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "evaluated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "checkpoint": found["uri"],
         "checkpoint_size": found["size"],
         "checkpoint_modified": found["modified"],

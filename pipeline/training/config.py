@@ -34,7 +34,7 @@ class AugmentConfig:
     val_size: int = 800
     hflip: float = 0.5
 
-    def scaled(self, factor: float) -> "AugmentConfig":
+    def scaled(self, factor: float) -> AugmentConfig:
         """Every size multiplied by factor (e.g. 0.25 for ~200 px synthetic images)."""
         s = lambda v: max(1, int(round(v * factor)))  # noqa: E731
         return replace(
@@ -111,7 +111,7 @@ class TrainConfig:
         base = init or InputContract()
         return dataclasses.replace(base, min_size=self.augment.val_size, max_size=self.augment.max_size)
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """The config with its local paths absolute (pipeline/paths.py), as the workers, whose
         working directory is not the user's, must get them."""
         config = dataclasses.replace(self, mlflow=tracking_uri(self.mlflow)) if self.mlflow else self

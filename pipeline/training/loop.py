@@ -15,8 +15,9 @@ import os
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import ray
 import ray.train
@@ -24,11 +25,11 @@ import ray.train.torch
 import torch
 
 from model import InputContract, SetCriterion, build_criterion, build_detr, load_checkpoint, save_checkpoint
+from model import uri as uris
+from model.checkpoint import CHECKPOINT_FILE
 from model.families import FamilyConfig
 from model.interface import build_model as build_network
 from model.interface import preset_config, preset_contract
-from model import uri as uris
-from model.checkpoint import CHECKPOINT_FILE
 from model.safe_load import safe_torch_load
 
 from ..coco import load_coco
@@ -58,7 +59,7 @@ class RunState:
         return {"scheduler": self.scheduler, "steps": self.steps, "best_AP": self.best_ap}
 
     @classmethod
-    def of_payload(cls, payload: dict[str, Any]) -> "RunState":
+    def of_payload(cls, payload: dict[str, Any]) -> RunState:
         extra = payload["extra"]
         return cls(payload["epoch"], extra["steps"], extra.get("best_AP", -math.inf), extra["scheduler"])
 

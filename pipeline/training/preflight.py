@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from model import read_checkpoint
-from model.interface import build_model, preset_config, preset_contract
 from model import uri as uris
+from model.interface import build_model, preset_config, preset_contract
 
 from ..coco import CocoDataset, CocoFormatError, load_coco, missing_image_files
 from .config import TrainConfig

@@ -6,11 +6,9 @@ import subprocess
 import sys
 
 import pytest
-
 import torch
 
 from model import build_detr, load_checkpoint, save_checkpoint
-
 from tests import REPO
 from tests.corpus import write_pictures
 from tests.local_cluster import job_env

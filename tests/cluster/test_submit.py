@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from model import load_checkpoint
-
 from tests import REPO
 from tests.corpus import write_pictures
 from tests.local_cluster import STATE_API, free_port

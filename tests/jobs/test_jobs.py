@@ -9,10 +9,8 @@ from pathlib import Path
 import pytest
 
 from model import load_checkpoint
-
 from tests import REPO
 from tests.local_cluster import job_env
-
 
 
 def run_job(*args: str, timeout: int = 900) -> dict:

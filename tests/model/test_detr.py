@@ -20,7 +20,6 @@ from model import (
     pad_images,
 )
 
-
 # The reference structure (ResNet-18, frozen stem and batch norm, learned queries) at detr-tiny's size.
 R18 = dict(backbone="resnet18", backbone_norm="frozen_bn", train_stem=False, two_stage=False, masked_backbone=False)
 

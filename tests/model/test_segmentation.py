@@ -8,8 +8,15 @@ import argparse
 import pytest
 import torch
 
-from model import (PostProcess, PostProcessPanoptic, PostProcessSegm, build_criterion, build_detr, load_checkpoint,
-                   save_checkpoint)
+from model import (
+    PostProcess,
+    PostProcessPanoptic,
+    PostProcessSegm,
+    build_criterion,
+    build_detr,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 ATOL = 1e-5
 

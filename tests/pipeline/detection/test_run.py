@@ -25,8 +25,8 @@ from model import uri as uris
 from pipeline import predictions
 from pipeline.detection import DetectConfig, run_detection
 from tests import REPO
-from tests.pipeline.detection import CONTRACT, SMALL
 from tests.corpus import rotated_photo, write_corpus, write_pictures
+from tests.pipeline.detection import CONTRACT, SMALL
 
 
 def detect(images: str, output: str, checkpoint: str, **overrides) -> dict:

@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 import torch.nn.functional as F
 
 from model import InputContract, PostProcess, load_checkpoint

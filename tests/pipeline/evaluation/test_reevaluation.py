@@ -12,12 +12,10 @@ from pathlib import Path
 import torch
 
 from model import build_detr, save_checkpoint
-from pipeline.evaluation import DEFAULT_BACKEND, STAT_NAMES, stat_names
-from pipeline.evaluation import ReevaluateConfig, reevaluate
-from pipeline.predictions import SCORE_THRESHOLD
+from pipeline.evaluation import DEFAULT_BACKEND, STAT_NAMES, ReevaluateConfig, reevaluate, stat_names
 from pipeline.evaluation.reevaluation import find_checkpoints, read_history, write_row
+from pipeline.predictions import SCORE_THRESHOLD
 from tests import REPO
-
 
 
 def new_checkpoint(folder: Path, seed: int) -> str:

@@ -244,9 +244,10 @@ def detections_array_of(table: pa.Table, gt_json: dict, max_dets: int = 100):
 
 
 def test_max_dets_is_the_last_cap_and_is_recorded(tmp_path):
-    from bench.evaluation import build
     from faster_coco_eval import COCO as FasterCOCO
     from faster_coco_eval import COCOeval_faster
+
+    from bench.evaluation import build
 
     gt_json, table = build(images=60, per_image=300, seed=5)
     at = {cap: score_predictions([table], CocoScorer(gt_json, max_dets=cap)) for cap in (100, 300)}
