@@ -29,7 +29,7 @@ from model.contract import resolve_contract
 from pipeline import predictions
 from pipeline.coco import load_coco
 from pipeline.decode import decode_image
-from pipeline.evaluation import CocoScorer, score_predictions
+from pipeline.evaluation import CocoScorer, evaluate
 from pipeline.synthetic import SyntheticConfig, make_synthetic
 from pipeline.training import detect_images
 
@@ -56,7 +56,7 @@ def padded_batches(model, contract, records: list[dict], batch_size: int):
 
 
 def score(table, gt: CocoScorer) -> dict[str, float]:
-    metrics = score_predictions([table], gt)["metrics"]
+    metrics = evaluate([table], gt)["metrics"]
     return {k: round(metrics[k], 4) for k in ("AP", "AP50", "AP75")}
 
 

@@ -29,7 +29,7 @@ from model import uri as uris
 from model.interface import build_model, preset_config, preset_contract
 from pipeline.coco import load_coco
 from pipeline.decode import decode_image
-from pipeline.evaluation import CocoScorer, score_predictions
+from pipeline.evaluation import CocoScorer, evaluate
 from pipeline.synthetic import SyntheticConfig, make_synthetic
 from pipeline.training import TrainConfig, augment_samples, collate, detect_images, warm_up
 from pipeline.training.augment import AugmentConfig, train_transform
@@ -137,7 +137,7 @@ def train(args: argparse.Namespace, data: str) -> None:
             if trained_s >= next_eval or trained_s >= args.minutes * 60:
                 table = detect_images(model.eval(), val_set.records(), contract, args.batch_size)
                 model.train()
-                stats = score_predictions([table], gt)["metrics"]
+                stats = evaluate([table], gt)["metrics"]
                 point = {"minutes": round(trained_s / 60, 2), "steps": steps, "AP": stats["AP"],
                          "AP50": stats["AP50"], "train_loss": float(np.mean(losses[-50:]))}
                 curve.append(point)

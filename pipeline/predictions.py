@@ -147,10 +147,12 @@ def read_predictions(source: str, columns: Sequence[str] | None = None) -> pa.Ta
         columns=list(columns) if columns else None)
 
 
-def prediction_batches(source: str, columns: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+def prediction_batches(source: str, columns: Sequence[str], batch_rows: int,
+                       optional: Sequence[str] = ()) -> Iterator[pa.RecordBatch]:
     """The rows of a predictions file or folder, batch_rows at a time with little read-ahead,
-    so that a reader holds about one batch. A source that is missing, holds no part files or
-    lacks a column is a ValueError that says so."""
+    so that a reader holds about one batch; with the `optional` columns the table has (a table
+    written before masks or panoptic output were has no such columns). A source that is missing,
+    holds no part files or lacks one of `columns` is a ValueError that says so."""
     fs, root = uris.resolve(source)
     kind = fs.get_file_info(root).type
     if kind == pafs.FileType.NotFound:
@@ -165,7 +167,8 @@ def prediction_batches(source: str, columns: Sequence[str], batch_rows: int) -> 
     missing = [c for c in columns if c not in dataset.schema.names]
     if missing:
         raise ValueError(f"{source} is not a predictions table: it lacks the column(s) {missing}")
-    yield from dataset.to_batches(columns=list(columns), batch_size=batch_rows, batch_readahead=1,
+    columns = [*columns, *(c for c in optional if c in dataset.schema.names)]
+    yield from dataset.to_batches(columns=columns, batch_size=batch_rows, batch_readahead=1,
                                   fragment_readahead=1)
 
 

@@ -1,8 +1,11 @@
 """Scoring predictions with COCO metrics, and re-scoring new checkpoints on a schedule.
 
     backends.py      the COCO scorers' names
-    scoring.py       COCO bbox and mask stats of a predictions table (pycocotools, hotcoco, faster-coco-eval)
+    metrics.py       evaluation, once for every job: every metric a predictions table allows, in one pass
+    rows.py          what is kept of its rows for scoring, and counted when left out
+    scoring.py       COCO bbox and segm stats of detections (pycocotools, hotcoco, faster-coco-eval)
     panoptic_quality.py  PQ / SQ / RQ of its panoptic segmentations (panopticapi's rules)
+    report.py        console tables, metrics files, the flat row of numbers
     reevaluation.py  the scheduled re-evaluation: detect + score each new checkpoint, keep a history
 """
 from __future__ import annotations
@@ -11,21 +14,23 @@ from .. import exports
 
 _MODULE_OF = {
     "BACKENDS": "backends",
+    "DEFAULT_BACKEND": "backends",
     "STAT_NAMES": "scoring",
     "stat_names": "scoring",
-    "COLUMNS": "scoring",
-    "BATCH_ROWS": "scoring",
-    "DEFAULT_BACKEND": "backends",
     "MAX_DETECTIONS": "scoring",
     "CocoScorer": "scoring",
-    "format_tables": "scoring",
     "max_dets_arg": "scoring",
-    "score_files": "scoring",
-    "score_predictions": "scoring",
-    "write_evaluation": "scoring",
-    "detections_array": "scoring",
+    "COLUMNS": "metrics",
+    "BATCH_ROWS": "metrics",
+    "evaluate": "metrics",
+    "evaluate_table": "metrics",
+    "score_files": "metrics",
+    "detections_array": "rows",
+    "flat_metrics": "report",
+    "format_tables": "report",
+    "write_evaluation": "report",
     "PanopticQuality": "panoptic_quality",
-    "score_panoptic_files": "panoptic_quality",
+    "PanopticScorer": "panoptic_quality",
     "ReevaluateConfig": "reevaluation",
     "reevaluate": "reevaluation",
 }

@@ -18,14 +18,14 @@ from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from model import uri as uris
 
 from ..panoptic import VOID, Problems, load_panoptic, read_png
-from ..predictions import PANOPTIC_FOLDER, prediction_batches
+from ..predictions import PANOPTIC_FOLDER
 
-BATCH_ROWS = 256  # rows read at a time
 OFFSET = 2 ** 24  # id pairs as one integer: gt * OFFSET + prediction (ids are 24-bit colours)
 GROUPS = {"All": None, "Things": True, "Stuff": False}
 
@@ -123,46 +123,60 @@ METRICS = {"PQ": ("All", "pq"), "SQ": ("All", "sq"), "RQ": ("All", "rq"),
 COLUMNS = ("path", "image_id", "panoptic")
 
 
-def score_panoptic_files(predictions_uri: str, annotation_uri: str, folder: str | None = None) -> dict[str, Any]:
-    """PQ / SQ / RQ (All, Things, Stuff; per category) of a predictions table's panoptic column and
-    PNGs against a COCO panoptic ground truth (PNG folder: `folder`, default the JSON's path without
-    .json). A ground-truth image without a prediction scores as an empty one (its segments are
-    missed); what could not be used is counted and named in `report`, never fatal."""
-    gt = load_panoptic(annotation_uri, folder)
-    quality = PanopticQuality(gt.categories)
-    problems = Problems()
-    single_file = uris.file_type(predictions_uri) == pafs.FileType.File
-    root = predictions_uri.rsplit("/", 1)[0] if single_file else predictions_uri  # the PNGs' parent
-    scored: set[int] = set()
-    unreadable: set[int] = set()  # ground-truth PNGs that cannot be read (each counted once): not scored
-    unmatched = 0
-    for batch in prediction_batches(predictions_uri, COLUMNS, BATCH_ROWS):
-        for row in batch.to_pylist():
+class PanopticScorer:
+    """PQ / SQ / RQ (All, Things, Stuff; per category) of predictions rows' panoptic segmentations
+    (their JSON column and PNGs under `png_root`) against a COCO panoptic ground truth (PNG folder:
+    `folder`, default the JSON's path without .json), a table of rows at a time (`add`), then
+    `result()`. A ground-truth image without a prediction scores as an empty one (its segments
+    are missed); what could not be used is counted and named in the report, never fatal."""
+
+    def __init__(self, annotation_uri: str, folder: str | None, png_root: str) -> None:
+        self.annotation_uri, self.root = annotation_uri, png_root
+        self.gt = load_panoptic(annotation_uri, folder)
+        self.quality = PanopticQuality(self.gt.categories)
+        self.problems = Problems()
+        self.scored: set[int] = set()
+        self.unreadable: set[int] = set()  # ground-truth PNGs that cannot be read (each counted once): not scored
+        self.unmatched = 0
+
+    def add(self, table: pa.Table) -> None:
+        gt = self.gt
+        for row in table.select(list(COLUMNS)).to_pylist():
             image_id = row["image_id"] if row["image_id"] in gt.annotations else gt.image_names.get(
                 PurePosixPath(row["path"]).name)
-            if image_id is None or image_id in scored or image_id in unreadable or row["panoptic"] is None:
-                unmatched += image_id is None
+            if image_id is None or image_id in self.scored or image_id in self.unreadable or row["panoptic"] is None:
+                self.unmatched += image_id is None
                 continue
-            gt_ids = gt.ids(image_id, problems)
+            gt_ids = gt.ids(image_id, self.problems)
             if gt_ids is None:
-                unreadable.add(image_id)
+                self.unreadable.add(image_id)
                 continue
-            scored.add(image_id)
+            self.scored.add(image_id)
             prediction = json.loads(row["panoptic"])
-            pred_ids = predicted_ids(root, prediction["file_name"], gt_ids.shape, row["path"], problems)
+            pred_ids = predicted_ids(self.root, prediction["file_name"], gt_ids.shape, row["path"], self.problems)
             segments = prediction["segments_info"] if pred_ids.any() else []
-            quality.add(gt_ids, gt.annotations[image_id]["segments_info"], pred_ids, segments)
-    missing = [i for i in gt.annotations if i not in scored and i not in unreadable]
-    for image_id in missing:  # no prediction: every segment missed
-        gt_ids = gt.ids(image_id, problems)
-        if gt_ids is not None:
-            quality.add(gt_ids, gt.annotations[image_id]["segments_info"], np.zeros_like(gt_ids), [])
-    results = quality.results()
-    metrics = {name: results[group][key] for name, (group, key) in METRICS.items()}
-    report = {"images": len(gt.annotations), "predicted": len(scored), "without_prediction": len(missing),
-              "rows_of_unknown_images": unmatched, "problems": problems.report()}
-    return {"metrics": metrics, "groups": {g: results[g] for g in GROUPS}, "per_category": results["per_category"],
-            "report": report, "annotations": annotation_uri}
+            self.quality.add(gt_ids, gt.annotations[image_id]["segments_info"], pred_ids, segments)
+
+    def result(self) -> dict[str, Any]:
+        gt = self.gt
+        missing = [i for i in gt.annotations if i not in self.scored and i not in self.unreadable]
+        for image_id in missing:  # no prediction: every segment missed
+            gt_ids = gt.ids(image_id, self.problems)
+            if gt_ids is not None:
+                self.quality.add(gt_ids, gt.annotations[image_id]["segments_info"], np.zeros_like(gt_ids), [])
+        results = self.quality.results()
+        metrics = {name: results[group][key] for name, (group, key) in METRICS.items()}
+        report = {"images": len(gt.annotations), "predicted": len(self.scored), "without_prediction": len(missing),
+                  "rows_of_unknown_images": self.unmatched, "problems": self.problems.report()}
+        return {"metrics": metrics, "groups": {g: results[g] for g in GROUPS},
+                "per_category": results["per_category"], "report": report, "annotations": self.annotation_uri}
+
+
+def png_root(predictions_uri: str) -> str:
+    """The folder that holds a predictions table's panoptic PNG folder: the table's own, or a
+    single file's parent."""
+    single_file = uris.file_type(predictions_uri) == pafs.FileType.File
+    return predictions_uri.rsplit("/", 1)[0] if single_file else predictions_uri
 
 
 def predicted_ids(root: str, file_name: str, shape: tuple[int, ...], path: str, problems: Problems) -> np.ndarray:

@@ -34,18 +34,11 @@ from model import uri as uris
 from ..coco import load_coco
 from ..detection import DetectConfig, run_detection
 from ..paths import with_absolute_paths
-from ..predictions import SCORE_THRESHOLD, prediction_batches
-from .panoptic_quality import score_panoptic_files
-from .scoring import (
-    BATCH_ROWS,
-    COLUMNS,
-    DEFAULT_BACKEND,
-    MAX_DETECTIONS,
-    CocoScorer,
-    has_values,
-    score_mask_files,
-    score_predictions,
-)
+from ..predictions import SCORE_THRESHOLD
+from .backends import DEFAULT_BACKEND
+from .metrics import evaluate_table
+from .report import flat_metrics
+from .scoring import MAX_DETECTIONS, CocoScorer
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 # A checkpoint's score counts only when at most this share of the evaluation images failed
@@ -195,10 +188,7 @@ def score_checkpoint(config: ReevaluateConfig, found: dict[str, Any], weights: s
                          f"detected ({detection['errors']}): more than {MAX_ERROR_FRACTION:.0%}, so no history row "
                          f"was written; is --images {config.images} the folder of the annotation file's images?")
     evaluate_started = time.time()
-    result = score_predictions(prediction_batches(output, COLUMNS, BATCH_ROWS), gt)
-    segm = (score_mask_files(output, gt) or {}).get("metrics", {})  # a checkpoint with the mask head
-    panoptic = (score_panoptic_files(output, config.panoptic_annotations, config.panoptic_folder)["metrics"]
-                if config.panoptic_annotations and has_values(output, "panoptic") else {})  # and stuff classes
+    result = evaluate_table(output, gt, config.panoptic_annotations, config.panoptic_folder)
     return {
         "key": key,
         "evaluated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -210,9 +200,7 @@ def score_checkpoint(config: ReevaluateConfig, found: dict[str, Any], weights: s
         "parameters": json.dumps(parameters, sort_keys=True),
         "backend": result["backend"],
         "max_dets": result["max_dets"],
-        **result["metrics"],
-        **{f"segm_{name}": value for name, value in segm.items()},
-        **panoptic,
+        **flat_metrics(result),  # boxes; masks and PQ where the checkpoint makes them
         "per_category": json.dumps(result["per_category"], sort_keys=True),
         "images": detection["inputs"],
         "detections": result["report"]["detections"],

@@ -18,8 +18,9 @@ from model import DETR, InputContract
 
 from .. import predictions
 from ..detection import Detector, fetch
-from ..evaluation import CocoScorer, score_predictions
-from ..evaluation.scoring import mask_results
+from ..evaluation.metrics import evaluate
+from ..evaluation.report import flat_metrics
+from ..evaluation.scoring import CocoScorer
 from ..images import MAX_PIXELS
 
 WINDOW_BATCHES = 32  # images read and grouped by canvas at once, in batches: as a detection actor's window
@@ -49,18 +50,14 @@ def validate(model: DETR, records: list[dict[str, Any]], contract: InputContract
              scorer: CocoScorer | None, rank: int, world_size: int) -> dict[str, float]:
     """The COCO stats of the validation images on rank 0 (the others get an empty dict): of the
     boxes and, for a model with the mask head whose ground truth has segmentations, of the masks
-    (as segm_AP, segm_AP50, ...), as jobs/evaluate.py scores them."""
+    (as segm_AP, segm_AP50, ...): jobs/evaluate.py's evaluation of the same rows."""
     was_training = model.training
     table = detect_images(model.eval(), records[rank::world_size], contract, batch_size)
     model.train(was_training)
     tables = gather(table, world_size)
     if rank != 0:
         return {}
-    metrics = score_predictions(tables, scorer)["metrics"]
-    if model.config.masks and not scorer.unsegmented:
-        results = [r for t in tables for r in mask_results(t, scorer)]
-        metrics.update({f"segm_{name}": value for name, value in scorer.score_masks(results)["metrics"].items()})
-    return metrics
+    return flat_metrics(evaluate(tables, scorer))
 
 
 def gather(table: pa.Table, world_size: int) -> list[pa.Table]:

@@ -121,6 +121,41 @@ def test_mask_ap_of_the_ground_truth_is_one_and_the_backends_agree(shapes, tmp_p
             assert fast["per_category"][category_id]["AP"] == pytest.approx(entry["AP"], abs=1e-9), backend
 
 
+def test_boxes_and_masks_keep_and_count_by_one_rule_in_one_read(shapes, tmp_path, monkeypatch):
+    """A detection left out (a category the annotations do not declare, a box that is not finite)
+    is left out of the boxes and the masks alike and counted once; the table is read once."""
+    import pipeline.evaluation.metrics as evaluation
+
+    table = _mask_table(shapes, 0, 0).to_pylist()
+    first = table[0]
+    for box, label in (([0.0, 0.0, 5.0, 5.0], 999), ([float("nan"), 0.0, 5.0, 5.0], first["labels"][0])):
+        first["boxes"].append(box)
+        first["labels"].append(label)
+        first["scores"].append(0.99)  # above the rest: kept by the cap, were it counted
+        first["masks"].append(first["masks"][0])
+    path = tmp_path / "odd.parquet"
+    pq.write_table(pa.Table.from_pylist(table, schema=predictions.SCHEMA), path)
+    reads = []
+    read = evaluation.prediction_batches
+    monkeypatch.setattr(evaluation, "prediction_batches", lambda *a, **k: reads.append(a) or read(*a, **k))
+    result = score_files(str(path), shapes["val_annotations"])
+    assert len(reads) == 1  # boxes and masks from one pass over the rows
+    report = result["report"]
+    assert report["unknown_category_detections"] == 1 and report["invalid_box_detections"] == 1
+    assert result["segm"]["detections"] == report["detections"] == sum(len(r["scores"]) for r in table) - 2
+    assert result["segm"]["metrics"]["AP50"] == pytest.approx(1.0)  # neither left-out mask was scored
+
+
+def test_panoptic_annotations_without_panoptic_rows_give_no_pq_and_say_so(tmp_path):
+    stuff = make_synthetic(str(tmp_path / "stuff"), train=0, val=2, seed=5,
+                           config=SyntheticConfig(min_side=64, max_side=96, max_objects=2, stuff=True))
+    path = tmp_path / "boxes.parquet"
+    pq.write_table(_mask_table(stuff, 0, 0).drop_columns(["masks"]), path)
+    result = score_files(str(path), stuff["val_annotations"], panoptic_annotations=stuff["val_panoptic"])
+    assert "panoptic" not in result and "segm" not in result
+    assert any("carry no panoptic segmentations" in w for w in result["report"]["warnings"])
+
+
 def test_pictures_fill_the_masks(segm_model, shapes, tmp_path):
     from torchvision.io import decode_png
 

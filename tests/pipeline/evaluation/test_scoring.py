@@ -17,7 +17,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from pipeline.evaluation import BACKENDS, STAT_NAMES, CocoScorer, score_predictions
+from pipeline.evaluation import BACKENDS, STAT_NAMES, CocoScorer, evaluate
 from pipeline.predictions import detections_table
 from tests import REPO
 
@@ -102,7 +102,7 @@ def test_published_oracle_through_the_job(oracle, tmp_path):
     assert written["metrics"] == summary["metrics"]
     assert pq.read_table(tmp_path / "metrics" / "metrics.parquet").to_pylist()[0]["AP"] == summary["metrics"]["AP"]
 
-    reordered = score_predictions([table.take(order[::-1])], CocoScorer(gt_json))
+    reordered = evaluate([table.take(order[::-1])], CocoScorer(gt_json))
     assert reordered["metrics"] == summary["metrics"]
 
 
@@ -127,7 +127,7 @@ def test_equals_pycocotools_on_built_detections():
             results.append({"image_id": a["image_id"], "category_id": int(rng.choice([3, 7])), "bbox": bbox,
                             "score": float(rng.uniform())})
     table = table_from_results(results, {1: "sub/img1.jpg", 2: "sub/img2.jpg", 3: "sub/img3.jpg"})
-    ours = score_predictions([table], CocoScorer(gt_json))
+    ours = evaluate([table], CocoScorer(gt_json))
     exact = pycocotools_stats(pycocotools_gt(gt_json), as_float32_results(results))
     for name in STAT_NAMES:
         assert ours["metrics"][name] == pytest.approx(exact[name], abs=1e-12), name
@@ -143,17 +143,17 @@ def test_hand_computable_cases():
     gt_json = small_ground_truth()
     names = {1: "sub/img1.jpg", 2: "sub/img2.jpg", 3: "sub/img3.jpg"}
     gt = CocoScorer(gt_json)
-    result = score_predictions([table_from_results(perfect(gt_json, {1, 2, 3}), names)], gt)
+    result = evaluate([table_from_results(perfect(gt_json, {1, 2, 3}), names)], gt)
     assert result["metrics"]["AP"] == pytest.approx(1.0) and result["metrics"]["AR100"] == pytest.approx(1.0)
 
-    nothing = score_predictions([table_from_results([], names)], gt)
+    nothing = evaluate([table_from_results([], names)], gt)
     assert all(nothing["metrics"][n] in (0.0, -1.0) for n in STAT_NAMES) and nothing["metrics"]["AP"] == 0.0
     assert nothing["report"]["missed_images"] == 3
 
     # one category (3) found on image 1 only: half its objects -> precision 1 up to recall .5
     one = {"images": gt_json["images"][:2], "categories": gt_json["categories"][:1],
            "annotations": [a for a in gt_json["annotations"] if a["category_id"] == 3]}
-    half = score_predictions([table_from_results(perfect(one, {1}), names)], CocoScorer(one))
+    half = evaluate([table_from_results(perfect(one, {1}), names)], CocoScorer(one))
     assert half["metrics"]["AP"] == pytest.approx(51 / 101) and half["metrics"]["AR100"] == pytest.approx(0.5)
     assert half["report"]["missed_images"] == 1 and half["report"]["missed_image_ids"] == [2]
 
@@ -169,14 +169,14 @@ def test_edge_cases_are_reported():
     results += [{"image_id": 2, "category_id": 7, "bbox": [150, 150, 10, 10], "score": 0.01} for _ in range(150)]
     error_row = {"path": "/data/sub/img3.jpg", "image_id": None, "error": "undecodable: truncated", "detections": None}
     table = table_from_results(results, names, [error_row])
-    result = score_predictions([table], CocoScorer(gt_json))
+    result = evaluate([table], CocoScorer(gt_json))
     report = result["report"]
     assert report["unknown_rows"] == 1 and report["unknown_paths"] == ["/data/other/unknown.jpg"]
     assert report["unknown_category_detections"] == 1 and report["unknown_category_ids"] == [42]
     assert report["error_rows"] == {"undecodable": 1}
     assert report["truncated_detections"] == 52  # image 2: 2 perfect + 150 extra, 100 kept
     assert report["missed_images"] == 0  # the error row matched image 3 by its path; it has no detections
-    same = score_predictions([table_from_results(perfect(gt_json, {1, 2}), names)], CocoScorer(gt_json))
+    same = evaluate([table_from_results(perfect(gt_json, {1, 2}), names)], CocoScorer(gt_json))
     assert result["metrics"]["AP50"] <= same["metrics"]["AP50"]
 
 
@@ -184,7 +184,7 @@ def test_matches_rows_by_file_name_when_image_id_is_null():
     gt_json = small_ground_truth()
     table = table_from_results(perfect(gt_json, {1, 2, 3}), {1: "sub/img1.jpg", 2: "sub/img2.jpg", 3: "sub/img3.jpg"})
     table = table.set_column(1, "image_id", pa.nulls(table.num_rows, pa.int64()))  # e.g. a folder was detected
-    result = score_predictions([table], CocoScorer(gt_json))
+    result = evaluate([table], CocoScorer(gt_json))
     assert result["metrics"]["AP"] == pytest.approx(1.0) and result["report"]["unknown_rows"] == 0
 
 
@@ -250,7 +250,7 @@ def test_max_dets_is_the_last_cap_and_is_recorded(tmp_path):
     from bench.evaluation import build
 
     gt_json, table = build(images=60, per_image=300, seed=5)
-    at = {cap: score_predictions([table], CocoScorer(gt_json, max_dets=cap)) for cap in (100, 300)}
+    at = {cap: evaluate([table], CocoScorer(gt_json, max_dets=cap)) for cap in (100, 300)}
     assert at[100]["max_dets"] == 100 and at[300]["max_dets"] == 300 and "AR300" in at[300]["metrics"]
     assert at[100]["report"]["truncated_detections"] == 60 * 200 and at[300]["report"]["truncated_detections"] == 0
     assert at[300]["metrics"]["AR300"] > at[100]["metrics"]["AR100"] and "AR100" not in at[300]["metrics"]
@@ -267,7 +267,7 @@ def test_max_dets_is_the_last_cap_and_is_recorded(tmp_path):
         assert all(abs(both["pycocotools"][0][n] - v) <= 1e-9 for n, v in both[backend][0].items()), backend
 
     few = build(images=60, per_image=40, seed=5)[1]  # at most 100 per image: the cap changes nothing
-    same = [score_predictions([few], CocoScorer(gt_json, max_dets=cap))["metrics"] for cap in (100, 300)]
+    same = [evaluate([few], CocoScorer(gt_json, max_dets=cap))["metrics"] for cap in (100, 300)]
     assert list(same[0].values()) == list(same[1].values())
 
     pq.write_table(table, tmp_path / "preds.parquet")
@@ -292,12 +292,12 @@ def test_bad_predictions_are_counted_and_said():
            {"image_id": 2, "category_id": 3, "bbox": [50, 50, -10, 5], "score": 0.99},  # negative width
            {"image_id": 3, "category_id": 7, "bbox": [5, 5, 10, 10], "score": float("inf")},
            {"image_id": 3, "category_id": 7, "bbox": [5, 5, float("inf"), 10], "score": 0.5}]
-    result = score_predictions([table_from_results(good + bad, names)], CocoScorer(gt_json))
+    result = evaluate([table_from_results(good + bad, names)], CocoScorer(gt_json))
     assert result["report"]["invalid_box_detections"] == 4 and result["report"]["detections"] == len(good)
     assert result["metrics"]["AP"] == pytest.approx(1.0)  # dropped, not scored as false positives
     assert any("not finite or a negative width/height" in w for w in result["report"]["warnings"])
 
-    empty = score_predictions([table_from_results([], {})], CocoScorer(gt_json))
+    empty = evaluate([table_from_results([], {})], CocoScorer(gt_json))
     assert empty["metrics"]["AP"] == 0.0 and empty["report"]["missed_images"] == 3
     assert empty["report"]["warnings"][0].startswith("the predictions hold no rows")
 

@@ -13,7 +13,7 @@ from model import load_checkpoint
 from pipeline import predictions
 from pipeline.coco import load_coco
 from pipeline.detection import DetectConfig, run_detection
-from pipeline.evaluation import CocoScorer, score_files, score_predictions
+from pipeline.evaluation import CocoScorer, evaluate, score_files
 from pipeline.training import detect_images, gather, records_of, validate
 from tests import SHIPPED
 
@@ -78,6 +78,6 @@ def test_validation_detections_are_bulk_detections(ray_cluster, demo_val, tmp_pa
         assert row["labels"] == other["labels"] and row["path"] == other["path"]
         np.testing.assert_allclose(row["scores"], other["scores"], atol=1e-4)
         np.testing.assert_allclose(row["boxes"], other["boxes"], atol=1e-2)
-    validated = score_predictions([validation], CocoScorer(dataset.raw))["metrics"]
+    validated = evaluate([validation], CocoScorer(dataset.raw))["metrics"]
     assert validated == score_files(output, demo_val["val_annotations"])["metrics"]
     assert validated["AP"] > 0.2  # a trained checkpoint: the equality is not that of two empty sets
