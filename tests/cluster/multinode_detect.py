@@ -48,14 +48,11 @@ def detect(cluster, workers: list, images: str, output: str, checkpoint: str, re
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
-    # With every node up, 1.2 CPU per actor: two cannot share a 2-CPU node, so the pool spans both
-    # (Ray's spreading alone is best effort: a node busy with reads at that moment is passed over),
-    # and each node keeps room for a read (0.5) and a write task (0.25). When a node goes, 0.6:
-    # Ray restarts its actor on the other one, beside the first and a read and a write.
+    # 0.6 CPU per actor: when a node goes, Ray restarts its actor on the other one, and the
+    # two must still leave room there for a read (0.5) and a write task (0.25)
     summary = run_detection(DetectConfig(images=images, output=output, checkpoint=checkpoint, min_size=96,
                                          max_size=160, score_threshold=0.0, batch_size=2, window=4,
-                                         shard_size=8, rows_per_file=4, actors=(2, 2),
-                                         cpus_per_actor=0.6 if remove else 1.2))
+                                         shard_size=8, rows_per_file=4, actors=(2, 2), cpus_per_actor=0.6))
     stop.set()
     thread.join()
     record_actor_nodes(alive_only=False)  # finished actors too: a short run can end between polls
