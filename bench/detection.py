@@ -101,7 +101,7 @@ def job(images: str, output: str, checkpoint: str, sizes: dict, batch_size: int,
     summary = run_detection(DetectConfig(images=images, output=output, checkpoint=checkpoint, **sizes,
                                          batch_size=batch_size, actors=(1, 1), cpus_per_actor=threads,
                                          device=device, overwrite=True))
-    assert summary["rows"] == summary["inputs"] and summary["duplicates"] == summary["missing"] == 0, summary
+    assert summary["rows"] == summary["inputs"] and summary["duplicates"] == summary["missing_rows"] == 0, summary
     return summary
 
 

@@ -27,7 +27,7 @@ def seconds(images: str, output: str, checkpoint: str, actors: int, batch_size: 
     summary = run_detection(DetectConfig(images=images, output=output, checkpoint=checkpoint, min_size=240,
                                          max_size=320, batch_size=batch_size, actors=(actors, actors),
                                          cpus_per_actor=1.0))
-    assert summary["rows"] == summary["inputs"] and summary["duplicates"] == summary["missing"] == 0
+    assert summary["rows"] == summary["inputs"] and summary["duplicates"] == summary["missing_rows"] == 0
     return summary["seconds"]
 
 

@@ -28,7 +28,7 @@ from pipeline.cluster.connect import RAY_HELP, use_ray  # noqa: E402
 from pipeline.detection import DetectConfig, actors_arg, run_detection  # noqa: E402
 from pipeline.paths import absolute  # noqa: E402
 from pipeline.progress import detection_headline  # noqa: E402
-from pipeline.render import render_predictions  # noqa: E402
+from pipeline.render import class_names, render_predictions  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[DetectConfig, argparse.Namespace]:
@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
         ray.shutdown()
     if args.render:
         summary["rendered"] = render_predictions(summary["output"], int(args.render[0]),
-                                                 absolute(args.render[1], "--render"))
+                                                 absolute(args.render[1], "--render"),
+                                                 names=class_names(summary["output"], config.images))
     print(detection_headline(summary))
     print(json.dumps(summary))
 

@@ -2,7 +2,9 @@
 evaluation) and, here at the top, what the stages share: COCO reading (coco.py), the
 predictions table (predictions.py), image headers and the one decoder (images.py, decode.py),
 Ray for the jobs (cluster/), progress lines (progress.py), pictures
-(render.py) and the synthetic dataset (synthetic.py). No argument parsing: that is jobs/."""
+(render.py) and the synthetic dataset (synthetic.py). The command lines are jobs/; an option that
+jobs share is parsed and checked with its stage (detection/config.py's actors_arg, evaluation's
+max_dets_arg)."""
 from __future__ import annotations
 
 import importlib

@@ -83,7 +83,13 @@ def evaluation_headline(result: dict) -> str:
 def reevaluation_headline(summary: dict) -> str:
     scored = ", ".join(f"{r['checkpoint']} AP {r['AP']:.4f}" for r in summary["evaluated"]) or "nothing new"
     flagged = f"; REGRESSIONS: {len(summary['regressions'])}" if summary["regressions"] else "; no regression"
-    return f"scored {len(summary['evaluated'])} checkpoints ({scored}); history holds {summary['rows']}{flagged}"
+    found = summary.get("found", len(summary["evaluated"]))
+    left = [f"{len(summary.get(k, []))} {what}" for k, what in (("already_scored", "already scored"),
+                                                              ("copies", "copies of scored weights"))
+            if summary.get(k)]
+    others = f" ({', '.join(left)})" if left else ""
+    return (f"scored {len(summary['evaluated'])} of {found} checkpoint files{others}: {scored}; history holds "
+            f"{summary['rows']}{flagged}")
 
 
 def dry_run_headline(summary: dict) -> str:

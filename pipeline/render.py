@@ -3,6 +3,7 @@ and, where the table has them, the masks filled in the boxes' colours."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 import pyarrow.compute as pc
@@ -16,11 +17,26 @@ from model import uri as uris
 
 from . import predictions
 from .decode import decode_image
+from .evaluation.labels import GENERIC
 from .masks import decode
 
 MIN_SIDE = 384  # smaller images are drawn enlarged, so that their labels can be read
 FONT_SIZE = 14
 COLOURS = ("#ffd700", "#00e5ff", "#ff4fd8", "#7cff4f", "#ff8c00", "#ffffff")  # by label: bright on most photos
+
+
+def class_names(source: str, annotations: str | None = None) -> dict[int, str] | None:
+    """The names to label a predictions table's boxes with: the model's own (a family folder's
+    id2label, recorded with the predictions), else the categories of the COCO file its images
+    came from (`annotations`, when it is one); None when neither names them."""
+    run = predictions.run_metadata(source) or {}
+    id2label = ((run.get("config") or {}).get("hf") or {}).get("id2label") or {}
+    names = {int(i): str(n) for i, n in id2label.items() if not GENERIC.fullmatch(str(n))}
+    if names:
+        return names
+    if annotations and annotations.endswith(".json"):
+        return {int(c["id"]): str(c["name"]) for c in json.loads(uris.read_bytes(annotations))["categories"]}
+    return None
 
 
 def render_predictions(source: str, count: int, folder: str, names: dict[int, str] | None = None,

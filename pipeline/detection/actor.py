@@ -243,7 +243,7 @@ class DetectorActor(Detector):
                  contract: dict[str, Any], cpus: float):
         """weights: (config dict, state_dict or an ONNX graph's bytes), or an object ref of it
         (shared by all actors); contract: InputContract.to_dict()."""
-        import ray  # only the actor needs Ray: the in-process Detector runs where Ray is not installed
+        import ray  # only the actor needs Ray: the in-process Detector (training's validation) needs no cluster
 
         config_dict, state = ray.get(weights) if isinstance(weights, ray.ObjectRef) else weights
         config = config_from_dict(config_dict)

@@ -305,7 +305,7 @@ def summarize(config: DetectConfig, plan: input_plan.Plan, totals: dict[str, Any
         "skipped": sum(rows.values()) - processed,
         "rows": sum(rows.values()),
         "duplicates": sum(max(0, rows[s] - n) for s, n in enumerate(expected)),
-        "missing": sum(max(0, n - rows[s]) for s, n in enumerate(expected)),
+        "missing_rows": sum(max(0, n - rows[s]) for s, n in enumerate(expected)),  # not errors["missing"]: files
         "errors": dict(previous_errors + Counter(totals["errors"])),
         "batch_fill": round(totals["detected"] / (calls * config.batch_size), 3) if calls else None,
         "images_per_second": round(processed / seconds, 2) if seconds > 0 else None,

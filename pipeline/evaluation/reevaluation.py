@@ -144,13 +144,18 @@ def reevaluate(config: ReevaluateConfig) -> dict[str, Any]:
     done_keys = {r["key"] for r in history}
     gt = None
     new_rows = []
-    for found in find_checkpoints(config.checkpoints):
+    found_files = find_checkpoints(config.checkpoints)
+    known: list[str] = []  # files already scored, unchanged
+    copies: list[str] = []  # files whose weights were scored under another name
+    for found in found_files:
         if (found["uri"], found["size"], found["modified"]) in done_files:
-            continue  # known file, unchanged: no need to even read its weights
+            known.append(found["uri"])  # no need to even read its weights
+            continue
         _, state_dict, _ = read_checkpoint(found["uri"])
         key = evaluation_key(weights_id(state_dict), dataset_hash, parameters)
         if key in done_keys:
-            continue  # same weights under another name
+            copies.append(found["uri"])
+            continue
         if gt is None:
             gt = CocoScorer(load_coco(config.annotations, config.images, check_files=False).raw, config.backend,
                             config.max_dets)
@@ -166,6 +171,9 @@ def reevaluate(config: ReevaluateConfig) -> dict[str, Any]:
         "evaluated": [{"checkpoint": r["checkpoint"], **{n: r[n] for n in ("AP", "AP50", last_ar(r), "segm_AP", "PQ")
                                                          if n in r}}
                       for r in new_rows],
+        "found": len(found_files),
+        "already_scored": known,
+        "copies": copies,  # same weights as a checkpoint in the history (best/ beside its epoch's)
         "rows": len(history),
         "regressions": regressions,
         "written": written,

@@ -44,7 +44,7 @@ def detection_runs(checkpoint, tmp_path_factory) -> dict:
 @pytest.mark.parametrize("remove_node", [False, True], ids=["all-nodes", "node-removed-mid-run"])
 def test_detection_across_nodes(detection_runs, remove_node):
     summary = detection_runs["node-removed" if remove_node else "all-nodes"]
-    assert summary["rows"] == summary["inputs"] == 40 and summary["duplicates"] == summary["missing"] == 0
+    assert summary["rows"] == summary["inputs"] == 40 and summary["duplicates"] == summary["missing_rows"] == 0
     assert summary["errors"] == {}
     if remove_node:
         assert summary["removed"] == [summary["worker_nodes"][1]]

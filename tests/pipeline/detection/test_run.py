@@ -41,7 +41,7 @@ def test_bad_inputs_each_get_exactly_one_row(ray_cluster, checkpoint, tmp_path):
     summary = detect(str(tmp_path / "images"), str(tmp_path / "out"), checkpoint, max_pixels=50_000_000)
     rows = {Path(r["path"]).name: r for r in predictions.read_predictions(str(tmp_path / "out")).to_pylist()}
     assert sorted(rows) == sorted(expected)
-    assert summary["rows"] == summary["inputs"] == len(expected) and summary["duplicates"] == summary["missing"] == 0
+    assert summary["rows"] == summary["inputs"] == len(expected) and summary["duplicates"] == summary["missing_rows"] == 0
     for name, kind in expected.items():
         row = rows[name]
         if kind is None:
@@ -91,7 +91,7 @@ def test_batches_of_only_failed_images(ray_cluster, checkpoint, tmp_path, batch_
     (tmp_path / "empty.jpg").write_bytes(b"")
     pq.write_table(pa.table({"path": paths}), manifest)
     summary = detect(str(manifest), str(tmp_path / "out"), checkpoint, batch_size=batch_size, window=4)
-    assert summary["inputs"] == summary["rows"] == 21 and summary["missing"] == summary["duplicates"] == 0
+    assert summary["inputs"] == summary["rows"] == 21 and summary["missing_rows"] == summary["duplicates"] == 0
     assert summary["errors"] == {"missing": 20, "empty": 1} and summary["batch_fill"] is None
     rows = predictions.read_predictions(str(tmp_path / "out")).to_pylist()
     assert sorted(r["path"] for r in rows) == sorted(paths) and all(r["boxes"] is None for r in rows)
@@ -155,7 +155,7 @@ def test_resume_after_the_driver_is_killed(ray_cluster, checkpoint, tmp_path):
                      shard_size=1000)  # the saved plan's 8-input shards apply
     assert summary["shards"] == 8 and summary["skipped"] == complete > 0  # incomplete shards ran again
     assert summary["processed"] == 60 - summary["skipped"]
-    assert summary["rows"] == summary["inputs"] == 60 and summary["duplicates"] == summary["missing"] == 0
+    assert summary["rows"] == summary["inputs"] == 60 and summary["duplicates"] == summary["missing_rows"] == 0
     rows = predictions.read_predictions(str(out), ["path"])["path"].to_pylist()
     assert len(rows) == len(set(rows)) == 60
 
@@ -282,7 +282,7 @@ def test_an_actor_that_keeps_dying_stops_the_run_with_one_line(ray_cluster, chec
     assert str(error).count("\n") == 0 and "the same command resumes" in str(error)
     assert "its process died (Worker unexpectedly exits" in str(error) and "lower --batch-size" in str(error)
     summary = detect(str(tmp_path / "images"), str(tmp_path / "out"), checkpoint, **settings)
-    assert summary["rows"] == summary["inputs"] == 200 and summary["duplicates"] == summary["missing"] == 0
+    assert summary["rows"] == summary["inputs"] == 200 and summary["duplicates"] == summary["missing_rows"] == 0
 
 
 def test_options_out_of_range_stop_before_anything_starts(tmp_path):

@@ -156,6 +156,16 @@ def test_panoptic_annotations_without_panoptic_rows_give_no_pq_and_say_so(tmp_pa
     assert any("carry no panoptic segmentations" in w for w in result["report"]["warnings"])
 
 
+def test_pictures_name_the_classes_of_the_annotations_when_the_model_names_none(shapes, tmp_path):
+    from pipeline.render import class_names
+
+    path = tmp_path / "boxes.parquet"
+    pq.write_table(_mask_table(shapes, 0, 0), path)  # a table whose model names no classes
+    categories = json.loads(Path(shapes["val_annotations"]).read_text())["categories"]
+    assert class_names(str(path), shapes["val_annotations"]) == {c["id"]: c["name"] for c in categories}
+    assert class_names(str(path), shapes["val_images"]) is None  # a folder of images names nothing
+
+
 def test_pictures_fill_the_masks(segm_model, shapes, tmp_path):
     from torchvision.io import decode_png
 

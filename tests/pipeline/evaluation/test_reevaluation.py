@@ -53,7 +53,12 @@ def test_only_new_checkpoints_are_scored(ray_cluster, tiny_shapes, tmp_path):
     new_checkpoint(runs / "checkpoint_000002", 2)
     third = reevaluate(cfg)
     assert [Path(e["checkpoint"]).parent.name for e in third["evaluated"]] == ["checkpoint_000002"]
-    assert third["rows"] == 3
+    assert third["rows"] == 3 and third["found"] == 4 and len(third["already_scored"]) == 2
+    assert [Path(c).parent.name for c in third["copies"]] == ["copy_of_1"]
+    from pipeline.progress import reevaluation_headline
+
+    assert reevaluation_headline(third).startswith(
+        "scored 1 of 4 checkpoint files (2 already scored, 1 copies of scored weights): ")
 
 
 def test_regression_fails_the_job_and_concurrent_runs_do_not_duplicate(ray_cluster, tiny_shapes, tmp_path):
