@@ -39,7 +39,7 @@ from PIL import Image
 from model import InputContract, build_detr, save_checkpoint
 from pipeline.detection import DetectConfig, DetectorActor, fetch, model_batches, run_detection
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "coco" / "instances_val2014_100.json"
+REFERENCE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "reference" / "coco" / "instances_val2014_100.json"
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -3,6 +3,7 @@ least once a minute, with where it is, how fast it goes and when it should end."
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 
 def duration(seconds: float) -> str:
@@ -20,16 +21,16 @@ class StepProgress:
     The ETA covers the rest of the run (this epoch's pace times the steps left in all)."""
 
     def __init__(self, epoch: int, epochs: int, steps_per_epoch: int, every_steps: int = 100,
-                 every_s: float = 60.0) -> None:
+                 every_s: float = 60.0, clock: Callable[[], float] = time.perf_counter) -> None:
         self.epoch, self.epochs, self.steps_per_epoch = epoch, epochs, max(1, steps_per_epoch)
-        self.every_steps, self.every_s = max(1, every_steps), every_s
-        self.started = self.last = time.perf_counter()
+        self.every_steps, self.every_s, self.clock = max(1, every_steps), every_s, clock
+        self.started = self.last = clock()
         self.records: list[dict] = []  # each line's numbers, for the run's history
 
     def line(self, step: int, loss: float, images: int) -> str | None:
         """The line for the step just done (counted from 1 in this epoch), or None when it is
         not yet time for one."""
-        now = time.perf_counter()
+        now = self.clock()
         if step % self.every_steps and now - self.last < self.every_s:
             return None
         self.last = now

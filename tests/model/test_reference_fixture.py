@@ -1,12 +1,31 @@
-"""Our DETR reproduces the reference implementation's numbers on its small fixture."""
+"""Our DETR reproduces the reference implementation's numbers on its small fixture, with seeded and
+with stored weights."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from model import PostProcess, build_criterion, pad_images
+from tests.reference import model_of, oracle
 
 ATOL = 1e-5
+
+
+# Both oracles: the compact one (seeded weights, in the repository) always, the full one (stored
+# weights) where ../shared/reference is found (tests/reference.py).
+@pytest.fixture(scope="module", params=["compact", "full"])
+def small_fixture(request):
+    return oracle("small", request.param)
+
+
+@pytest.fixture(scope="module")
+def fixture_model(small_fixture):
+    return model_of(small_fixture)
+
+
+@pytest.fixture(scope="module")
+def fixture_config(fixture_model):
+    return fixture_model.config
 
 
 def _close(actual, expected, atol=ATOL):
