@@ -19,6 +19,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -66,19 +67,36 @@ def start(port: int = DEFAULT_PORT, dashboard_port: int = DEFAULT_DASHBOARD, tok
     internal = [f"--{name}={free_port()}" for name in ("ray-client-server-port", "dashboard-agent-listen-port",
                                                        "dashboard-agent-grpc-port", "metrics-export-port",
                                                        "runtime-env-agent-port")]
+    ray_args = list(ray_args or [])
+    if not any(a.startswith("--temp-dir") for a in ray_args):
+        # A folder of its own: Ray's record of "the current cluster" (ray_current_cluster), which a
+        # submitted job's driver is pointed at, lives there; in the shared /tmp/ray any other Ray
+        # started or stopped on the machine rewrites or deletes it, and the job joins another Ray.
+        ray_args.append(f"--temp-dir={os.path.join(tempfile.gettempdir(), f'ray-head-{port}')}")
     command = [os.path.join(bin_dir, "ray"), "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
-               f"--dashboard-port={dashboard_port}", *internal, *(ray_args or [])]
+               f"--dashboard-port={dashboard_port}", *internal, *ray_args]
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise HeadError(f"ray start failed: {last_error(proc.stderr or proc.stdout)}")
     session = session_of_port(port)
     record = {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard_port}", "port": port,
               "dashboard_port": dashboard_port, "session": session,
+              "temp_dir": temp_dir_of(ray_args),
               "pids": sorted(p.pid for p in processes(session, port)),
               "started": time.time()}
     records().mkdir(parents=True, exist_ok=True)
     record_path(port).write_text(json.dumps(record, indent=2))
     return record
+
+
+def temp_dir_of(ray_args: list[str]) -> str | None:
+    """The --temp-dir among `ray start` arguments (--temp-dir=X or --temp-dir X)."""
+    for i, arg in enumerate(ray_args):
+        if arg.startswith("--temp-dir="):
+            return arg.split("=", 1)[1]
+        if arg == "--temp-dir" and i + 1 < len(ray_args):
+            return ray_args[i + 1]
+    return None
 
 
 def stop(port: int = DEFAULT_PORT, wait_s: float = 5.0) -> list[int]:

@@ -37,13 +37,12 @@ def start_head(folder: Path, token: Path) -> dict:
     """`make head` with a token of its own and free ports (the suite's own Ray holds the default
     ones), recorded under `folder`; returns its record (pipeline/cluster/head.py)."""
     port, dashboard = free_port(), free_port()
-    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
-    head_args = f"--node-ip-address=127.0.0.1 --num-cpus=4 --temp-dir={temp_dir}"
+    head_args = "--node-ip-address=127.0.0.1 --num-cpus=4"  # and the temp folder of its own make head gives it
     proc = _run(["make", "head", f"RAY_AUTH_TOKEN_PATH={token}", f"HEAD_PORT={port}", f"DASHBOARD_PORT={dashboard}",
                  f"HEAD_ARGS={head_args}"], dict(_plain_env(), DETR_RAY_HEADS=str(folder)), timeout=180)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "`make stop-head HEAD_PORT=" in proc.stdout
-    return {**json.loads((folder / f"{port}.json").read_text()), "temp_dir": temp_dir}
+    return json.loads((folder / f"{port}.json").read_text())
 
 
 def stop_head(folder: Path, head: dict) -> subprocess.CompletedProcess:
@@ -161,6 +160,11 @@ def test_two_heads_each_stopped_on_its_own_and_a_head_lost_mid_job(token_head, t
                       f"DASHBOARD_PORT={free_port()}"], dict(_plain_env(), DETR_RAY_HEADS=str(records)), timeout=120)
         assert taken.returncode != 0 and says in taken.stderr, taken.stderr  # not shared
     second = start_head(records, token)
+    for head in (first, second):
+        # Ray's record of the current cluster, which a submitted job's driver joins, is each head's
+        # own: no other Ray on the machine (this suite starts and stops many) rewrites or deletes it
+        assert head["temp_dir"] == os.path.join(tempfile.gettempdir(), f"ray-head-{head['port']}")
+        assert (Path(head["temp_dir"]) / "ray_current_cluster").read_text().strip().endswith(f":{head['port']}")
     env = dict(_anonymous(), RAY_AUTH_TOKEN_PATH=str(token))
     waiting = subprocess.Popen([sys.executable, str(REPO / "jobs" / "submit.py"), "--address", second["dashboard"],
                                 "--working-dir", str(tmp_path), "--", "python", "-c", "import time; time.sleep(300)"],
