@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup
 
-# The inner loop: every test that needs no Ray cluster (about a minute on 2 cores).
+# The inner loop: every test that needs no Ray cluster (about two minutes on 2 cores).
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup -m "not ray"

@@ -17,7 +17,7 @@ from model import uri as uris
 
 from . import predictions
 from .decode import decode_image
-from .evaluation.labels import GENERIC
+from .evaluation.labels import model_label_names
 from .masks import decode
 
 MIN_SIDE = 384  # smaller images are drawn enlarged, so that their labels can be read
@@ -29,9 +29,7 @@ def class_names(source: str, annotations: str | None = None) -> dict[int, str] |
     """The names to label a predictions table's boxes with: the model's own (a family folder's
     id2label, recorded with the predictions), else the categories of the COCO file its images
     came from (`annotations`, when it is one); None when neither names them."""
-    run = predictions.run_metadata(source) or {}
-    id2label = ((run.get("config") or {}).get("hf") or {}).get("id2label") or {}
-    names = {int(i): str(n) for i, n in id2label.items() if not GENERIC.fullmatch(str(n))}
+    names = model_label_names(predictions.run_metadata(source) or {})
     if names:
         return names
     if annotations and annotations.endswith(".json"):

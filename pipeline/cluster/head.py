@@ -68,7 +68,7 @@ def start(port: int = DEFAULT_PORT, dashboard_port: int = DEFAULT_DASHBOARD, tok
                                                        "dashboard-agent-grpc-port", "metrics-export-port",
                                                        "runtime-env-agent-port")]
     ray_args = list(ray_args or [])
-    if not any(a.startswith("--temp-dir") for a in ray_args):
+    if temp_dir_of(ray_args) is None:
         # A folder of its own: Ray's record of "the current cluster" (ray_current_cluster), which a
         # submitted job's driver is pointed at, lives there; in the shared /tmp/ray any other Ray
         # started or stopped on the machine rewrites or deletes it, and the job joins another Ray.

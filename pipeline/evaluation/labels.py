@@ -9,11 +9,17 @@ from typing import Any
 GENERIC = re.compile(r"LABEL_\d+")  # transformers' names when a model was given none
 
 
+def model_label_names(run: dict[str, Any]) -> dict[int, str]:
+    """The class names a table's model gave its labels (a family folder's id2label, recorded with
+    the predictions); empty where it gave none, or only transformers' LABEL_<n>."""
+    id2label = ((run.get("config") or {}).get("hf") or {}).get("id2label") or {}
+    return {int(i): str(n) for i, n in id2label.items() if not GENERIC.fullmatch(str(n))}
+
+
 def check_label_names(run: dict[str, Any], categories: list[dict[str, Any]]) -> None:
     """Refuse, in one line, a table whose model names its labels and whose names disagree with the
     annotations' category names for the same ids."""
-    id2label = ((run.get("config") or {}).get("hf") or {}).get("id2label") or {}
-    names = {int(i): str(n) for i, n in id2label.items() if not GENERIC.fullmatch(str(n))}
+    names = model_label_names(run)
     categories_by_id = {int(c["id"]): str(c.get("name", "")) for c in categories}
     shared = [i for i in names if i in categories_by_id]
     differ = [i for i in shared if names[i].lower() != categories_by_id[i].lower()]
