@@ -28,8 +28,8 @@ from model import uri as uris
 from model.contract import resolve_contract
 from pipeline import predictions
 from pipeline.coco import load_coco
-from pipeline.decode import decode_image
 from pipeline.evaluation import CocoScorer, evaluate
+from pipeline.images import decode_image
 from pipeline.synthetic import SyntheticConfig, make_synthetic
 from pipeline.training import detect_images
 

@@ -46,10 +46,9 @@ from PIL import Image
 from model import InputContract, build_criterion, build_detr, load_checkpoint, optimize_for_inference, save_checkpoint
 from model.export import export_checkpoint
 from model.onnx_model import OnnxDetr, import_onnxruntime
-from pipeline.decode import decode_images
 from pipeline.detection import Detector, fetch, model_batches
 from pipeline.detection.actor import to_canvas
-from pipeline.images import probe
+from pipeline.images import decode_images, probe
 from pipeline.training import TrainConfig, param_groups, train_step
 
 # (height, width) of common COCO photos: most are 640 on their longer side

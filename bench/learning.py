@@ -28,8 +28,8 @@ from model import InputContract, build_criterion, save_checkpoint
 from model import uri as uris
 from model.interface import build_model, preset_config, preset_contract
 from pipeline.coco import load_coco
-from pipeline.decode import decode_image
 from pipeline.evaluation import CocoScorer, evaluate
+from pipeline.images import decode_image
 from pipeline.synthetic import SyntheticConfig, make_synthetic
 from pipeline.training import TrainConfig, augment_samples, collate, detect_images, warm_up
 from pipeline.training.augment import AugmentConfig, train_transform

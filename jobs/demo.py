@@ -31,9 +31,9 @@ import ray  # noqa: E402
 
 from pipeline.cluster.connect import RAY_HELP, init_ray, use_ray  # noqa: E402
 from pipeline.detection import DetectConfig, run_detection  # noqa: E402
+from pipeline.detection.render import render_predictions  # noqa: E402
 from pipeline.evaluation import score_files  # noqa: E402
 from pipeline.progress import duration  # noqa: E402
-from pipeline.render import render_predictions  # noqa: E402
 from pipeline.synthetic import CATEGORIES, SyntheticConfig, make_synthetic  # noqa: E402
 from pipeline.training import TrainConfig, run_training  # noqa: E402
 

@@ -18,50 +18,30 @@ path without .json), the panoptic segmentations get PQ, SQ and RQ (All, Things, 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a working dir
 
-from pipeline.evaluation import (  # noqa: E402
-    BACKENDS,
-    DEFAULT_BACKEND,
-    MAX_DETECTIONS,
-    format_tables,
-    max_dets_arg,
-    score_files,
-    write_evaluation,
-)
-from pipeline.paths import absolute  # noqa: E402
+from pipeline import options  # noqa: E402
+from pipeline.evaluation import EvaluateConfig, format_tables, score_files, write_evaluation  # noqa: E402
 from pipeline.progress import evaluation_headline  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--predictions", required=True, help="a Parquet file or folder of part files (path or s3://)")
-    p.add_argument("--annotations", required=True, help="COCO annotation JSON (path or s3://)")
-    p.add_argument("--output", help="folder (path or s3://) for metrics.json and metrics.parquet")
-    p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
-                   help=f"COCO scorer (default {DEFAULT_BACKEND}; pycocotools is the reference, same numbers)")
-    p.add_argument("--max-dets", type=max_dets_arg, default=MAX_DETECTIONS,
-                   help=f"detections scored per image, the top by score (default {MAX_DETECTIONS}, COCO's rule)")
-    p.add_argument("--panoptic-annotations", help="COCO panoptic JSON (path or s3://): scores PQ / SQ / RQ")
-    p.add_argument("--panoptic-folder", help="its PNGs (default: the JSON's path without .json)")
-    args = p.parse_args(argv)
+    config, _ = options.parse(options.parser(EvaluateConfig, __doc__), EvaluateConfig, argv)
     try:
-        predictions, annotations, output, panoptic, panoptic_folder = (
-            absolute(getattr(args, name.replace("-", "_")), f"--{name}")
-            for name in ("predictions", "annotations", "output", "panoptic-annotations", "panoptic-folder"))
-        result = score_files(predictions, annotations, args.backend, args.max_dets, panoptic, panoptic_folder)
+        config = config.resolved()
+        result = score_files(config.predictions, config.annotations, config.backend, config.max_dets,
+                             config.panoptic_annotations, config.panoptic_folder)
     except (ValueError, FileNotFoundError, OSError) as e:  # CocoFormatError is a ValueError
         sys.exit(f"evaluate: {e}")
     print(format_tables(result))
     for warning in result["report"]["warnings"]:
         print(f"evaluate: warning: {warning}", file=sys.stderr)
-    if output:
-        result["written"] = write_evaluation(output, result)
+    if config.output:
+        result["written"] = write_evaluation(config.output, result)
     print(evaluation_headline(result))
     print(json.dumps(result))
 

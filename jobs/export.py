@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from model.export_formats import DEFAULT_OPSET, ExportError, output_format  # noqa: E402
 from pipeline.coco import load_coco  # noqa: E402
-from pipeline.paths import absolute, model_source  # noqa: E402
+from pipeline.options import absolute, model_source  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,6 @@
 """The input contract: how an image becomes the model's input, recorded with the weights.
 
-An image is decoded to 8-bit RGB as displayed (pipeline/decode.py: EXIF orientation applied,
+An image is decoded to 8-bit RGB as displayed (pipeline/images.py: EXIF orientation applied,
 transparency composited on white, 16-bit scaled), resized so that its shorter side is
 `min_size` unless its longer side would pass `max_size` (aspect kept), scaled to [0, 1] and
 normalised with `image_mean` / `image_std`, then zero-padded bottom/right onto a canvas chosen

@@ -1,10 +1,9 @@
 """Ray Data / Ray Train building blocks, a subpackage per stage (training, detection,
 evaluation) and, here at the top, what the stages share: COCO reading (coco.py), the
-predictions table (predictions.py), image headers and the one decoder (images.py, decode.py),
-Ray for the jobs (cluster/), progress lines (progress.py), pictures
-(render.py) and the synthetic dataset (synthetic.py). The command lines are jobs/; an option that
-jobs share is parsed and checked with its stage (detection/config.py's actors_arg, evaluation's
-max_dets_arg)."""
+predictions table (predictions.py), the one decoder (images.py), instance masks (masks.py) and
+panoptic PNGs (panoptic.py), the jobs' options (options.py: each defined once on its stage's
+config dataclass, and what relative paths mean), progress lines (progress.py), the synthetic
+dataset (synthetic.py), and Ray for the jobs (cluster/). The command lines are jobs/."""
 from __future__ import annotations
 
 import importlib

@@ -1,6 +1,6 @@
 """Submitting a job to a Ray head as `ray job submit --working-dir .` does, with the cluster's
 token and a one-line message when the head is down or refuses the token. The job is told the
-folder it was submitted from, which its relative paths mean (pipeline/paths.py)."""
+folder it was submitted from, which its relative paths mean (pipeline/options.py)."""
 from __future__ import annotations
 
 import logging
@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..paths import SUBMITTED_FROM
+from ..options import SUBMITTED_FROM
 from .token import missing_token, use_token
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")

@@ -2,7 +2,7 @@
 
 Ray Data hands an actor a window of rows (encoded bytes + header facts); the actor groups
 them by canvas into model batches of up to `batch_size`, decodes the next batch on a thread
-while the model runs the current one (pipeline/decode.py: nvJPEG in one batched call on a GPU),
+while the model runs the current one (pipeline/images.py: nvJPEG in one batched call on a GPU),
 and returns one row per input. Training's validation runs the same Detector in its workers
 (pipeline/training/validation.py), so the AP a training run prints is the AP bulk detection delivers.
 
@@ -31,8 +31,7 @@ from model.onnx_model import OnnxDetr
 from model.segmentation import DETRsegm
 
 from .. import predictions
-from ..decode import decode_images
-from ..images import Header
+from ..images import Header, decode_images
 from ..masks import encode
 from ..panoptic import png_bytes, png_name
 

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass
 
 from ..images import MAX_PIXELS
-from ..paths import with_absolute_paths
+from ..options import above, at_least, between, check, option, with_absolute_paths
 from ..predictions import SCORE_THRESHOLD
 from .read import ATTEMPTS
 
@@ -15,64 +15,73 @@ from .read import ATTEMPTS
 ACTOR_RESTARTS = 4
 
 
+def actors_arg(text: str) -> tuple[int, int]:
+    """--actors MIN,MAX as argparse reads it; its range is the option's check (actor_range)."""
+    try:
+        low, high = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not MIN,MAX (two whole numbers)") from None
+    return low, high
+
+
+def actor_range(actors: tuple[int, int]) -> str | None:
+    if len(actors) == 2 and 1 <= actors[0] <= actors[1]:
+        return None
+    return f"takes MIN,MAX with 1 <= MIN <= MAX, not {actors}"
+
+
 @dataclass(frozen=True)
 class DetectConfig:
-    images: str  # folder / s3:// prefix, COCO annotation .json, or manifest (.txt / .parquet / folder of .parquet)
-    output: str  # folder (local or s3://) that receives the part files
-    checkpoint: str
-    image_root: str | None = None  # for a COCO file: where its file_names live (default: its folder)
-    score_threshold: float = SCORE_THRESHOLD  # 0.05: training's validation keeps the same boxes
-    batch_size: int = 8  # images per model call, at most
-    window: int | None = None  # images an actor groups by canvas at once; default 32 x batch_size
-    min_size: int | None = None  # shorter side after resizing; default the checkpoint's input contract
-    max_size: int | None = None  # longer side cap; default the checkpoint's
-    max_pixels: int = MAX_PIXELS  # larger images get an error row (decompression bombs)
-    read_attempts: int = ATTEMPTS  # reads of a file (with backoff) before its row records `unreadable`
-    actor_restarts: int = ACTOR_RESTARTS  # of a model actor that dies, before the run stops and says why
-    device: str = "auto"  # auto: GPUs when the cluster has them; cuda: wait for GPU nodes; cpu
-    actors: tuple[int, int] | None = None  # (min, max) pool size; default from the cluster
-    gpus_per_actor: float | None = None  # default: 1 on a GPU, else 0
-    cpus_per_actor: float = 1.0  # also the actor's torch threads on CPU
-    images_per_read_task: int = 64
-    shard_size: int = 8192  # inputs per shard: the unit of resumption
-    rows_per_file: int = 4096  # a write task gathers at least this many rows (or a shard's end)
-    retry_errors: bool = True  # a re-run runs again the shards with transient error rows
-    resource_wait_s: float | None = None  # how long to wait for the autoscaler; default 600 with cuda, else 0
-    overwrite: bool = False
+    """Bulk detection's settings: each field that is an option is jobs/detect.py's flag of that
+    name (its help and check here, pipeline/options.py); reevaluation shares several."""
+
+    images: str = option(path=True, help="folder / s3:// prefix, COCO .json, or manifest .txt/.parquet (or a "
+                         "folder of .parquet)")
+    output: str = option(path=True, help="folder (path or s3://) for the Parquet part files")
+    checkpoint: str = option(path=True, help="ours, a reference .pth, a Hugging Face folder, or a .onnx graph from "
+                             "jobs/export.py")
+    image_root: str | None = option(None, path=True, help="for a COCO .json: folder of its file_names (default: "
+                                    "the JSON's folder)")
+    score_threshold: float = option(SCORE_THRESHOLD, check=between(0, 1), help="keep boxes scoring at least this "
+                                    f"(default {SCORE_THRESHOLD}, as training's validation keeps: jobs/evaluate.py "
+                                    "then gives the AP training printed; 0 keeps every query)")
+    batch_size: int = option(8, help="images per model call, at most", check=at_least(1))
+    window: int | None = option(None, check=at_least(1),
+                                help="images an actor groups by canvas at once (default 32 x batch size)")
+    min_size: int | None = option(None, check=at_least(1), help="shorter side after resizing (default: the "
+                                  "checkpoint's input contract, what it was trained and validated with; the "
+                                  "paper's 800 where it records none)")
+    max_size: int | None = option(None, check=at_least(1),
+                                  help="longer side cap after resizing (default: the checkpoint's; 1333)")
+    max_pixels: int = option(MAX_PIXELS, help="larger images get an error row", check=at_least(1))
+    read_attempts: int = option(ATTEMPTS, check=at_least(1),
+                                help="reads of a file, with backoff, before its row records `unreadable`")
+    actor_restarts: int = option(ACTOR_RESTARTS, check=at_least(0), help="restarts of a model actor that dies (a "
+                                 "crash, out of memory, a lost node) before the run stops with a line that says why")
+    device: str = option("auto", choices=("auto", "cuda", "cpu"), help="auto: GPU actors when the cluster has GPUs "
+                         "now; cuda: ask the autoscaler for GPU nodes and wait for them; cpu: CPU actors")
+    actors: tuple[int, int] | None = option(None, parse=actors_arg, check=actor_range, metavar="MIN,MAX",
+                                            help="model actors (default: one per GPU, or half the CPUs)")
+    gpus_per_actor: float | None = option(None, check=at_least(0), help="default: 1 on a GPU (--device), else 0")
+    cpus_per_actor: float = option(1.0, check=above(0), help="also torch threads on CPU")
+    images_per_read_task: int = option(64, file_only=True, check=at_least(1), help="inputs a read task decodes")
+    shard_size: int = option(8192, check=at_least(1), help="inputs per shard (the unit of resumption)")
+    rows_per_file: int = option(4096, check=at_least(1),
+                                help="rows a write task gathers before writing (a file holds one shard's rows)")
+    retry_errors: bool = option(True, flag="--no-retry-errors", help="on a re-run, keep rows whose error is "
+                                "transient (unreadable, inference) instead of running their shard again")
+    resource_wait_s: float | None = option(None, flag="--resource-wait", metavar="SECONDS", check=at_least(0),
+                                           help="how long to wait for the autoscaler to add what the run needs "
+                                           "(default: 600 with GPU actors, else 0: stop at once with what is short)")
+    overwrite: bool = option(False, help="delete the output's part files and start fresh")
+
+    def __post_init__(self) -> None:
+        check(self)
 
     @property
     def images_per_window(self) -> int:
         return self.window or 32 * self.batch_size
 
-    def check(self) -> None:
-        """A ValueError naming the first option out of its range (before anything starts)."""
-        counts = {"--batch-size": self.batch_size, "--window": self.window or 1, "--shard-size": self.shard_size,
-                  "--rows-per-file": self.rows_per_file, "--read-attempts": self.read_attempts,
-                  "--max-pixels": self.max_pixels}
-        for flag, value in counts.items():
-            if value < 1:
-                raise ValueError(f"{flag} must be at least 1, not {value}")
-        if self.actor_restarts < 0:
-            raise ValueError(f"--actor-restarts must be at least 0, not {self.actor_restarts}")
-        if not self.cpus_per_actor > 0:
-            raise ValueError(f"--cpus-per-actor must be above 0, not {self.cpus_per_actor}")
-        if not 0 <= self.score_threshold <= 1:
-            raise ValueError(f"--score-threshold is a score, between 0 and 1, not {self.score_threshold}")
-        if self.actors is not None and not 1 <= self.actors[0] <= self.actors[1]:
-            raise ValueError(f"--actors takes MIN,MAX with 1 <= MIN <= MAX, not {self.actors}")
-
     def resolved(self) -> DetectConfig:
-        """The config with its local paths absolute (pipeline/paths.py)."""
-        return with_absolute_paths(self, {"images": "--images", "output": "--output", "checkpoint": "--checkpoint",
-                                          "image_root": "--image-root"})
-
-
-def actors_arg(text: str) -> tuple[int, int]:
-    """--actors MIN,MAX as argparse reads it (one line on a bad value)."""
-    try:
-        low, high = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not MIN,MAX (two whole numbers)") from None
-    if not 1 <= low <= high:
-        raise argparse.ArgumentTypeError(f"{text!r}: MIN,MAX with 1 <= MIN <= MAX")
-    return low, high
+        """The config with its local paths absolute (pipeline/options.py)."""
+        return with_absolute_paths(self)

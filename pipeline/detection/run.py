@@ -32,7 +32,7 @@ from model.families import FamilyConfig
 from model.interface import ModelConfig
 from model.onnx_model import import_onnxruntime, read_onnx
 
-from .. import predictions
+from .. import options, predictions
 from ..cluster.connect import init_ray
 from ..cluster.resources import wait_for
 from . import plan as input_plan
@@ -40,6 +40,8 @@ from .actor import DetectorActor
 from .config import DetectConfig
 from .read import TRANSIENT_ERRORS, fetch
 from .sink import PartSink
+
+CONFIG_FILE = "_config.yaml"  # the options of the last run (a leading underscore: Parquet readers skip it)
 
 FETCH_CPUS = 0.5  # a read task: mostly waiting on storage, header parsing
 WRITE_CPUS = 0.25  # light work: never starved by actors holding whole CPUs
@@ -55,8 +57,7 @@ def run_detection(config: DetectConfig) -> dict[str, Any]:
     """Detect every input not yet in config.output; returns the summary the job prints. The
     checkpoint and the inputs are checked before Ray is joined or started."""
     started = time.time()
-    config.check()
-    config = config.resolved()
+    config = config.resolved()  # its options were checked when it was made (DetectConfig)
     if uris.file_type(config.images) == pafs.FileType.NotFound:
         raise FileNotFoundError(f"--images {config.images}: no such folder or file")
     model_config, weights, model_id, recorded = read_model(config.checkpoint)
@@ -84,6 +85,7 @@ def run_detection(config: DetectConfig) -> dict[str, Any]:
         plan = input_plan.load_or_make_plan(config.images, config.image_root, config.output, config.shard_size)
     except ray.exceptions.RayTaskError as e:  # the planning task's own error, without Ray's wrapping
         raise e.cause from None
+    uris.write_bytes(uris.join(config.output, CONFIG_FILE), options.to_yaml(config).encode())  # the last run's
     done, previous_errors = resume(config.output, plan, config.retry_errors)
     todo = [s for s in range(len(plan.shard_rows)) if s not in done]
     log(f"{plan.inputs} inputs in {len(plan.shard_rows)} shard(s); {len(done)} already done, {len(todo)} to run")

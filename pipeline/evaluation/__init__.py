@@ -1,6 +1,7 @@
 """Scoring predictions with COCO metrics, and re-scoring new checkpoints on a schedule.
 
     backends.py      the COCO scorers' names
+    config.py        the options of scoring and of the re-evaluation
     metrics.py       evaluation, once for every job: every metric a predictions table allows, in one pass
     rows.py          what is kept of its rows for scoring, and counted when left out
     scoring.py       COCO bbox and segm stats of detections (pycocotools, hotcoco, faster-coco-eval)
@@ -19,7 +20,6 @@ _MODULE_OF = {
     "stat_names": "scoring",
     "MAX_DETECTIONS": "scoring",
     "CocoScorer": "scoring",
-    "max_dets_arg": "scoring",
     "COLUMNS": "metrics",
     "BATCH_ROWS": "metrics",
     "evaluate": "metrics",
@@ -31,7 +31,8 @@ _MODULE_OF = {
     "write_evaluation": "report",
     "PanopticQuality": "panoptic_quality",
     "PanopticScorer": "panoptic_quality",
-    "ReevaluateConfig": "reevaluation",
+    "EvaluateConfig": "config",
+    "ReevaluateConfig": "config",
     "reevaluate": "reevaluation",
 }
 __all__ = sorted(_MODULE_OF)

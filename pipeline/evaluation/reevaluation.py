@@ -19,7 +19,6 @@ import io
 import json
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -33,9 +32,7 @@ from model import uri as uris
 
 from ..coco import load_coco
 from ..detection import DetectConfig, run_detection
-from ..paths import with_absolute_paths
-from ..predictions import SCORE_THRESHOLD
-from .backends import DEFAULT_BACKEND
+from .config import ReevaluateConfig
 from .metrics import evaluate_table
 from .report import flat_metrics
 from .scoring import MAX_DETECTIONS, CocoScorer
@@ -44,31 +41,6 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth")
 # A checkpoint's score counts only when at most this share of the evaluation images failed
 # (missing, unreadable): more means the evaluation set, not the checkpoint, is wrong.
 MAX_ERROR_FRACTION = 0.05
-
-
-@dataclass(frozen=True)
-class ReevaluateConfig:
-    checkpoints: str  # folder (or s3:// prefix) searched recursively, or one checkpoint
-    images: str  # folder the annotation file's file_names live in
-    annotations: str
-    history: str
-    score_threshold: float = SCORE_THRESHOLD  # as bulk detection and training's validation
-    min_size: int | None = None  # default: each checkpoint's own input contract
-    max_size: int | None = None
-    batch_size: int = 8
-    actors: tuple[int, int] | None = None
-    regression_pct: float = 1.0  # an AP drop of more than this (relative %) is reported
-    backend: str = DEFAULT_BACKEND  # COCO scorer; both give the same numbers, so not part of the key
-    max_dets: int = MAX_DETECTIONS  # detections scored per image: part of the key, as it changes the numbers
-    panoptic_annotations: str | None = None  # COCO panoptic JSON: PQ of checkpoints with stuff classes
-    panoptic_folder: str | None = None  # its PNGs (default: the JSON's path without .json)
-
-    def resolved(self) -> ReevaluateConfig:
-        """The config with its local paths absolute (pipeline/paths.py)."""
-        return with_absolute_paths(self, {"checkpoints": "--checkpoints", "images": "--images",
-                                          "annotations": "--annotations", "history": "--history",
-                                          "panoptic_annotations": "--panoptic-annotations",
-                                          "panoptic_folder": "--panoptic-folder"})
 
 
 def find_checkpoints(root: str) -> list[dict[str, Any]]:

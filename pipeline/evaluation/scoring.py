@@ -11,7 +11,6 @@ kept of a predictions table's rows, and counted when left out: rows.py.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 from typing import Any
@@ -32,19 +31,9 @@ def stat_names(max_dets: int = MAX_DETECTIONS) -> tuple[str, ...]:
 STAT_NAMES = stat_names()
 
 
-def check_max_dets(max_dets: int) -> int:
-    """The cap itself: above 10 (COCO's caps are 1, 10 and it)."""
-    if max_dets <= 10:
-        raise ValueError(f"max_dets must be an integer above 10 (the caps are 1, 10 and it), got {max_dets}")
-    return max_dets
-
-
-def max_dets_arg(text: str) -> int:
-    """--max-dets, checked by the argument parser."""
-    try:
-        return check_max_dets(int(text))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e).replace("max_dets must be", "expected")) from None
+def max_dets_problem(max_dets: int) -> str | None:
+    """What is wrong with a detection cap: it must be above 10 (COCO's caps are 1, 10 and it)."""
+    return None if max_dets > 10 else f"must be above 10 (COCO's caps are 1, 10 and it), not {max_dets}"
 
 
 class CocoScorer:
@@ -54,7 +43,9 @@ class CocoScorer:
     def __init__(self, coco: dict[str, Any], backend: str = DEFAULT_BACKEND, max_dets: int = MAX_DETECTIONS):
         if backend not in BACKENDS:
             raise ValueError(f"unknown scoring backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        self.backend, self.max_dets, self.coco = backend, check_max_dets(max_dets), coco
+        if max_dets_problem(max_dets):
+            raise ValueError(f"max_dets {max_dets_problem(max_dets)}")
+        self.backend, self.max_dets, self.coco = backend, max_dets, coco
         self.gt = self._index(coco)
         self.image_ids = np.array(sorted(self.gt.getImgIds()), np.int64)
         self.known_ids = pa.array(self.image_ids)  # the value set each batch's ids are matched against

@@ -4,13 +4,13 @@ Train's controller unpickles these without the loop's imports (training/entry.py
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from model import InputContract
 
-from ..evaluation.backends import DEFAULT_BACKEND
-from ..paths import with_absolute_paths
+from ..evaluation.backends import BACKENDS, DEFAULT_BACKEND
+from ..options import Check, above, at_least, check, option, with_absolute_paths
 from .tracking import tracking_uri
 
 # The settings a preset's recipe decides, with the paper's values (made for a pretrained backbone).
@@ -47,56 +47,95 @@ class AugmentConfig:
         )
 
 
+def recipe_help(text: str, name: str) -> str:
+    """A recipe option's help: what it is, and where its default comes from."""
+    presets = ", ".join(f"{preset} {recipe[name]:g}" for preset, recipe in RECIPES.items() if name in recipe)
+    return f"{text} (default: the preset's recipe ({presets}) without --init, else the paper's {PAPER_RECIPE[name]:g})"
+
+
+def recipe_option(text: str, name: str, check: Check) -> Any:
+    return option(None, help=recipe_help(text, name), check=check)
+
+
 @dataclass
 class TrainConfig:
-    """A run's settings. The recipe fields (PAPER_RECIPE's) left None are filled when the config
-    is made: from the preset's recipe when it is trained from scratch (no `init`), else the
-    paper's; a value given wins. The command line and a library call train alike."""
+    """A run's settings: each field that is an option is jobs/train.py's flag of that name (its
+    help and check here, pipeline/options.py). The recipe fields (PAPER_RECIPE's) left None are
+    filled when the config is made: from the preset's recipe when it is trained from scratch (no
+    `init`), else the paper's; a value given wins. The command line, a --config file and a
+    library call train alike."""
 
-    annotations: str
-    images: str
-    storage: str
-    name: str
-    val_annotations: str | None = None
-    val_images: str | None = None
-    preset: str = "detr-tiny"
-    model_overrides: dict[str, Any] = field(default_factory=dict)  # DetrConfig fields
-    init: str | None = None  # checkpoint to fine-tune from (any load_checkpoint source)
-    masks: bool = False  # the mask head too (model/segmentation.py), from the annotations' segmentations
-    freeze_detr: bool = False  # with masks and a box model as init: train the mask head alone (the paper's)
-    backbone_weights: str | None = None  # torchvision ResNet state_dict (ImageNet), path or s3://
-    from_scratch: bool = False  # a paper preset without pretrained weights, deliberately
-    epochs: int = 10
-    batch_size: int | None = None  # per worker (recipe)
-    workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    placement: str = "PACK"  # of the workers over nodes: PACK, SPREAD or STRICT_SPREAD (one per node)
-    data_cpus: float = 0.5  # per Ray Data decode/augment task
-    lr: float | None = None  # of the transformer and heads (recipe)
-    lr_backbone: float | None = None  # (recipe)
-    weight_decay: float = 1e-4
-    clip_max_norm: float = 0.1
-    lr_drop: int = 200  # epochs between learning-rate drops
-    lr_drop_gamma: float = 0.1
-    warmup_steps: int | None = None  # linear learning-rate warm-up over the first optimizer steps (recipe)
-    eos_coef: float = 0.1
-    encoder_matches: int | None = None  # two-stage presets: proposals matched to each object (recipe)
-    augment_scale: float = 1.0  # multiplies the paper's image sizes (480-800, max 1333)
-    eval_every: int = 1
-    eval_backend: str = DEFAULT_BACKEND  # COCO scorer of the validation passes (pipeline/evaluation)
-    log_every: int = 100  # steps between progress lines (and at least one a minute)
-    resource_wait_s: float | None = None  # for an autoscaler to add nodes; default 600 with GPUs, else 0
-    max_failures: int = 0
-    num_to_keep: int | None = 3  # the last checkpoints kept (None: all); the best is kept besides
-    mlflow: str | None = None  # MLflow tracking URI (a folder is a local store); None: no MLflow
-    seed: int = 0
+    annotations: str = option(help="COCO annotation JSON of the training split (path or s3://)", path=True)
+    images: str = option(help="folder (or s3:// prefix) the file_names are relative to", path=True)
+    storage: str = option(help="where runs and checkpoints live (path or s3://)", path=True)
+    name: str = option(help="run name; the same name resumes that run")
+    val_annotations: str | None = option(None, help="COCO JSON of a validation split: enables COCO AP reporting",
+                                         path=True)
+    val_images: str | None = option(None, help="image folder of the validation split", path=True)
+    preset: str = option("detr-tiny", help="model preset")
+    model_overrides: dict[str, Any] = option(factory=dict, file_only=True,
+                                             help="DetrConfig fields over the preset's (num_queries: 10, ...)")
+    init: str | None = option(None, help="checkpoint to fine-tune from: ours, a reference .pth, or a Hugging Face "
+                              "folder", path=True)
+    masks: bool = option(False, help="train the mask head too (segmentation), from the annotations' polygons or RLE")
+    freeze_detr: bool = option(False, help="with --masks and a box model as --init: train the mask head alone (the "
+                               "paper's recipe)")
+    backbone_weights: str | None = option(None, metavar="FILE", path=True, help="a torchvision ResNet state_dict "
+                                          "(ImageNet), path or s3://, loaded before training")
+    from_scratch: bool = option(False, help="train a paper preset from random weights (otherwise refused without "
+                                "--backbone-weights or --init)")
+    backbone_norm: str | None = option(None, choices=("frozen_bn", "batch_norm", "group_norm"),
+                                       help="override the preset's backbone normalisation")
+    epochs: int = option(10, help="total epochs", check=at_least(1))
+    batch_size: int | None = recipe_option("images per worker per step", "batch_size", at_least(1))
+    workers: int = option(1, help="Ray Train workers (data parallel)", check=at_least(1))
+    use_gpu: bool = option(False, flag="--gpu", help="one GPU per worker, bf16 autocast")
+    cpus_per_worker: float = option(1.0, help="logical CPUs per worker", check=above(0))
+    placement: str = option("PACK", choices=("PACK", "SPREAD", "STRICT_SPREAD"),
+                            help="workers over nodes: PACK fills nodes, STRICT_SPREAD puts each on its own node")
+    data_cpus: float = option(0.5, help="logical CPUs per decode/augment task", check=above(0))
+    lr: float | None = recipe_option("learning rate of the transformer and heads", "lr", above(0))
+    lr_backbone: float | None = recipe_option("learning rate of the backbone (0: frozen)", "lr_backbone", at_least(0))
+    weight_decay: float = option(1e-4, help="AdamW's weight decay", check=at_least(0))
+    clip_max_norm: float = option(0.1, help="gradient clipping (0: off)", check=at_least(0))
+    lr_drop: int = option(200, help="epochs between learning-rate drops (x lr_drop_gamma)", check=at_least(1))
+    lr_drop_gamma: float = option(0.1, file_only=True, help="the learning rate's factor at each drop",
+                                  check=above(0))
+    warmup_steps: int | None = recipe_option("optimizer steps of linear learning-rate warm-up", "warmup_steps",
+                                             at_least(0))
+    eos_coef: float = option(0.1, file_only=True, help="the no-object class's weight in the classification loss",
+                             check=above(0))
+    encoder_matches: int | None = recipe_option("two-stage presets: encoder proposals matched to each object",
+                                                "encoder_matches", at_least(1))
+    augment_scale: float = option(1.0, check=above(0), help="multiplies the paper's sizes (shorter side 480-800, max "
+                                  "1333); e.g. 0.25 for ~200 px images")
+    eval_every: int = option(1, help="epochs between validation passes", check=at_least(1))
+    eval_backend: str = option(DEFAULT_BACKEND, choices=BACKENDS,
+                               help="COCO scorer of the validation passes (the same numbers)")
+    log_every: int = option(100, check=at_least(1),
+                            help="steps between progress lines (there is one at least every minute)")
+    resource_wait_s: float | None = option(None, flag="--resource-wait", metavar="SECONDS", check=at_least(0),
+                                           help="wait this long for an autoscaler to add what the run needs (default "
+                                           "600 with --gpu, else 0)")
+    max_failures: int = option(0, help="worker-group restarts allowed (-1: no limit)", check=at_least(-1))
+    num_to_keep: int | None = option(3, flag="--keep", check=at_least(0),
+                                     help="the last checkpoints to keep (0 or none: all); the best by validation AP "
+                                     "is kept besides, in RUN/best/")
+    mlflow: str | None = option(None, metavar="URI", help="also log to MLflow: a tracking server's URI or a local "
+                                "folder (needs the mlflow extra); TensorBoard's files and curves.png are written "
+                                "under the run folder either way")
+    seed: int = option(0, help="seeds the model's initialisation and the data's order")
 
     def __post_init__(self) -> None:
         recipe = {} if self.init else RECIPES.get(self.preset, {})
         for name, paper in PAPER_RECIPE.items():
             if getattr(self, name) is None:
                 setattr(self, name, recipe.get(name, paper))
+        if self.num_to_keep == 0:
+            self.num_to_keep = None
+        if self.backbone_norm:
+            self.model_overrides = {**self.model_overrides, "backbone_norm": self.backbone_norm}
+        check(self)
 
     @property
     def augment(self) -> AugmentConfig:
@@ -112,13 +151,10 @@ class TrainConfig:
         return dataclasses.replace(base, min_size=self.augment.val_size, max_size=self.augment.max_size)
 
     def resolved(self) -> TrainConfig:
-        """The config with its local paths absolute (pipeline/paths.py), as the workers, whose
+        """The config with its local paths absolute (pipeline/options.py), as the workers, whose
         working directory is not the user's, must get them."""
         config = dataclasses.replace(self, mlflow=tracking_uri(self.mlflow)) if self.mlflow else self
-        return with_absolute_paths(config, {"annotations": "--annotations", "images": "--images",
-                                          "val_annotations": "--val-annotations", "val_images": "--val-images",
-                                          "storage": "--storage", "init": "--init",
-                                          "backbone_weights": "--backbone-weights"})
+        return with_absolute_paths(config)
 
     def recipe(self) -> dict[str, Any]:
         """The recipe fields as this run uses them."""

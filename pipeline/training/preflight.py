@@ -26,7 +26,7 @@ from .run import check_initialisation
 
 def dry_run(cfg: TrainConfig, check_all_files: bool = False, sample: int = 100) -> dict[str, Any]:
     """The JSON summary; `ok` is False when the run could not start or would fail on its data.
-    The paths are those the run would use (relative ones resolved as pipeline/paths.py says)."""
+    The paths are those the run would use (relative ones resolved as pipeline/options.py says)."""
     cfg = cfg.resolved()
     started = time.perf_counter()
     summary: dict[str, Any] = {"train": check_split(cfg.annotations, cfg.images, check_all_files, sample, cfg.seed)}

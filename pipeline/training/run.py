@@ -18,6 +18,7 @@ from model.checkpoint import CHECKPOINT_FILE, check_source
 from model.families import FamilyConfig
 from model.interface import preset_config
 
+from .. import options
 from ..cluster.connect import init_ray
 from ..cluster.resources import wait_for
 from ..coco import CocoDataset, load_coco
@@ -26,6 +27,8 @@ from .config import TrainConfig
 from .entry import LoopInputs, train_loop
 from .events import FOLDER
 from .stream import records_of
+
+CONFIG_FILE = "config.yaml"  # in the run folder: the options it last ran with (jobs/train.py --config)
 
 # Ray starts workers at niceness 15, below its own daemons (raylet, GCS, agents), whose
 # frequent short wake-ups then preempt the training step. At 0, as a driver runs, the
@@ -149,6 +152,7 @@ def fit(cfg: TrainConfig) -> tuple[ray.train.Result, CocoDataset]:
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
     check_fit(cfg)
+    uris.write_bytes(uris.join(run_folder(cfg), CONFIG_FILE), options.to_yaml(cfg).encode())  # replays the run
     mlflow = (tracking.MlflowLog(cfg.mlflow, tracking.open_run(cfg.mlflow, run_folder(cfg), tracking.run_params(cfg)))
               if cfg.mlflow else None)
     trainer = ray.train.torch.TorchTrainer(

@@ -5,7 +5,7 @@ worker takes its share of a fresh permutation of them and streams it: image byte
 decoded and augmented in Ray Data tasks as the worker consumes them, so a dataset larger
 than a node's memory or disk trains. Images travel as uint8; the worker normalises and pads
 them. Images are decoded by the one decoder of training, validation and detection
-(pipeline/decode.py); validation runs the detection path itself (training/validation.py).
+(pipeline/images.py); validation runs the detection path itself (training/validation.py).
 With masks, each object's segmentation travels as JSON text, is rasterised in the task at the
 image's size and augmented with its box, and reaches the worker bit-packed (an eighth of the bytes).
 """
@@ -25,7 +25,7 @@ from model import InputContract, pad_images
 from model import uri as uris
 
 from ..coco import CocoDataset
-from ..decode import decode_image
+from ..images import decode_image
 from ..masks import decode
 from .augment import AugmentConfig, train_transform, transform_sample
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from model.uri import strip_credentials
 
-from ..paths import absolute
+from ..options import absolute
 
 EXPERIMENT = "detr-ray"
 RUN_FOLDER_TAG = "detr_ray.run_folder"  # finds the MLflow run of a run folder again
@@ -35,7 +35,7 @@ def client(tracking_uri: str):
 
 def tracking_uri(value: str) -> str:
     """A tracking URI as MLflow takes it. A bare folder (made absolute as the run's other paths
-    are, pipeline/paths.py) becomes an SQLite store in it: MLflow 3 refuses plain folders."""
+    are, pipeline/options.py) becomes an SQLite store in it: MLflow 3 refuses plain folders."""
     if ":" in value or value == "databricks":
         return value
     return f"sqlite:///{absolute(value, '--mlflow')}/{LOCAL_STORE}"

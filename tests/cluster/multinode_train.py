@@ -54,7 +54,6 @@ def train(cluster, workers: list, annotations: str, images: str, storage: str, n
             if "started_on" not in events and len(actors) == 2:
                 events["started_on"] = sorted(a.node_id for a in actors)
             if "started_on" in events and "removed" not in events and registered_epochs(storage, name):
-                time.sleep(1.0)  # into epoch 2
                 events["registered_at_removal"] = registered_epochs(storage, name)
                 victim = next(w for w in workers if w.node_id in events["started_on"])
                 events["removed"] = victim.node_id

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 
 from model import InputContract, PostProcess, load_checkpoint
 from pipeline import predictions
-from pipeline.decode import decode_image
 from pipeline.detection import Detector, fetch
 from pipeline.detection.actor import to_canvas
 from pipeline.evaluation import score_files
+from pipeline.images import decode_image
 from pipeline.masks import decode, encode
 from pipeline.synthetic import SyntheticConfig, make_synthetic
 from tests import SHIPPED
@@ -157,7 +157,7 @@ def test_panoptic_annotations_without_panoptic_rows_give_no_pq_and_say_so(tmp_pa
 
 
 def test_pictures_name_the_classes_of_the_annotations_when_the_model_names_none(shapes, tmp_path):
-    from pipeline.render import class_names
+    from pipeline.detection.render import class_names
 
     path = tmp_path / "boxes.parquet"
     pq.write_table(_mask_table(shapes, 0, 0), path)  # a table whose model names no classes
@@ -169,7 +169,7 @@ def test_pictures_name_the_classes_of_the_annotations_when_the_model_names_none(
 def test_pictures_fill_the_masks(segm_model, shapes, tmp_path):
     from torchvision.io import decode_png
 
-    from pipeline.render import render_predictions
+    from pipeline.detection.render import render_predictions
 
     table = Detector.of_model(segm_model, CONTRACT, 0.05, batch_size=4)(_rows(shapes)).select(predictions.SCHEMA.names)
     pq.write_table(table, tmp_path / "masks.parquet")

@@ -19,6 +19,7 @@ import torch
 
 from model import load_checkpoint
 from model.checkpoint import safe_torch_load
+from pipeline import options
 from pipeline.training import TrainConfig, check_initialisation, run_training
 from tests import REPO
 from tests.local_cluster import STATE_API, job_env
@@ -57,11 +58,15 @@ def _loadable_epochs(run: str) -> list[int]:
 
 def test_two_workers_step_count_validation_retention_and_what_a_watcher_sees(ray_cluster, tiny_shapes, tmp_path):
     batch = 3
-    summary = run_training(small_run(
+    config = small_run(
         tiny_shapes, tmp_path, "two", workers=2, batch_size=batch, epochs=2, num_to_keep=1, log_every=1,
         val_annotations=tiny_shapes["val_annotations"], val_images=tiny_shapes["val_images"],
         mlflow=str(tmp_path / "mlflow"),
-    ))
+    )
+    summary = run_training(config)
+    # the run folder keeps the options it ran with: the file replays the same run
+    replayed = TrainConfig(**options.from_file(str(tmp_path / "two" / "config.yaml"), TrainConfig))
+    assert replayed == config.resolved() and replayed.resolved() == replayed
     per_worker = 16 // 2  # equal split of the 16 training images
     assert summary["metrics"]["steps"] == 2 * math.ceil(per_worker / batch)
     assert summary["metrics"]["epoch"] == 2

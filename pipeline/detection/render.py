@@ -15,10 +15,10 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make
 
 from model import uri as uris
 
-from . import predictions
-from .decode import decode_image
-from .evaluation.labels import model_label_names
-from .masks import decode
+from .. import predictions
+from ..evaluation.labels import model_label_names
+from ..images import decode_image
+from ..masks import decode
 
 MIN_SIDE = 384  # smaller images are drawn enlarged, so that their labels can be read
 FONT_SIZE = 14

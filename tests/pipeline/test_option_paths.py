@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from pipeline.paths import SUBMITTED_FROM, PathError, absolute
+from pipeline.options import SUBMITTED_FROM, PathError, absolute
 
 
 def test_relative_paths_are_the_starting_folders(tmp_path, monkeypatch):
@@ -31,7 +31,7 @@ def test_a_submitted_job_resolves_against_the_submitters_folder(tmp_path, monkey
 
 
 def test_a_hub_id_stays_a_hub_id_where_no_such_path_exists(tmp_path, monkeypatch):
-    from pipeline.paths import model_source
+    from pipeline.options import model_source
 
     monkeypatch.chdir(tmp_path)
     assert model_source("PekingU/rtdetr_v2_r18vd", "--init") == "PekingU/rtdetr_v2_r18vd"
