@@ -147,6 +147,9 @@ def fit(cfg: TrainConfig) -> tuple[ray.train.Result, CocoDataset]:
         raise ValueError("--val-annotations needs --val-images")
     check_initialisation(cfg)
     train_set = load_coco(cfg.annotations, cfg.images)
+    if train_set.dropped_boxes:  # said here as --dry-run says it, not only counted in the summary
+        print(f"{train_set.dropped_boxes} box(es) of {cfg.annotations} have no area inside their image and are left "
+              "out of training (as the reference does)", flush=True)
     if cfg.masks:
         check_masks(train_set)
     init_ray()

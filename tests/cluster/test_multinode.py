@@ -25,33 +25,6 @@ def checkpoint(tmp_path_factory) -> str:
     return save_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "r18.pt"), model)
 
 
-def run_script(script: str, *args: str) -> dict:
-    # with the AWS_* variables of the S3 server, if started
-    proc = subprocess.run([sys.executable, f"tests/cluster/{script}", *args], cwd=REPO, env=job_env(),
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture(scope="module")
-def detection_runs(checkpoint, tmp_path_factory) -> dict:
-    """Both detection runs, in one 3-node cluster (one start-up for the two tests)."""
-    folder = tmp_path_factory.mktemp("multinode-detect")
-    write_pictures(folder / "images", 40, seed=4)
-    return run_script("multinode_detect.py", str(folder / "images"), str(folder / "out"), checkpoint)
-
-
-@pytest.mark.parametrize("remove_node", [False, True], ids=["all-nodes", "node-removed-mid-run"])
-def test_detection_across_nodes(detection_runs, remove_node):
-    summary = detection_runs["node-removed" if remove_node else "all-nodes"]
-    assert summary["rows"] == summary["inputs"] == 40 and summary["duplicates"] == summary["missing_rows"] == 0
-    assert summary["errors"] == {}
-    if remove_node:
-        assert summary["removed"] == [summary["worker_nodes"][1]]
-    else:
-        assert set(summary["worker_nodes"]) <= set(summary["actor_nodes"])  # an actor on each worker node
-
-
 @pytest.fixture(scope="module")
 def shapes32(tmp_path_factory) -> dict:
     """32 training images of 64-128 px: 8 steps of 2 images per worker and epoch."""
@@ -63,17 +36,42 @@ def shapes32(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def training_run(shapes32, s3_server) -> dict:
-    """One 2-epoch run of 2 workers on a 3-node cluster, losing a node of a worker in epoch 2."""
+def runs(checkpoint, shapes32, s3_server, tmp_path_factory) -> dict:
+    """One 3-node cluster (one start-up for every test here): a 2-epoch run of 2 workers that loses
+    a worker's node in epoch 2, then two detection runs on the 2 nodes left, the second losing one."""
     import uuid
 
     import pyarrow.fs as pafs
 
     bucket = f"multinode-{uuid.uuid4().hex[:8]}"
     pafs.S3FileSystem(endpoint_override=s3_server, allow_bucket_creation=True, region="us-east-1").create_dir(bucket)
-    summary = run_script("multinode_train.py", shapes32["train_annotations"], shapes32["train_images"],
-                         f"s3://{bucket}/runs", "2")
-    return {"bucket": f"s3://{bucket}", **summary}
+    folder = tmp_path_factory.mktemp("multinode-detect")
+    write_pictures(folder / "images", 40, seed=4)
+    # with the AWS_* variables of the S3 server
+    proc = subprocess.run([sys.executable, "tests/cluster/multinode.py", shapes32["train_annotations"],
+                           shapes32["train_images"], f"s3://{bucket}/runs", "2", str(folder / "images"),
+                           str(folder / "out"), checkpoint], cwd=REPO, env=job_env(), capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    summary["training"]["bucket"] = f"s3://{bucket}"
+    return summary
+
+
+@pytest.mark.parametrize("remove_node", [False, True], ids=["all-nodes", "node-removed-mid-run"])
+def test_detection_across_nodes(runs, remove_node):
+    summary = runs["detection"]["node-removed" if remove_node else "all-nodes"]
+    assert summary["rows"] == summary["inputs"] == 40 and summary["duplicates"] == summary["missing_rows"] == 0
+    assert summary["errors"] == {}
+    if remove_node:
+        assert summary["removed"] == [summary["worker_nodes"][1]]
+    else:
+        assert set(summary["worker_nodes"]) <= set(summary["actor_nodes"])  # an actor on each worker node
+
+
+@pytest.fixture(scope="module")
+def training_run(runs) -> dict:
+    return runs["training"]
 
 
 def test_training_on_two_nodes_checkpoints_to_object_storage(training_run):

@@ -184,10 +184,14 @@ def test_unknown_val_images_is_explained(tiny_shapes, tmp_path):
 def test_as_many_workers_as_cores_stops_with_a_message(tiny_shapes, tmp_path):
     """`jobs/train.py --workers N` on an N-core machine (its own local Ray): the workers would
     take every CPU and the decode/augment tasks would never run, so Ray would wait forever.
-    The job stops at once, saying what is short and what to change."""
+    The job stops at once, saying what is short and what to change; before that, it says which
+    boxes it leaves out (here one of negative width), as --dry-run does."""
     cores = os.cpu_count()
+    coco = json.loads(Path(tiny_shapes["train_annotations"]).read_text())
+    coco["annotations"][0]["bbox"][2] = -5.0
+    (tmp_path / "train.json").write_text(json.dumps(coco))
     proc = subprocess.run(
-        [sys.executable, "jobs/train.py", "--annotations", tiny_shapes["train_annotations"],
+        [sys.executable, "jobs/train.py", "--annotations", str(tmp_path / "train.json"),
          "--images", tiny_shapes["train_images"], "--storage", str(tmp_path), "--name", "full",
          "--workers", str(cores), "--epochs", "1"],
         cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=300)
@@ -197,6 +201,8 @@ def test_as_many_workers_as_cores_stops_with_a_message(tiny_shapes, tmp_path):
     assert f"({cores} training workers of 1 CPU plus one decode/augment task of 0.5 CPU)" in last
     assert f"has {cores:g} CPU" in last and "fewer --workers" in last
     assert not list(tmp_path.glob("full/checkpoint_*"))
+    assert (f"1 box(es) of {tmp_path / 'train.json'} have no area inside their image and are left out of training"
+            in proc.stdout)
 
 
 def test_a_paper_preset_without_pretrained_weights_is_refused(tiny_shapes, tmp_path):
