@@ -23,8 +23,8 @@ import tempfile
 import torch
 import torchvision.transforms.v2.functional as TF
 
+import storage as uris
 from model import PostProcess, load_checkpoint, pad_images
-from model import uri as uris
 from model.contract import resolve_contract
 from pipeline import predictions
 from pipeline.coco import load_coco

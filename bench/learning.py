@@ -24,8 +24,8 @@ import time
 import numpy as np
 import torch
 
+import storage as uris
 from model import InputContract, build_criterion, save_checkpoint
-from model import uri as uris
 from model.interface import build_model, preset_config, preset_contract
 from pipeline.coco import load_coco
 from pipeline.evaluation import CocoScorer, evaluate

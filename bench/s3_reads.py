@@ -16,7 +16,7 @@ import urllib.request
 
 import pyarrow.fs as pafs
 
-from model import uri as uris
+import storage as uris
 from tests.flaky_s3 import FlakyProxy
 
 SIZES = {"image 200 KB": 200_000, "photo 3 MB": 3_000_000, "checkpoint 45 MB": 45_000_000}

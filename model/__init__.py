@@ -1,7 +1,7 @@
 """DETR in pure PyTorch: network, matcher, losses, post-processing, checkpoints.
 
 The names below load their module (and torch) on first use, so that code needing only
-`model.uri` (the evaluation job, the Parquet readers) starts without importing torch.
+`storage` (the evaluation job, the Parquet readers) starts without importing torch.
 """
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import Conv2dNormActivation, FrozenBatchNorm2d
 
-from . import uri as uris
+import storage as uris
+
 from .config import SMALL_CNN_WIDTHS, DetrConfig
 
 

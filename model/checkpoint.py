@@ -15,7 +15,8 @@ import pyarrow.fs as pafs
 import torch
 from torch import nn
 
-from . import uri as uris
+import storage as uris
+
 from .config import DetrConfig
 from .contract import InputContract
 from .detr import build_detr

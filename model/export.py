@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import uri as uris
+import storage as uris
+
 from .checkpoint import read_checkpoint, weights_id
 from .contract import InputContract, resolve_contract
 from .detr import DETR, build_detr

@@ -138,7 +138,8 @@ def save_folder(config: FamilyConfig, state_dict: dict[str, torch.Tensor], contr
     import os
     import tempfile
 
-    from . import uri as uris
+    import storage as uris
+
     from .interface import build_model
 
     model = build_model(config)

@@ -12,7 +12,8 @@ import pyarrow.fs as pafs
 import torch
 from torch import nn
 
-from . import uri as uris
+import storage as uris
+
 from .contract import InputContract
 from .families import FAMILIES, FamilyConfig, check_window, contract_of_processor
 from .safe_load import HF_WEIGHT_FILES, CheckpointError, safe_torch_load

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import uri as uris
+import storage as uris
+
 from .contract import InputContract
 
 INPUTS = ("images", "mask")

@@ -10,7 +10,8 @@ import pyarrow.fs as pafs
 import torch
 from safetensors.torch import load as load_safetensors
 
-from . import uri as uris
+import storage as uris
+
 from .config import DetrConfig
 from .safe_load import HF_WEIGHT_FILES, CheckpointError, safe_torch_load
 

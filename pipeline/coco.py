@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from model import uri as uris
+import storage as uris
 
 from .masks import check_segmentation
 

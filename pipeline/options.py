@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from model import uri as uris
+import storage as uris
 from model.families import HUB_ID
 
 Check = Callable[[Any], str | None]  # a value -> what is wrong with it, or None

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from model import uri as uris
+import storage as uris
 
 from .predictions import PANOPTIC_FOLDER
 

@@ -21,7 +21,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from model import uri as uris
+import storage as uris
 
 SCHEMA = pa.schema([
     ("path", pa.string()),

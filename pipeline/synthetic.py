@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from model import uri as uris
+import storage as uris
 
 from .masks import decode, encode
 from .panoptic import png_bytes

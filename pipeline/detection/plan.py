@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
-from model import uri as uris
+import storage as uris
 
 from ..coco import load_coco
 from ..images import IMAGE_EXTENSIONS

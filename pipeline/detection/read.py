@@ -3,7 +3,7 @@
 Read tasks pass the file's bytes on (a JPEG is 10-20x smaller than its pixels) with the
 displayed size, EXIF orientation and canvas read from the header; the model actor decodes
 (nvJPEG on a GPU). Reads run on a thread pool (object stores answer in tens of ms) through
-one filesystem object per bucket and worker process (model/uri.py), and transient failures
+one filesystem object per bucket and worker process (storage.py), and transient failures
 (throttling, resets, timeouts) are retried with backoff; what still fails becomes that row's error.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 
 import pyarrow as pa
 
-from model import uri as uris
+import storage as uris
 from model.contract import InputContract
 
 from ..images import ImageError, probe

@@ -13,7 +13,7 @@ from matplotlib import font_manager
 from torchvision.io import encode_png
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
 
-from model import uri as uris
+import storage as uris
 
 from .. import predictions
 from ..evaluation.labels import model_label_names

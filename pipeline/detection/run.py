@@ -25,8 +25,8 @@ import ray
 from ray.data import ActorPoolStrategy
 from ray.util.annotations import RayDeprecationWarning
 
+import storage as uris
 from model import PRESETS, InputContract, read_checkpoint, weights_id
-from model import uri as uris
 from model.contract import resolve_contract
 from model.families import FamilyConfig
 from model.interface import ModelConfig

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from model import uri as uris
+import storage as uris
 
 from ..panoptic import VOID, Problems, load_panoptic, read_png
 from ..predictions import PANOPTIC_FOLDER

@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+import storage as uris
 from model import read_checkpoint, weights_id
-from model import uri as uris
 
 from ..coco import load_coco
 from ..detection import DetectConfig, run_detection

@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from model import uri as uris
+import storage as uris
 from model.contract import PAPER_CONTRACT
 
 from ..predictions import SCORE_THRESHOLD

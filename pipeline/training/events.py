@@ -18,7 +18,7 @@ import pyarrow.fs as pafs
 from tensorboardX.proto import event_pb2, summary_pb2
 from tensorboardX.record_writer import masked_crc32c
 
-from model import uri as uris
+import storage as uris
 
 FOLDER = "tensorboard"
 NAME = "events.out.tfevents.epoch_{epoch:06d}"  # TensorBoard reads every file whose name holds "tfevents"

@@ -24,8 +24,8 @@ import ray.train
 import ray.train.torch
 import torch
 
+import storage as uris
 from model import InputContract, SetCriterion, build_criterion, build_detr, load_checkpoint, save_checkpoint
-from model import uri as uris
 from model.checkpoint import CHECKPOINT_FILE
 from model.families import FamilyConfig
 from model.interface import build_model as build_network

@@ -12,8 +12,8 @@ import ray
 import ray.train
 import ray.train.torch
 
+import storage as uris
 from model import DetrConfig
-from model import uri as uris
 from model.checkpoint import CHECKPOINT_FILE, check_source
 from model.families import FamilyConfig
 from model.interface import preset_config

@@ -21,8 +21,8 @@ import ray
 import torch
 import torchvision.transforms.v2.functional as F
 
+import storage as uris
 from model import InputContract, pad_images
-from model import uri as uris
 
 from ..coco import CocoDataset
 from ..images import decode_image

@@ -13,7 +13,7 @@ import dataclasses
 import os
 from typing import Any
 
-from model.uri import strip_credentials
+from storage import strip_credentials
 
 from ..options import absolute
 

@@ -15,7 +15,7 @@ import math
 import time
 from typing import Any
 
-from model import uri as uris
+import storage as uris
 
 from ..evaluation import STAT_NAMES
 from .curves import draw_curves

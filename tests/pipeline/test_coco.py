@@ -73,7 +73,7 @@ def test_missing_image_files_and_bad_json(tmp_path):
 
 
 def test_reads_from_s3(s3_bucket, tiny_shapes):
-    from model import uri
+    import storage as uri
 
     for split in ("annotations/train.json", "train/000000.jpg", "train/000001.jpg"):
         uri.write_bytes(f"{s3_bucket}/{split}", uri.read_bytes(f"{tiny_shapes['out']}/{split}"))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from model import uri
+import storage as uri
 from pipeline.coco import load_coco
 from pipeline.synthetic import CATEGORIES, SyntheticConfig, make_image, make_synthetic
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+import storage as uris
 from model import load_checkpoint
-from model import uri as uris
 from pipeline import predictions
 from pipeline.detection import DetectConfig, run_detection
 from pipeline.training.validation import detect_images

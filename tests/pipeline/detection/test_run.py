@@ -18,8 +18,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.io import decode_image
 
+import storage as uris
 from model import PostProcess, load_checkpoint
-from model import uri as uris
 from pipeline import options, predictions
 from pipeline.detection import DetectConfig, run_detection
 from tests import REPO

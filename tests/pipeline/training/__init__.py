@@ -22,7 +22,7 @@ def tensorboard_scalars(run_folder: str) -> dict[str, list[tuple[int, float]]]:
     import pyarrow.fs as pafs
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from model import uri as uris
+    import storage as uris
 
     fs, path = uris.resolve(uris.join(run_folder, "tensorboard"))
     with tempfile.TemporaryDirectory() as local:

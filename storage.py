@@ -1,4 +1,5 @@
-"""Local paths, file:// and s3:// URIs through pyarrow.fs (S3 endpoint from AWS_ENDPOINT_URL)."""
+"""The storage layer of the models and the pipeline: local paths, file:// and s3:// URIs through
+pyarrow.fs (the S3 endpoint from AWS_ENDPOINT_URL); whole files read and written at once."""
 from __future__ import annotations
 
 import functools
