@@ -24,14 +24,17 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 import storage as uris
-from model import PostProcess, load_checkpoint, pad_images
+from model.checkpoint import load_checkpoint
 from model.contract import resolve_contract
+from model.detr import pad_images
+from model.postprocess import PostProcess
 from pipeline import predictions
 from pipeline.coco import load_coco
-from pipeline.evaluation import CocoScorer, evaluate
+from pipeline.evaluation.metrics import evaluate
+from pipeline.evaluation.scoring import CocoScorer
 from pipeline.images import decode_image
 from pipeline.synthetic import SyntheticConfig, make_synthetic
-from pipeline.training import detect_images
+from pipeline.training.validation import detect_images
 
 
 @torch.inference_mode()

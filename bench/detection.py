@@ -36,8 +36,13 @@ import ray
 import torch
 from PIL import Image
 
-from model import InputContract, build_detr, save_checkpoint
-from pipeline.detection import DetectConfig, DetectorActor, fetch, model_batches, run_detection
+from model.checkpoint import save_checkpoint
+from model.contract import InputContract
+from model.segmentation import build_detr
+from pipeline.detection.actor import DetectorActor, model_batches
+from pipeline.detection.config import DetectConfig
+from pipeline.detection.read import fetch
+from pipeline.detection.run import run_detection
 
 REFERENCE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "reference" / "coco" / "instances_val2014_100.json"
 REPO = Path(__file__).resolve().parents[1]

@@ -28,8 +28,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from bench.process import run_measured
-from pipeline.evaluation import BACKENDS, DEFAULT_BACKEND, CocoScorer, detections_array
-from pipeline.evaluation.scoring import by_image_and_score
+from pipeline.evaluation.backends import BACKENDS, DEFAULT_BACKEND
+from pipeline.evaluation.rows import detections_array
+from pipeline.evaluation.scoring import CocoScorer, by_image_and_score
 from pipeline.predictions import detections_table
 
 

@@ -22,9 +22,11 @@ from pathlib import Path
 
 import torch
 
-from model import build_detr, load_checkpoint, optimize_for_inference, save_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.export import export_checkpoint, sample_batch
+from model.inference import optimize_for_inference
 from model.onnx_model import OnnxDetr
+from model.segmentation import build_detr
 
 SHIPPED = str(Path(__file__).resolve().parents[1] / "checkpoints" / "detr-tiny-shapes.pt")
 SIZES = {"detr-tiny": ((128, 160), (256, 320)), "detr-r50": ((480, 640), (800, 1066))}

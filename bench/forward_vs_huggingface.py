@@ -17,7 +17,8 @@ import time
 import torch
 
 from bench.hf_weights import randomize_vectors
-from model import load_checkpoint, optimize_for_inference
+from model.checkpoint import load_checkpoint
+from model.inference import optimize_for_inference
 
 CASES = [  # (name, HF config, batch, height, width); r18-small: the reference structure at detr-tiny's sizes
     ("r18-small", dict(backbone="resnet18", d_model=128, encoder_attention_heads=8, decoder_attention_heads=8,

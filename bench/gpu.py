@@ -43,13 +43,18 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from model import InputContract, build_criterion, build_detr, load_checkpoint, optimize_for_inference, save_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.contract import InputContract
+from model.criterion import build_criterion
 from model.export import export_checkpoint
+from model.inference import optimize_for_inference
 from model.onnx_model import OnnxDetr, import_onnxruntime
-from pipeline.detection import Detector, fetch, model_batches
-from pipeline.detection.actor import to_canvas
+from model.segmentation import build_detr
+from pipeline.detection.actor import Detector, model_batches, to_canvas
+from pipeline.detection.read import fetch
 from pipeline.images import decode_images, probe
-from pipeline.training import TrainConfig, param_groups, train_step
+from pipeline.training.config import TrainConfig
+from pipeline.training.step import param_groups, train_step
 
 # (height, width) of common COCO photos: most are 640 on their longer side
 COCO_SIZES = ((480, 640), (427, 640), (640, 480), (640, 427), (425, 640), (612, 612), (375, 500), (480, 640),

@@ -25,14 +25,20 @@ import numpy as np
 import torch
 
 import storage as uris
-from model import InputContract, build_criterion, save_checkpoint
+from model.checkpoint import save_checkpoint
+from model.contract import InputContract
+from model.criterion import build_criterion
 from model.interface import build_model, preset_config, preset_contract
 from pipeline.coco import load_coco
-from pipeline.evaluation import CocoScorer, evaluate
+from pipeline.evaluation.metrics import evaluate
+from pipeline.evaluation.scoring import CocoScorer
 from pipeline.images import decode_image
 from pipeline.synthetic import SyntheticConfig, make_synthetic
-from pipeline.training import TrainConfig, augment_samples, collate, detect_images, warm_up
 from pipeline.training.augment import AugmentConfig, train_transform
+from pipeline.training.config import TrainConfig
+from pipeline.training.step import warm_up
+from pipeline.training.stream import augment_samples, collate
+from pipeline.training.validation import detect_images
 
 
 def load_split(annotations: str, images: str):

@@ -24,9 +24,9 @@ import pyarrow.parquet as pq
 import torch
 
 from bench.detection import coco_sizes, fetched, write_photos
-from model import read_checkpoint
+from model.checkpoint import read_checkpoint
 from pipeline import predictions
-from pipeline.detection import DetectorActor
+from pipeline.detection.actor import DetectorActor
 from pipeline.synthetic import SyntheticConfig, make_synthetic
 
 REPO = Path(__file__).resolve().parents[1]

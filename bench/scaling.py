@@ -17,8 +17,10 @@ import tempfile
 import ray
 import torch
 
-from model import build_detr, save_checkpoint
-from pipeline.detection import DetectConfig, run_detection
+from model.checkpoint import save_checkpoint
+from model.segmentation import build_detr
+from pipeline.detection.config import DetectConfig
+from pipeline.detection.run import run_detection
 
 from .detection import write_photos
 

@@ -36,10 +36,15 @@ import time
 import ray
 import torch
 
-from model import build_criterion, build_detr, get_config
+from model.config import get_config
+from model.criterion import build_criterion
+from model.segmentation import build_detr
 from pipeline.coco import load_coco
 from pipeline.synthetic import make_synthetic
-from pipeline.training import TrainConfig, collate, fit, load_and_augment, param_groups, records_of
+from pipeline.training.config import TrainConfig
+from pipeline.training.run import fit
+from pipeline.training.step import param_groups
+from pipeline.training.stream import collate, load_and_augment, records_of
 
 
 def _samples(cfg: TrainConfig, records: list[dict]) -> list[dict]:

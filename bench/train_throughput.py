@@ -15,8 +15,10 @@ import time
 
 import torch
 
-from model import build_criterion, build_detr
-from pipeline.training import TrainConfig, param_groups, train_step
+from model.criterion import build_criterion
+from model.segmentation import build_detr
+from pipeline.training.config import TrainConfig
+from pipeline.training.step import param_groups, train_step
 
 
 def main() -> None:

@@ -30,12 +30,14 @@ use_token()  # the token of the user's clusters, before Ray is imported: Ray rea
 import ray  # noqa: E402
 
 from pipeline.cluster.connect import RAY_HELP, init_ray, use_ray  # noqa: E402
-from pipeline.detection import DetectConfig, run_detection  # noqa: E402
+from pipeline.detection.config import DetectConfig  # noqa: E402
 from pipeline.detection.render import render_predictions  # noqa: E402
-from pipeline.evaluation import score_files  # noqa: E402
+from pipeline.detection.run import run_detection  # noqa: E402
+from pipeline.evaluation.metrics import score_files  # noqa: E402
 from pipeline.progress import duration  # noqa: E402
 from pipeline.synthetic import CATEGORIES, SyntheticConfig, make_synthetic  # noqa: E402
-from pipeline.training import TrainConfig, run_training  # noqa: E402
+from pipeline.training.config import TrainConfig  # noqa: E402
+from pipeline.training.run import run_training  # noqa: E402
 
 SHIPPED = str(Path(__file__).resolve().parents[1] / "checkpoints" / "detr-tiny-shapes-masks.pt")
 

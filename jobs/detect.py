@@ -27,8 +27,9 @@ import ray  # noqa: E402
 
 from pipeline import options  # noqa: E402
 from pipeline.cluster.connect import RAY_HELP, use_ray  # noqa: E402
-from pipeline.detection import DetectConfig, run_detection  # noqa: E402
+from pipeline.detection.config import DetectConfig  # noqa: E402
 from pipeline.detection.render import class_names, render_predictions  # noqa: E402
+from pipeline.detection.run import run_detection  # noqa: E402
 from pipeline.options import absolute  # noqa: E402
 from pipeline.progress import detection_headline  # noqa: E402
 

@@ -25,7 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a working dir
 
 from pipeline import options  # noqa: E402
-from pipeline.evaluation import EvaluateConfig, format_tables, score_files, write_evaluation  # noqa: E402
+from pipeline.evaluation.config import EvaluateConfig  # noqa: E402
+from pipeline.evaluation.metrics import score_files  # noqa: E402
+from pipeline.evaluation.report import format_tables, write_evaluation  # noqa: E402
 from pipeline.progress import evaluation_headline  # noqa: E402
 
 

@@ -29,7 +29,8 @@ import ray  # noqa: E402
 
 from pipeline import options  # noqa: E402
 from pipeline.cluster.connect import RAY_HELP, use_ray  # noqa: E402
-from pipeline.evaluation import ReevaluateConfig, reevaluate  # noqa: E402
+from pipeline.evaluation.config import ReevaluateConfig  # noqa: E402
+from pipeline.evaluation.reevaluation import reevaluate  # noqa: E402
 from pipeline.progress import reevaluation_headline  # noqa: E402
 
 REGRESSION_EXIT = 3

@@ -26,7 +26,9 @@ from pipeline import options  # noqa: E402
 from pipeline.cluster.connect import RAY_HELP, use_ray  # noqa: E402
 from pipeline.cluster.resources import ClusterTooSmall  # noqa: E402
 from pipeline.progress import dry_run_headline, training_headline  # noqa: E402
-from pipeline.training import TrainConfig, dry_run, run_training  # noqa: E402
+from pipeline.training.config import TrainConfig  # noqa: E402
+from pipeline.training.preflight import dry_run  # noqa: E402
+from pipeline.training.run import run_training  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

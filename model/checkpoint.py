@@ -19,12 +19,12 @@ import storage as uris
 
 from .config import DetrConfig
 from .contract import InputContract
-from .detr import build_detr
 from .families import FAMILIES, HUB_ID, FamilyConfig, unsupported
 from .family_folders import from_hub, load_family, read_family
 from .interface import ModelConfig, config_from_dict
 from .reference_files import read_huggingface, reference_config
 from .safe_load import HF_WEIGHT_FILES, CheckpointError, refuse_remote_code, safe_torch_load  # noqa: F401 (re-exported)
+from .segmentation import build_detr
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .backbone import Backbone
-from .config import DetrConfig, get_config
+from .config import DetrConfig
 from .contract import InputContract
 from .mlp import MLP
 from .position_encoding import PositionEmbeddingSine
@@ -119,18 +119,3 @@ class DETR(nn.Module):
         elif mask.shape != images.shape[:1] + images.shape[2:]:
             raise ValueError(f"mask shape {tuple(mask.shape)} does not match images {tuple(images.shape)}")
         return images, mask
-
-
-def build_detr(preset: str | DetrConfig = "detr-r50", backbone_weights: str | None = None, **overrides) -> nn.Module:
-    """A randomly initialised DETR from a preset name or a DetrConfig, fields overridden: a
-    DETRsegm around it when the config has the mask head (masks=True).
-
-    backbone_weights: optional path of a torchvision ResNet state_dict (e.g. ImageNet
-    weights) loaded into the backbone before training.
-    """
-    config = get_config(preset, **overrides)
-    if config.masks:
-        from .segmentation import DETRsegm  # it builds on this module
-
-        return DETRsegm(DETR(config, backbone_weights))
-    return DETR(config, backbone_weights)

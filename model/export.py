@@ -31,12 +31,13 @@ import storage as uris
 
 from .checkpoint import read_checkpoint, weights_id
 from .contract import InputContract, resolve_contract
-from .detr import DETR, build_detr
+from .detr import DETR
 from .export_formats import DEFAULT_OPSET, FOLDER, SUFFIXES, TOLERANCE, ExportError, output_format
 from .families import FamilyConfig
 from .family_export import anchored, check_exportable, export_family_onnx, save_folder, verify_family
 from .interface import build_model
 from .onnx_model import INPUTS, INSTALL_HINT, MASK_OUTPUT, OUTPUTS, OnnxDetr
+from .segmentation import build_detr
 
 FAMILY_BATCH = 8  # a family graph's static batch (transformers' code fixes it): detection's default
 

@@ -51,7 +51,7 @@ def build_model(config: ModelConfig) -> nn.Module:
         from .transformers_detector import TransformersDetector
 
         return TransformersDetector(config)
-    from .detr import build_detr
+    from .segmentation import build_detr
 
     return build_detr(config)
 

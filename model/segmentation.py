@@ -6,6 +6,8 @@ head, concatenates those maps with the projected backbone features and upsamples
 the backbone's earlier stages (their features added through 1x1 adapters), to one mask logit
 map per query at the first of those stages' stride: 4 for a ResNet (layer3, layer2, layer1),
 2 for detr-tiny's small_cnn, whose stages are a stride finer (model/backbone.py).
+
+build_detr builds a DETR, or with the mask head (masks=True) a DETRsegm around one.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import SMALL_CNN_WIDTHS, DetrConfig
+from .config import SMALL_CNN_WIDTHS, DetrConfig, get_config
 from .detr import DETR
 from .precision import float32, upcast
 
@@ -183,3 +185,16 @@ class DETRsegm(nn.Module):
                 masks = self.mask_head(upcast(src), bbox_mask[chosen], fpns, chosen.nonzero()[:, 0])
                 out["pred_masks"][chosen] = masks[:, 0]
         return out
+
+
+def build_detr(preset: str | DetrConfig = "detr-r50", backbone_weights: str | None = None, **overrides) -> nn.Module:
+    """A randomly initialised DETR from a preset name or a DetrConfig, fields overridden: a
+    DETRsegm around it when the config has the mask head (masks=True).
+
+    backbone_weights: optional path of a torchvision ResNet state_dict (e.g. ImageNet
+    weights) loaded into the backbone before training.
+    """
+    config = get_config(preset, **overrides)
+    if config.masks:
+        return DETRsegm(DETR(config, backbone_weights))
+    return DETR(config, backbone_weights)

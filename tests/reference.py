@@ -88,7 +88,8 @@ def oracle(kind: str, source: str | None = None) -> dict[str, Any]:
 
 def model_of(fixture: dict[str, Any]) -> torch.nn.Module:
     """The project's DETR with a small fixture's construction and weights, in eval mode."""
-    from model import DETR, DetrConfig
+    from model.config import DetrConfig
+    from model.detr import DETR
 
     c = fixture["config"]
     model = DETR(DetrConfig(**{k: c[k] for k in ("backbone", "dilation", "hidden_dim", "nheads", "enc_layers",

@@ -13,11 +13,12 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 
 import ray
 
+from .head import recorded_head
+from .ports import STATE_API, answers, free_port
 from .quiet import drop_routine_stderr, token_auth_notice
 from .token import missing_token, use_token
 
@@ -26,7 +27,6 @@ FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY
                  "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE", "RAY_AUTH_MODE")
 # Ray's state API (which Ray Train calls) finds its cluster by the Ray processes on the host, and
 # fails with two ("Found multiple active Ray instances") unless this names its dashboard.
-STATE_API = "RAY_API_SERVER_ADDRESS"
 RAY_HELP = ("the Ray to run on: local (default: one of this job's own, started and stopped with it), head (the "
             "head `make head` started on this machine), or HOST:PORT (a cluster's address); a submitted job "
             "runs on the cluster it was submitted to")
@@ -57,8 +57,6 @@ def init_ray(choice: str | None = None) -> None:
     elif choice in (None, "local"):
         start_local()
     elif choice == "head":
-        from .head import recorded_head
-
         head = recorded_head()
         if head is None:
             raise RayChoiceError("--ray head: no head started by `make head` is up on this machine (start one, or "
@@ -103,20 +101,6 @@ def join(address: str, what: str, dashboard: str | None) -> None:
     os.environ.pop(STATE_API, None)
     ray.init(address=address, log_to_driver=True)
     say(f"ray: joined {what} at {address} (token from {source})")
-
-
-def answers(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def say(line: str) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from .connect import STATE_API, answers, free_port
+from .ports import STATE_API, answers, free_port
 
 RECORDS_ENV = "DETR_RAY_HEADS"  # where the records are kept (default ~/.config/detr-ray/heads)
 CURRENT_CLUSTER = Path("/tmp/ray/ray_current_cluster")  # Ray's record of the machine's latest head

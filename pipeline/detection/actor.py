@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from model import InputContract
+from model.contract import InputContract
 from model.interface import ModelConfig, build_model, config_from_dict, inference_copy, mask_rule_for, postprocess_for
 from model.mask_postprocess import PostProcessPanoptic
 from model.onnx_model import OnnxDetr

@@ -26,8 +26,9 @@ from ray.data import ActorPoolStrategy
 from ray.util.annotations import RayDeprecationWarning
 
 import storage as uris
-from model import PRESETS, InputContract, read_checkpoint, weights_id
-from model.contract import resolve_contract
+from model.checkpoint import read_checkpoint, weights_id
+from model.config import PRESETS
+from model.contract import InputContract, resolve_contract
 from model.families import FamilyConfig
 from model.interface import ModelConfig
 from model.onnx_model import import_onnxruntime, read_onnx

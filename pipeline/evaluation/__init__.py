@@ -8,32 +8,6 @@
     panoptic_quality.py  PQ / SQ / RQ of its panoptic segmentations (panopticapi's rules)
     report.py        console tables, metrics files, the flat row of numbers
     reevaluation.py  the scheduled re-evaluation: detect + score each new checkpoint, keep a history
+
+Import from the modules (this package imports nothing).
 """
-from __future__ import annotations
-
-from .. import exports
-
-_MODULE_OF = {
-    "BACKENDS": "backends",
-    "DEFAULT_BACKEND": "backends",
-    "STAT_NAMES": "scoring",
-    "stat_names": "scoring",
-    "MAX_DETECTIONS": "scoring",
-    "CocoScorer": "scoring",
-    "COLUMNS": "metrics",
-    "BATCH_ROWS": "metrics",
-    "evaluate": "metrics",
-    "evaluate_table": "metrics",
-    "score_files": "metrics",
-    "detections_array": "rows",
-    "flat_metrics": "report",
-    "format_tables": "report",
-    "write_evaluation": "report",
-    "PanopticQuality": "panoptic_quality",
-    "PanopticScorer": "panoptic_quality",
-    "EvaluateConfig": "config",
-    "ReevaluateConfig": "config",
-    "reevaluate": "reevaluation",
-}
-__all__ = sorted(_MODULE_OF)
-__getattr__ = exports(__name__, _MODULE_OF)

@@ -28,10 +28,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 import storage as uris
-from model import read_checkpoint, weights_id
+from model.checkpoint import read_checkpoint, weights_id
 
 from ..coco import load_coco
-from ..detection import DetectConfig, run_detection
+from ..detection.config import DetectConfig
+from ..detection.run import run_detection
 from .config import ReevaluateConfig
 from .metrics import evaluate_table
 from .report import flat_metrics

@@ -11,29 +11,6 @@
     preflight.py   `jobs/train.py --dry-run`: a run's inputs checked before anything starts
     watch.py       what rank 0 keeps for the people watching: progress files, TensorBoard's
                    event files (events.py), curves.png (curves.py), MLflow (tracking.py)
+
+Import from the modules (this package imports nothing).
 """
-from __future__ import annotations
-
-from .. import exports
-
-_MODULE_OF = {
-    "PAPER_RECIPE": "config",
-    "RECIPES": "config",
-    "TrainConfig": "config",
-    "augment_samples": "stream",
-    "check_initialisation": "run",
-    "collate": "stream",
-    "detect_images": "validation",
-    "dry_run": "preflight",
-    "fit": "run",
-    "gather": "validation",
-    "load_and_augment": "stream",
-    "param_groups": "step",
-    "records_of": "stream",
-    "run_training": "run",
-    "train_step": "step",
-    "validate": "validation",
-    "warm_up": "step",
-}
-__all__ = sorted(_MODULE_OF)
-__getattr__ = exports(__name__, _MODULE_OF)

@@ -1,17 +1,18 @@
-"""TrainConfig: the settings of one training run, the recipe of its preset included, and
-AugmentConfig, the sizes of its augmentation (training/augment.py). Light to import: Ray
-Train's controller unpickles these without the loop's imports (training/entry.py)."""
+"""TrainConfig: the settings of one training run, the recipe of its preset included;
+AugmentConfig, the sizes of its augmentation (training/augment.py); LoopInputs, what every
+worker gets. Light to import: Ray Train's controller unpickles these without the loop's imports
+(training/entry.py)."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, replace
 from typing import Any
 
-from model import InputContract
+from model.contract import InputContract
 
 from ..evaluation.backends import BACKENDS, DEFAULT_BACKEND
 from ..options import Check, above, at_least, check, option, with_absolute_paths
-from .tracking import tracking_uri
+from .tracking import MlflowLog, tracking_uri
 
 # The settings a preset's recipe decides, with the paper's values (made for a pretrained backbone).
 PAPER_RECIPE: dict[str, Any] = {"lr": 1e-4, "lr_backbone": 1e-5, "warmup_steps": 0, "encoder_matches": 1,
@@ -159,3 +160,17 @@ class TrainConfig:
     def recipe(self) -> dict[str, Any]:
         """The recipe fields as this run uses them."""
         return {name: getattr(self, name) for name in PAPER_RECIPE}
+
+
+@dataclass
+class LoopInputs:
+    """What fit() hands every worker."""
+    config: TrainConfig
+    num_classes: int
+    train_images: int
+    train_records: Any  # object ref of the training records
+    val_records: Any  # object ref of the validation records, or None: no validation
+    run_folder: str  # RUN: its progress files, TensorBoard events and curves (watch.py)
+    best_checkpoint: str  # RUN/best/checkpoint.pt: the checkpoint with the best validation AP so far
+    mlflow: MlflowLog | None = None  # the run's MLflow run, with --mlflow
+    stuff_classes: tuple[int, ...] = ()  # the training set's stuff categories (isthing 0)

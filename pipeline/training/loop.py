@@ -25,18 +25,19 @@ import ray.train.torch
 import torch
 
 import storage as uris
-from model import InputContract, SetCriterion, build_criterion, build_detr, load_checkpoint, save_checkpoint
-from model.checkpoint import CHECKPOINT_FILE
+from model.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from model.contract import InputContract
+from model.criterion import SetCriterion, build_criterion
 from model.families import FamilyConfig
 from model.interface import build_model as build_network
 from model.interface import preset_config, preset_contract
 from model.safe_load import safe_torch_load
+from model.segmentation import build_detr
 
 from ..coco import load_coco
-from ..evaluation import CocoScorer
+from ..evaluation.scoring import CocoScorer
 from ..progress import StepProgress
-from .config import TrainConfig
-from .entry import LoopInputs
+from .config import LoopInputs, TrainConfig
 from .step import param_groups, train_step
 from .stream import collate, epoch_order, sample_stream, worker_share
 from .validation import validate

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 import storage as uris
-from model import read_checkpoint
+from model.checkpoint import read_checkpoint
 from model.interface import build_model, preset_config, preset_contract
 
 from ..coco import CocoDataset, CocoFormatError, load_coco, missing_image_files

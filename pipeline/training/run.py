@@ -13,8 +13,8 @@ import ray.train
 import ray.train.torch
 
 import storage as uris
-from model import DetrConfig
 from model.checkpoint import CHECKPOINT_FILE, check_source
+from model.config import DetrConfig
 from model.families import FamilyConfig
 from model.interface import preset_config
 
@@ -23,8 +23,8 @@ from ..cluster.connect import init_ray
 from ..cluster.resources import wait_for
 from ..coco import CocoDataset, load_coco
 from . import tracking
-from .config import TrainConfig
-from .entry import LoopInputs, train_loop
+from .config import LoopInputs, TrainConfig
+from .entry import train_loop
 from .events import FOLDER
 from .stream import records_of
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from model import SetCriterion
+from model.criterion import SetCriterion
 
 from .config import TrainConfig
 

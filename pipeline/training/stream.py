@@ -22,7 +22,8 @@ import torch
 import torchvision.transforms.v2.functional as F
 
 import storage as uris
-from model import InputContract, pad_images
+from model.contract import InputContract
+from model.detr import pad_images
 
 from ..coco import CocoDataset
 from ..images import decode_image

@@ -14,10 +14,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from model import DETR, InputContract
+from model.contract import InputContract
+from model.detr import DETR
 
 from .. import predictions
-from ..detection import Detector, fetch
+from ..detection.actor import Detector
+from ..detection.read import fetch
 from ..evaluation.metrics import evaluate
 from ..evaluation.report import flat_metrics
 from ..evaluation.scoring import CocoScorer

@@ -17,7 +17,7 @@ from typing import Any
 
 import storage as uris
 
-from ..evaluation import STAT_NAMES
+from ..evaluation.scoring import STAT_NAMES
 from .curves import draw_curves
 from .events import FOLDER, REWRITE_SECONDS, EpochEvents, prune
 from .tracking import MlflowLog

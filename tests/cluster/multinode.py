@@ -27,8 +27,10 @@ import ray  # noqa: E402
 from ray.util.state import list_actors  # noqa: E402
 
 from pipeline import predictions  # noqa: E402
-from pipeline.detection import DetectConfig, run_detection  # noqa: E402
-from pipeline.training import TrainConfig, run_training  # noqa: E402
+from pipeline.detection.config import DetectConfig  # noqa: E402
+from pipeline.detection.run import run_detection  # noqa: E402
+from pipeline.training.config import TrainConfig  # noqa: E402
+from pipeline.training.run import run_training  # noqa: E402
 from tests.local_cluster import start_cluster  # noqa: E402
 
 

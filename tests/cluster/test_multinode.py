@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from model import build_detr, load_checkpoint, save_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.segmentation import build_detr
 from tests import REPO
 from tests.corpus import write_pictures
 from tests.local_cluster import job_env

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from model import load_checkpoint
+from model.checkpoint import load_checkpoint
 from tests import REPO
 from tests.corpus import write_pictures
 from tests.local_cluster import STATE_API, free_port

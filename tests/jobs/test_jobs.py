@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from model import load_checkpoint
+from model.checkpoint import load_checkpoint
 from tests import REPO
 from tests.local_cluster import job_env
 

@@ -8,8 +8,10 @@ import os
 import pytest
 import torch
 
-from model import CheckpointError, build_detr, get_config, load_checkpoint, save_checkpoint
-from model.checkpoint import CHECKPOINT_FILE
+from model.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from model.config import get_config
+from model.safe_load import CheckpointError
+from model.segmentation import build_detr
 
 
 def _assert_same_outputs(model, small_fixture, atol=1e-5):
@@ -162,9 +164,8 @@ def test_shape_mismatch_is_a_checkpoint_error(tmp_path, small_fixture):
 
 
 def test_checkpoints_record_their_input_contract(tmp_path):
-    from model import InputContract
     from model.checkpoint import read_checkpoint
-    from model.contract import resolve_contract
+    from model.contract import InputContract, resolve_contract
 
     torch.manual_seed(0)
     model = build_detr("detr-tiny", num_classes=4)

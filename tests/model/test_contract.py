@@ -6,7 +6,7 @@ import json
 import torch
 import torchvision.transforms.v2 as v2
 
-from model import InputContract
+from model.contract import InputContract
 
 SMALL = InputContract(min_size=96, max_size=160)
 

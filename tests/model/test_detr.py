@@ -9,16 +9,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from model import (
-    PRESETS,
-    DetrConfig,
-    HungarianMatcher,
-    PostProcess,
-    build_criterion,
-    build_detr,
-    get_config,
-    pad_images,
-)
+from model.config import PRESETS, DetrConfig, get_config
+from model.criterion import build_criterion
+from model.detr import pad_images
+from model.matcher import HungarianMatcher
+from model.postprocess import PostProcess
+from model.segmentation import build_detr
 
 # The reference structure (ResNet-18, frozen stem and batch norm, learned queries) at detr-tiny's size.
 R18 = dict(backbone="resnet18", backbone_norm="frozen_bn", train_stem=False, two_stage=False, masked_backbone=False)
@@ -178,7 +174,7 @@ def test_distinct_queries_skip_duplicate_proposals():
 
 def test_encoder_matches_one_to_many():
     """Each object is matched to k proposals; padding tokens are never matched."""
-    from model import HungarianMatcher
+    from model.matcher import HungarianMatcher
 
     logits = torch.zeros(1, 6, 3)
     boxes = torch.tensor([[[0.1, 0.1, 0.1, 0.1], [0.5, 0.5, 0.2, 0.2], [0.52, 0.5, 0.2, 0.2], [0.9, 0.9, 0.1, 0.1],
@@ -283,7 +279,8 @@ def test_num_boxes_is_averaged_across_data_parallel_ranks():
 @pytest.mark.parametrize("backbone,norm", [("resnet18", "frozen_bn"), ("resnet18", "batch_norm"),
                                            ("small_cnn", "batch_norm")])
 def test_optimize_for_inference_keeps_outputs(backbone, norm, tmp_path):
-    from model import optimize_for_inference, save_checkpoint
+    from model.checkpoint import save_checkpoint
+    from model.inference import optimize_for_inference
 
     torch.manual_seed(0)
     model = build_detr("detr-tiny", backbone=backbone, backbone_norm=norm,
@@ -309,7 +306,7 @@ def test_optimize_for_inference_keeps_outputs(backbone, norm, tmp_path):
 def test_heads_run_in_float32_under_bf16_autocast(two_stage):
     """Only the backbone and transformer run in bf16: the heads' outputs are exactly what the
     float32 heads give on the decoder's output, far closer than bf16 heads (steps of 2^-8)."""
-    from model import build_criterion
+    from model.criterion import build_criterion
 
     overrides = {} if two_stage else {"two_stage": False, "distinct_query_iou": None}
     torch.manual_seed(0)

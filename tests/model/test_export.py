@@ -13,11 +13,13 @@ import pytest
 import torch
 
 import tests
-from model import build_detr, load_checkpoint, save_checkpoint, weights_id
+from model.checkpoint import load_checkpoint, save_checkpoint, weights_id
 from model.export import DetectionGraph, ExportError, export_checkpoint, sample_batch, verify
 from model.onnx_model import OnnxDetr, read_onnx
+from model.segmentation import build_detr
 from pipeline import predictions
-from pipeline.detection import DetectConfig, run_detection
+from pipeline.detection.config import DetectConfig
+from pipeline.detection.run import run_detection
 from pipeline.masks import decode
 from tests import REPO
 

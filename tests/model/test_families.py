@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 from torchvision.io import decode_image
 
-from model import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from model.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from model.families import FAMILIES, FamilyConfig
 from model.interface import build_model, preset_config
+from model.safe_load import CheckpointError
 from pipeline.training.validation import detect_images
 from tests.families import assert_same_detections, family_folder, hf_model, processor
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model import load_checkpoint, read_checkpoint
+from model.checkpoint import load_checkpoint, read_checkpoint
 from model.export import export_checkpoint
 from model.export_formats import ExportError
 from model.family_export import paired_differences, sample_images

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torchvision.io import decode_image
 
-from model import CheckpointError, load_checkpoint
-from model.checkpoint import check_source
+from model.checkpoint import check_source, load_checkpoint
 from model.family_export import check_exportable
+from model.safe_load import CheckpointError
 from pipeline.masks import decode
 from pipeline.training.stream import collate
 from pipeline.training.validation import detect_images

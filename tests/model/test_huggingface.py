@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from bench.hf_weights import randomize_vectors
-from model import CheckpointError, load_checkpoint, pad_images
+from model.checkpoint import load_checkpoint
+from model.detr import pad_images
+from model.safe_load import CheckpointError
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("timm")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model import PostProcess, build_criterion, pad_images
+from model.criterion import build_criterion
+from model.detr import pad_images
+from model.postprocess import PostProcess
 from tests.reference import model_of, oracle
 
 ATOL = 1e-5

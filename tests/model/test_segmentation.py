@@ -8,15 +8,11 @@ import argparse
 import pytest
 import torch
 
-from model import (
-    PostProcess,
-    PostProcessPanoptic,
-    PostProcessSegm,
-    build_criterion,
-    build_detr,
-    load_checkpoint,
-    save_checkpoint,
-)
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.criterion import build_criterion
+from model.mask_postprocess import PostProcessPanoptic, PostProcessSegm
+from model.postprocess import PostProcess
+from model.segmentation import build_detr
 from tests.reference import oracle
 
 ATOL = 1e-5

@@ -4,8 +4,10 @@ from __future__ import annotations
 import pyarrow as pa
 import torch
 
-from model import InputContract, build_detr
-from pipeline.detection import Detector, fetch
+from model.contract import InputContract
+from model.segmentation import build_detr
+from pipeline.detection.actor import Detector
+from pipeline.detection.read import fetch
 from pipeline.training.stream import read_image
 from tests.corpus import write_corpus
 

@@ -10,9 +10,9 @@ from dataclasses import fields
 import pytest
 
 from pipeline import options
-from pipeline.detection import DetectConfig
-from pipeline.evaluation import EvaluateConfig, ReevaluateConfig
-from pipeline.training import TrainConfig
+from pipeline.detection.config import DetectConfig
+from pipeline.evaluation.config import EvaluateConfig, ReevaluateConfig
+from pipeline.training.config import TrainConfig
 from tests import REPO
 
 TRAIN = ["--annotations", "a.json", "--images", "img", "--storage", "runs", "--name", "r"]

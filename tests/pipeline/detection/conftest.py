@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from model import build_detr, save_checkpoint
+from model.checkpoint import save_checkpoint
+from model.segmentation import build_detr
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from model import build_detr
-from pipeline.detection import DetectorActor, fetch
+from model.segmentation import build_detr
+from pipeline.detection.actor import DetectorActor
+from pipeline.detection.read import fetch
 from tests.corpus import write_pictures
 from tests.pipeline.detection import CONTRACT
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 import storage as uris
-from model import load_checkpoint
+from model.checkpoint import load_checkpoint
 from pipeline import predictions
-from pipeline.detection import DetectConfig, run_detection
+from pipeline.detection.config import DetectConfig
+from pipeline.detection.run import run_detection
 from pipeline.training.validation import detect_images
 from tests.corpus import write_pictures
 from tests.families import assert_same_detections, family_folder
@@ -40,7 +41,7 @@ def test_rf_detr_masks_through_detect_and_evaluate(ray_cluster, tmp_path):
     """An RF-DETR instance segmentation folder: bulk detection writes each detection's mask (those
     of the in-process detector, tests/model/test_family_masks.py: transformers' own), and evaluation
     scores them as mask AP beside the boxes' AP."""
-    from pipeline.evaluation import score_files
+    from pipeline.evaluation.metrics import score_files
     from pipeline.synthetic import SyntheticConfig, make_synthetic
 
     shapes = make_synthetic(str(tmp_path / "shapes"), train=0, val=4, seed=3,

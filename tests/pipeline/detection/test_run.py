@@ -19,9 +19,11 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.io import decode_image
 
 import storage as uris
-from model import PostProcess, load_checkpoint
+from model.checkpoint import load_checkpoint
+from model.postprocess import PostProcess
 from pipeline import options, predictions
-from pipeline.detection import DetectConfig, run_detection
+from pipeline.detection.config import DetectConfig
+from pipeline.detection.run import run_detection
 from tests import REPO
 from tests.corpus import rotated_photo, write_corpus, write_pictures
 from tests.pipeline.detection import CONTRACT, SMALL

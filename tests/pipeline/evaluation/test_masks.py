@@ -14,11 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import InputContract, PostProcess, load_checkpoint
+from model.checkpoint import load_checkpoint
+from model.contract import InputContract
+from model.postprocess import PostProcess
 from pipeline import predictions
-from pipeline.detection import Detector, fetch
-from pipeline.detection.actor import to_canvas
-from pipeline.evaluation import score_files
+from pipeline.detection.actor import Detector, to_canvas
+from pipeline.detection.read import fetch
+from pipeline.evaluation.metrics import score_files
 from pipeline.images import decode_image
 from pipeline.masks import decode, encode
 from pipeline.synthetic import SyntheticConfig, make_synthetic

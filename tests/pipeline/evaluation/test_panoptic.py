@@ -15,9 +15,14 @@ import pytest
 import torch
 from hotcoco.panoptic import pq_compute
 
-from model import InputContract, build_detr, get_config, save_checkpoint
-from pipeline.evaluation import PanopticQuality, ReevaluateConfig, reevaluate, score_files
-from pipeline.evaluation.reevaluation import read_history
+from model.checkpoint import save_checkpoint
+from model.config import get_config
+from model.contract import InputContract
+from model.segmentation import build_detr
+from pipeline.evaluation.config import ReevaluateConfig
+from pipeline.evaluation.metrics import score_files
+from pipeline.evaluation.panoptic_quality import PanopticQuality
+from pipeline.evaluation.reevaluation import read_history, reevaluate
 from pipeline.panoptic import Problems, load_panoptic, png_bytes, read_png
 from pipeline.synthetic import STUFF, SyntheticConfig, make_synthetic
 

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import torch
 
-from model import build_detr, save_checkpoint
-from pipeline.evaluation import DEFAULT_BACKEND, STAT_NAMES, ReevaluateConfig, reevaluate, stat_names
-from pipeline.evaluation.reevaluation import find_checkpoints, read_history, write_row
+from model.checkpoint import save_checkpoint
+from model.segmentation import build_detr
+from pipeline.evaluation.backends import DEFAULT_BACKEND
+from pipeline.evaluation.config import ReevaluateConfig
+from pipeline.evaluation.reevaluation import find_checkpoints, read_history, reevaluate, write_row
+from pipeline.evaluation.scoring import STAT_NAMES, stat_names
 from pipeline.predictions import SCORE_THRESHOLD
 from tests import REPO
 

@@ -17,7 +17,9 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from pipeline.evaluation import BACKENDS, STAT_NAMES, CocoScorer, evaluate
+from pipeline.evaluation.backends import BACKENDS
+from pipeline.evaluation.metrics import evaluate
+from pipeline.evaluation.scoring import STAT_NAMES, CocoScorer
 from pipeline.predictions import detections_table
 from tests import REPO
 
@@ -190,7 +192,7 @@ def test_matches_rows_by_file_name_when_image_id_is_null():
 
 def test_malformed_annotations_name_the_record(tmp_path):
     from pipeline.coco import CocoFormatError
-    from pipeline.evaluation import score_files
+    from pipeline.evaluation.metrics import score_files
 
     gt_json = small_ground_truth()
     del gt_json["annotations"][1]["bbox"]
@@ -238,7 +240,7 @@ def test_backends_equal_pycocotools_on_the_oracle_and_a_large_set_with_crowds_an
 
 
 def detections_array_of(table: pa.Table, gt_json: dict, max_dets: int = 100):
-    from pipeline.evaluation import detections_array
+    from pipeline.evaluation.rows import detections_array
 
     return detections_array([table], CocoScorer(gt_json, "pycocotools", max_dets))
 
@@ -341,7 +343,7 @@ def test_the_job_says_what_is_wrong_in_one_line(tmp_path):
 
 def test_the_predictions_own_parameters_are_said_where_they_lower_the_ap(tmp_path):
     """A table made above the default threshold, or at other sizes than the checkpoint's, says so."""
-    from pipeline.evaluation import score_files
+    from pipeline.evaluation.metrics import score_files
     from pipeline.predictions import write_part
 
     gt_json = small_ground_truth()

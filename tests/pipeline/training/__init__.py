@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from pipeline.training import TrainConfig
+from pipeline.training.config import TrainConfig
 
 
 def small_run(shapes: dict, storage: Path, name: str, **overrides) -> TrainConfig:

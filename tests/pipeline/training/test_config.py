@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from pipeline.training import PAPER_RECIPE, RECIPES, TrainConfig
+from pipeline.training.config import PAPER_RECIPE, RECIPES, TrainConfig
 from tests import REPO
 
 

@@ -7,9 +7,9 @@ from functools import partial
 
 import torch
 
-from model import load_checkpoint
+from model.checkpoint import load_checkpoint
 from model.families import FamilyConfig
-from pipeline.training import run_training
+from pipeline.training.run import run_training
 from tests.families import FIXED, family_folder
 from tests.pipeline.training import small_run, tensorboard_scalars
 

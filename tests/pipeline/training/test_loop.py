@@ -7,9 +7,10 @@ import os
 import pytest
 import torch
 
-from model import build_detr
-from pipeline.training import TrainConfig, param_groups, train_step, warm_up
+from model.segmentation import build_detr
+from pipeline.training.config import TrainConfig
 from pipeline.training.loop import build_model
+from pipeline.training.step import param_groups, train_step, warm_up
 from tests.pipeline.training import small_run
 
 
@@ -82,7 +83,7 @@ def _data_parallel_worker(rank: int, world_size: int, port: int, folder: str) ->
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from model import build_criterion
+    from model.criterion import build_criterion
 
     torch.use_deterministic_algorithms(True)
     if world_size > 1:

@@ -10,15 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from model import build_criterion, build_detr, load_checkpoint
+from model.checkpoint import load_checkpoint
+from model.criterion import build_criterion
+from model.segmentation import build_detr
 from pipeline.coco import load_coco
 from pipeline.masks import decode
 from pipeline.panoptic import read_png
 from pipeline.synthetic import STUFF, SyntheticConfig, make_synthetic
-from pipeline.training import TrainConfig, collate, param_groups, records_of, run_training, train_step
 from pipeline.training.augment import AugmentConfig, train_transform, transform_sample
+from pipeline.training.config import TrainConfig
 from pipeline.training.loop import build_model
-from pipeline.training.stream import augment_samples
+from pipeline.training.run import run_training
+from pipeline.training.step import param_groups, train_step
+from pipeline.training.stream import augment_samples, collate, records_of
 from tests import SHIPPED
 from tests.pipeline.training import small_run, tensorboard_scalars
 

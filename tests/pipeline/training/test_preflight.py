@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from pipeline.synthetic import SyntheticConfig, make_synthetic
-from pipeline.training import dry_run
+from pipeline.training.preflight import dry_run
 from tests import REPO
 from tests.pipeline.training import small_run
 

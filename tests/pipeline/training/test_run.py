@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import load_checkpoint
-from model.checkpoint import safe_torch_load
+from model.checkpoint import load_checkpoint, safe_torch_load
 from pipeline import options
-from pipeline.training import TrainConfig, check_initialisation, run_training
+from pipeline.training.config import TrainConfig
+from pipeline.training.run import check_initialisation, run_training
 from tests import REPO
 from tests.local_cluster import STATE_API, job_env
 from tests.pipeline.training import small_run, tensorboard_scalars

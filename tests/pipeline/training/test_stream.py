@@ -4,9 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.training import load_and_augment
 from pipeline.training.augment import AugmentConfig
-from pipeline.training.stream import epoch_order, worker_share
+from pipeline.training.stream import epoch_order, load_and_augment, worker_share
 
 
 def test_each_epoch_is_a_full_permutation_shared_out_without_overlap():

@@ -9,12 +9,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from model import load_checkpoint
+from model.checkpoint import load_checkpoint
 from pipeline import predictions
 from pipeline.coco import load_coco
-from pipeline.detection import DetectConfig, run_detection
-from pipeline.evaluation import CocoScorer, evaluate, score_files
-from pipeline.training import detect_images, gather, records_of, validate
+from pipeline.detection.config import DetectConfig
+from pipeline.detection.run import run_detection
+from pipeline.evaluation.metrics import evaluate, score_files
+from pipeline.evaluation.scoring import CocoScorer
+from pipeline.training.stream import records_of
+from pipeline.training.validation import detect_images, gather, validate
 from tests import SHIPPED
 
 

@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
-from pipeline.training import TrainConfig, check_initialisation
+from pipeline.training.config import TrainConfig
 from pipeline.training.events import EpochEvents, prune
+from pipeline.training.run import check_initialisation
 from pipeline.training.tracking import tracking_uri
 from tests.pipeline.training import tensorboard_scalars
 
