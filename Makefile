@@ -19,11 +19,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup
 
 # The inner loop: every test that needs no Ray cluster (about two minutes on 2 cores).
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup -m "not ray"
 
 bench: $(STAMP)

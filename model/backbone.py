@@ -30,7 +30,8 @@ def small_cnn(norm_layer) -> nn.Sequential:
     """Stages layer1..layer4 of two 3x3 convolution-norm-ReLU blocks, the first of each with
     stride 2: output stride 16 and SMALL_CNN_WIDTHS channels, about a sixth of ResNet-18's
     time up to layer3 on ~150 px images, so a CPU run buys six times the optimizer steps."""
-    stages, in_channels = OrderedDict(), 3
+    stages: OrderedDict[str, nn.Module] = OrderedDict()
+    in_channels = 3
     for i, width in enumerate(SMALL_CNN_WIDTHS, 1):
         stages[f"layer{i}"] = nn.Sequential(
             Conv2dNormActivation(in_channels, width, stride=2, norm_layer=norm_layer),

@@ -9,7 +9,7 @@ import hashlib
 import io
 import json
 import logging
-from typing import Any
+from typing import Any, cast
 
 import pyarrow.fs as pafs
 import torch
@@ -17,11 +17,11 @@ from torch import nn
 
 import storage as uris
 
-from .config import DetrConfig
 from .contract import InputContract
 from .families import FAMILIES, HUB_ID, FamilyConfig, unsupported
 from .family_folders import from_hub, load_family, read_family
 from .interface import ModelConfig, config_from_dict
+from .network import DetectionNetwork
 from .reference_files import read_huggingface, reference_config
 from .safe_load import HF_WEIGHT_FILES, CheckpointError, refuse_remote_code, safe_torch_load  # noqa: F401 (re-exported)
 from .segmentation import build_detr
@@ -38,7 +38,7 @@ MASK_HEAD = ("bbox_attention.", "mask_head.")
 def save_checkpoint(
     target: str,
     model: nn.Module,
-    config: DetrConfig | None = None,
+    config: ModelConfig | None = None,
     *,
     optimizer: torch.optim.Optimizer | None = None,
     epoch: int | None = None,
@@ -53,12 +53,13 @@ def save_checkpoint(
     become the model's input (model/contract.py); default the model's own (model.contract,
     set by load_checkpoint), recorded unless neither is known.
     """
-    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    if getattr(model, "inference_only", False):
+    network = cast(DetectionNetwork, getattr(model, "module", model))  # a DistributedDataParallel's unwrapped
+    if network.inference_only:
         raise ValueError("this model was optimised for inference (folded weights): save the original model")
-    config = config or model.config
-    contract = contract or getattr(model, "contract", None)
-    payload: dict[str, Any] = {"format": FORMAT, "version": 1, "config": config.to_dict(), "model": model.state_dict()}
+    config = config or network.config
+    contract = contract or network.contract
+    payload: dict[str, Any] = {"format": FORMAT, "version": 1, "config": config.to_dict(),
+                               "model": network.state_dict()}
     if contract is not None:
         payload["contract"] = contract.to_dict()
     if optimizer is not None:
@@ -81,7 +82,7 @@ def load_checkpoint(
     dilation: bool | None = None,
     device: str | torch.device = "cpu",
     **config_overrides: Any,
-) -> tuple[nn.Module, ModelConfig]:
+) -> tuple[DetectionNetwork, ModelConfig]:
     """Build a DETR (a DETRsegm for a checkpoint with the mask head, a TransformersDetector for a
     transformers family's) from a checkpoint and return it (eval mode) with its config; the model's
     `contract` is the input contract the checkpoint records (None when it records none).

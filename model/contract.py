@@ -146,5 +146,6 @@ def resolve_contract(recorded: InputContract | None, source: str, min_size: int 
                     + ", ".join(f"--{k.replace('_', '-')} {v} (its own: {getattr(contract, k)})"
                                 for k, v in changed.items())
                     + "; detections can differ from what its training validated")
-        contract = replace(contract, **changed)
+        contract = replace(contract, min_size=changed.get("min_size", contract.min_size),
+                           max_size=changed.get("max_size", contract.max_size))
     return contract, said

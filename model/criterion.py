@@ -39,6 +39,8 @@ class SetCriterion(nn.Module):
     for every auxiliary decoder output i, and with suffix _enc for the encoder's proposals.
     """
 
+    empty_weight: torch.Tensor  # a buffer: the classes' weights, "no object" eos_coef
+
     def __init__(
         self,
         num_classes: int,
@@ -57,7 +59,7 @@ class SetCriterion(nn.Module):
         self.register_buffer("empty_weight", empty_weight)
 
     def total_loss(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(losses[k] * w for k, w in self.weight_dict.items() if k in losses)
+        return torch.stack([losses[k] * w for k, w in self.weight_dict.items() if k in losses]).sum()
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, torch.Tensor]:
         num_boxes = self._num_boxes(targets, outputs["pred_logits"].device)

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
 
 from .backbone import Backbone
 from .config import DetrConfig
-from .contract import InputContract
 from .mlp import MLP
+from .network import DetectionNetwork
 from .position_encoding import PositionEmbeddingSine
 from .precision import float32, upcast
 from .query_selection import QuerySelection, inverse_sigmoid
@@ -29,7 +30,7 @@ def pad_images(images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
     return batch, mask
 
 
-class DETR(nn.Module):
+class DETR(DetectionNetwork):
     """Predicts a fixed-size set of (class, box) pairs per image.
 
     Outputs: pred_logits [B,Q,num_classes+1] (the last logit is "no object"),
@@ -40,10 +41,8 @@ class DETR(nn.Module):
 
     def __init__(self, config: DetrConfig, backbone_weights: str | None = None):
         super().__init__()
-        self.config = config
-        # How images become this model's input, when known (model/contract.py): set by
-        # load_checkpoint and by training, recorded by save_checkpoint.
-        self.contract: InputContract | None = None
+        self.config: DetrConfig = config
+        self.contract = None
         hidden_dim = config.hidden_dim
         # backbone.0 = ResNet, backbone.1 = positional encoding: the reference's key names.
         self.backbone = nn.ModuleList(
@@ -59,8 +58,8 @@ class DETR(nn.Module):
         self.class_embed = nn.Linear(hidden_dim, config.num_classes + 1)
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
         if config.two_stage:  # the box head refines a reference box: it starts by predicting it
-            nn.init.zeros_(self.bbox_embed.layers[-1].weight)
-            nn.init.zeros_(self.bbox_embed.layers[-1].bias)
+            nn.init.zeros_(self.bbox_embed.last.weight)
+            nn.init.zeros_(self.bbox_embed.last.bias)
 
     def forward(
         self, images: torch.Tensor | Sequence[torch.Tensor], mask: torch.Tensor | None = None
@@ -77,7 +76,7 @@ class DETR(nn.Module):
         [B,C,h,w], their mask [B,h,w], and the backbone stages' features (all with
         keep_stages, else the last)."""
         images, mask = self._as_batch(images, mask)
-        stages, mask = self.backbone[0].stages(images, mask, keep_earlier=keep_stages)
+        stages, mask = cast(Backbone, self.backbone[0]).stages(images, mask, keep_earlier=keep_stages)
         pos = self.backbone[1](mask).to(stages[-1].dtype)
         src = self.input_proj(stages[-1])
         if self.config.two_stage:

@@ -37,7 +37,7 @@ from .families import FamilyConfig
 from .family_export import anchored, check_exportable, export_family_onnx, save_folder, verify_family
 from .interface import build_model
 from .onnx_model import INPUTS, INSTALL_HINT, MASK_OUTPUT, OUTPUTS, OnnxDetr
-from .segmentation import build_detr
+from .segmentation import DETRsegm, build_detr
 
 FAMILY_BATCH = 8  # a family graph's static batch (transformers' code fixes it): detection's default
 
@@ -51,7 +51,7 @@ class DetectionGraph(nn.Module):
     """DETR with the outputs a deployment uses (no auxiliary or encoder outputs): logits and
     boxes, and the mask logits of a model with the mask head."""
 
-    def __init__(self, model: DETR):
+    def __init__(self, model: DETR | DETRsegm):
         super().__init__()
         self.model = model
         self.outputs = OUTPUTS + ((MASK_OUTPUT,) if model.config.masks else ())
@@ -73,7 +73,7 @@ def sample_batch(batch: int, height: int, width: int, padded: bool, seed: int = 
     return images.masked_fill(mask[:, None], 0.0), mask
 
 
-def export(model: DETR, output: str, metadata: dict[str, Any], opset: int = DEFAULT_OPSET) -> dict[str, Any]:
+def export(model: DETR | DETRsegm, output: str, metadata: dict[str, Any], opset: int = DEFAULT_OPSET) -> dict[str, Any]:
     """Export, verify, then write output (local or s3://); returns what was measured."""
     suffix = Path(output).suffix
     if suffix not in SUFFIXES:
@@ -126,6 +126,7 @@ def _export_onnx(graph: DetectionGraph, path: str, metadata: dict[str, Any], ops
         program = torch.onnx.export(graph, sample_batch(2, 256, 320, True), dynamo=True, opset_version=opset,
                                     input_names=list(INPUTS), output_names=list(graph.outputs),
                                     dynamic_shapes=_dynamic_shapes(), verbose=False)
+        assert program is not None  # dynamo=True returns the program
         program.save(path)
     _add_metadata(path, metadata)
 
@@ -218,6 +219,7 @@ def export_family(config: FamilyConfig, state_dict: dict[str, torch.Tensor], con
                   weights: str, checkpoint: str, class_names: dict[int, str] | None, opset: int) -> dict[str, Any]:
     """A transformers family's ONNX graph (model/family_export.py), verified, then written."""
     check_exportable(config, contract)
+    assert contract.fixed_size is not None  # checked: only the fixed-size families export
     if not output.endswith(".onnx"):
         raise ExportError(f"{output}: a {config.model_type} model exports to ONNX (.onnx), not a torch.export program")
     model = build_model(anchored(config, contract))

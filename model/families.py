@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from .contract import IMAGENET_MEAN, IMAGENET_STD, InputContract
 
-NO_NORMALISATION = {"image_mean": (0.0, 0.0, 0.0), "image_std": (1.0, 1.0, 1.0)}
+NO_NORMALISATION: dict[str, Any] = {"image_mean": (0.0, 0.0, 0.0), "image_std": (1.0, 1.0, 1.0)}
 # A hub model id, org/name, read as one where no such local path exists (a missing file such as
 # runs/x.pt is never looked up on the hub)
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(?<!\.pt)(?<!\.pth)(?<!\.bin)(?<!\.onnx)(?<!\.pt2)")

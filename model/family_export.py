@@ -57,7 +57,7 @@ def check_exportable(config: FamilyConfig, contract: InputContract) -> None:
 def anchored(config: FamilyConfig, contract: InputContract) -> FamilyConfig:
     """The config with the encoder's anchors made for the contract's size (the families that
     have them: RT-DETR, D-FINE, DEIMv2); the weights are the same."""
-    if "anchor_image_size" not in config.hf:
+    if "anchor_image_size" not in config.hf or contract.fixed_size is None:
         return config
     return config.replace(anchor_image_size=list(contract.fixed_size))
 
@@ -66,7 +66,9 @@ def _is_all_true(x: Any) -> Any:
     import onnx
     from onnxscript import opset18 as op
 
-    return op.Cast(op.ReduceMin(op.Cast(x, to=onnx.TensorProto.INT32), keepdims=0), to=onnx.TensorProto.BOOL)
+    as_int: Any = op.Cast(x, to=onnx.TensorProto.INT32)  # onnxscript's types cannot follow `to`
+    smallest: Any = op.ReduceMin(as_int, keepdims=0)
+    return op.Cast(smallest, to=onnx.TensorProto.BOOL)
 
 
 def export_family_onnx(model: nn.Module, contract: InputContract, path: str, opset: int, batch: int) -> FamilyGraph:
@@ -76,12 +78,15 @@ def export_family_onnx(model: nn.Module, contract: InputContract, path: str, ops
     program = torch.onnx.export(graph, (images,), dynamo=True, opset_version=opset, input_names=["images"],
                                 output_names=list(graph.outputs), verbose=False,
                                 custom_translation_table={torch.ops.aten._is_all_true.default: _is_all_true})
+    assert program is not None  # dynamo=True returns the program
     program.save(path)
     return graph
 
 
 def sample_images(batch: int, contract: InputContract, seed: int) -> torch.Tensor:
     """Normalised images of the contract's fixed size: uniform pixels through its mean / std."""
+    if contract.fixed_size is None:
+        raise ValueError("sample_images: a fixed-size contract's images")
     generator = torch.Generator().manual_seed(seed)
     pixels = torch.rand(batch, 3, *contract.fixed_size, generator=generator)
     mean = torch.tensor(contract.image_mean).view(3, 1, 1)
@@ -140,9 +145,9 @@ def save_folder(config: FamilyConfig, state_dict: dict[str, torch.Tensor], contr
 
     import storage as uris
 
-    from .interface import build_model
+    from .transformers_detector import TransformersDetector
 
-    model = build_model(config)
+    model = TransformersDetector(config)
     model.load_state_dict(state_dict)
     contract = contract or config.family.contract
     written = []

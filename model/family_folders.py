@@ -10,7 +10,6 @@ from typing import Any
 
 import pyarrow.fs as pafs
 import torch
-from torch import nn
 
 import storage as uris
 
@@ -66,8 +65,9 @@ def read_family(source: str, hf: dict[str, Any]) -> tuple[FamilyConfig, dict[str
             json.dump(hf, f)
         with open(f"{folder}/{weights}", "wb") as f:
             f.write(data)
-        hf_model = getattr(transformers, family.segmentation_class if masks else family.detection_class
-                           ).from_pretrained(folder, trust_remote_code=False, local_files_only=True)
+        model_class = family.segmentation_class if masks and family.segmentation_class else family.detection_class
+        hf_model = getattr(transformers, model_class).from_pretrained(folder, trust_remote_code=False,
+                                                                      local_files_only=True)
     config = family_config(hf_model.config, masks)
     try:
         check_window(config, contract, source)
@@ -78,7 +78,7 @@ def read_family(source: str, hf: dict[str, Any]) -> tuple[FamilyConfig, dict[str
 
 def load_family(source: str, config: FamilyConfig, state_dict: dict[str, torch.Tensor],
                  contract: InputContract | None, num_classes: int | None, device: str | torch.device,
-                 overrides: dict[str, Any]) -> tuple[nn.Module, FamilyConfig]:
+                 overrides: dict[str, Any]) -> tuple[TransformersDetector, FamilyConfig]:
     """A family's TransformersDetector with the checkpoint's weights; with another num_classes,
     its class heads (the only weights whose shapes depend on it) are new; with masks=True on a
     box model, so is its mask head."""

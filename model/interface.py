@@ -1,6 +1,6 @@
 """The one model interface every job uses, over the project's DETR and transformers' families.
 
-A model is an nn.Module with
+A model is a DetectionNetwork (model/network.py): an nn.Module with
 - `config`: DetrConfig or FamilyConfig (num_classes, num_queries, masks, stuff_classes, to_dict);
 - `contract`: its InputContract (model/contract.py), or None where it records none;
 - `forward(pixels, mask)` -> {"pred_logits", "pred_boxes"[, "pred_masks"]};
@@ -14,38 +14,26 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import torch
-from torch import nn
 
 from .config import PRESETS, DetrConfig, get_config
 from .contract import InputContract
 from .families import FAMILY_PRESETS, FamilyConfig, is_family_dict
 from .mask_postprocess import image_masks, resized_masks
+from .network import DetectionNetwork, ModelConfig
 from .postprocess import PostProcess, TopKPostProcess
 
 # A query's mask logits [k,h,w] -> its masks [k,H,W] uint8 at the original size, given the canvas
 # the batch was fed on, the image's size on it and its original size
 MaskRule = Callable[[torch.Tensor, tuple[int, int], tuple[int, int], tuple[int, int]], torch.Tensor]
 
-ModelConfig = DetrConfig | FamilyConfig
-
-
-class DetectionModel(Protocol):
-    """What the jobs hold: DETR, DETRsegm or a TransformersDetector."""
-
-    config: ModelConfig
-    contract: InputContract | None
-
-    def __call__(self, pixels: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]: ...
-
-
 def config_from_dict(d: dict[str, Any]) -> ModelConfig:
     return FamilyConfig.from_dict(d) if is_family_dict(d) else DetrConfig.from_dict(d)
 
 
-def build_model(config: ModelConfig) -> nn.Module:
+def build_model(config: ModelConfig) -> DetectionNetwork:
     """The network of a config, randomly initialised (the caller loads weights)."""
     if isinstance(config, FamilyConfig):
         from .transformers_detector import TransformersDetector
@@ -86,12 +74,14 @@ def mask_rule_for(config: ModelConfig) -> MaskRule:
     return resized_masks if isinstance(config, FamilyConfig) else image_masks
 
 
-def inference_copy(model: nn.Module) -> nn.Module:
+def inference_copy(model: DetectionNetwork) -> DetectionNetwork:
     """What bulk detection and validation run: DETR with its batch norms folded, channels-last
     (model/inference.py); a family's model as an eval-mode copy without gradients."""
-    if isinstance(model.config, DetrConfig):
-        from .inference import optimize_for_inference
+    from .detr import DETR
+    from .inference import optimize_for_inference
+    from .segmentation import DETRsegm
 
+    if isinstance(model, (DETR, DETRsegm)):
         return optimize_for_inference(model)
     copied = copy.deepcopy(model).eval()
     for parameter in copied.parameters():

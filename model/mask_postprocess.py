@@ -117,6 +117,6 @@ class PostProcessPanoptic(nn.Module):
                 ids = ids.masked_fill(ids.eq(k), group[0])
         # Pillow's nearest resize, as the reference resizes its PNG: torch's nearest modes pick
         # other source pixels where the scale is not an integer
-        resized = Image.fromarray(ids.cpu().numpy().astype(np.int32)).resize(target[::-1], Image.NEAREST)
+        resized = Image.fromarray(ids.cpu().numpy().astype(np.int32)).resize(target[::-1], Image.Resampling.NEAREST)
         ids = torch.from_numpy(np.asarray(resized).astype(np.int64))
         return ids, [int(ids.eq(i).sum()) for i in range(masks.shape[0])]

@@ -94,13 +94,14 @@ class OnnxDetr:
 
     def _run_padded(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Up to the static batch with empty images, whose outputs are dropped."""
+        assert self.batch is not None  # only a static-batch graph pads
         count = len(images)
         padding = images.new_zeros((self.batch - count, *images.shape[1:]))
         return {k: v[:count] for k, v in self._run(torch.cat([images, padding]), None).items()}
 
     def _run(self, images: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
         feed = {"images": np.ascontiguousarray(images.detach().float().cpu().numpy())}
-        if "mask" in self.inputs:
+        if "mask" in self.inputs and mask is not None:
             feed["mask"] = np.ascontiguousarray(mask.detach().cpu().numpy())
         results = self.session.run(self.outputs, feed)
         return {name: torch.from_numpy(result).to(images.device) for name, result in zip(self.outputs, results)}

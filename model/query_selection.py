@@ -89,8 +89,8 @@ class QuerySelection(nn.Module):
         self.query_pos = MLP(2 * hidden_dim, hidden_dim, hidden_dim, 2)  # from the reference box
         # Proposals start exactly on their anchors, so the first matchings pair each object with
         # the tokens around it rather than with wherever random weights send a box.
-        nn.init.zeros_(self.bbox_embed.layers[-1].weight)
-        nn.init.zeros_(self.bbox_embed.layers[-1].bias)
+        nn.init.zeros_(self.bbox_embed.last.weight)
+        nn.init.zeros_(self.bbox_embed.last.bias)
 
     def forward(
         self, memory: torch.Tensor, mask: torch.Tensor
@@ -113,6 +113,6 @@ class QuerySelection(nn.Module):
         top = distinct_top_k(scores, boxes.detach(), min(self.num_queries, scores.shape[1]), self.distinct_iou)  # [B,K]
         content = memory.gather(1, top[..., None].expand(-1, -1, memory.shape[-1]))
         reference = boxes.detach().gather(1, top[..., None].expand(-1, -1, 4))
-        num_feats = self.query_pos.layers[0].in_features // 4
+        num_feats = self.query_pos.first.in_features // 4
         query_pos = self.query_pos(sine_box_embedding(reference, num_feats).to(memory.dtype))
         return proposals, content, query_pos, reference

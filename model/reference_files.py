@@ -163,5 +163,5 @@ def huggingface_to_reference(hf_state: dict[str, torch.Tensor]) -> dict[str, tor
             parts = [renamed.get(f"{prefix}.{p}_proj.{kind}") for p in "qkv"]
             if any(p is None for p in parts):
                 raise CheckpointError(f"{prefix} lacks one of its q/k/v projections")
-            packed[f"{prefix}.in_proj_{kind}"] = torch.cat(parts)
+            packed[f"{prefix}.in_proj_{kind}"] = torch.cat([p for p in parts if p is not None])
     return packed

@@ -12,13 +12,16 @@ build_detr builds a DETR, or with the mask head (masks=True) a DETRsegm around o
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import SMALL_CNN_WIDTHS, DetrConfig, get_config
+from .contract import InputContract
 from .detr import DETR
+from .network import DetectionNetwork
 from .precision import float32, upcast
 
 MASK_HEAD_STAGES = 3  # the backbone stages before the last that the mask head adds, deepest first
@@ -94,7 +97,8 @@ class MaskHeadSmallConv(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_uniform_(m.weight, a=1)
-                nn.init.constant_(m.bias, 0)
+                if m.bias is not None:
+                    nn.init.constant_(m.bias, 0)
 
     def forward(self, x: torch.Tensor, bbox_mask: torch.Tensor, fpns: list[torch.Tensor],
                 image_index: torch.Tensor | None = None) -> torch.Tensor:
@@ -120,7 +124,7 @@ class MaskHeadSmallConv(nn.Module):
         return self.out_lay(x)
 
 
-class DETRsegm(nn.Module):
+class DETRsegm(DetectionNetwork):
     """DETR (self.detr) with a mask head: its outputs plus pred_masks [B,Q,H,W], mask logits at
     the stride of the backbone's first stage the head reads. The head runs in float32 (under
     bf16 autocast too): mask logits are thresholded and summed over many pixels."""
@@ -155,15 +159,20 @@ class DETRsegm(nn.Module):
 
     @property
     def config(self) -> DetrConfig:
+        """The DETR's (with masks=True)."""
         return self.detr.config
 
+    @config.setter
+    def config(self, value: DetrConfig) -> None:
+        self.detr.config = value
+
     @property
-    def contract(self):
+    def contract(self) -> InputContract | None:
         """The input contract (model/contract.py): the DETR's."""
         return self.detr.contract
 
     @contract.setter
-    def contract(self, value) -> None:
+    def contract(self, value: InputContract | None) -> None:
         self.detr.contract = value
 
     def forward(self, images, mask: torch.Tensor | None = None,
@@ -187,7 +196,8 @@ class DETRsegm(nn.Module):
         return out
 
 
-def build_detr(preset: str | DetrConfig = "detr-r50", backbone_weights: str | None = None, **overrides) -> nn.Module:
+def build_detr(preset: str | DetrConfig = "detr-r50", backbone_weights: str | None = None,
+               **overrides: Any) -> DETR | DETRsegm:
     """A randomly initialised DETR from a preset name or a DetrConfig, fields overridden: a
     DETRsegm around it when the config has the mask head (masks=True).
 

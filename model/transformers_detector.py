@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .families import Family, FamilyConfig
+from .network import DetectionNetwork
 
 
 def quiet_transformers() -> None:
@@ -49,9 +50,12 @@ def family_config(hf: Any, masks: bool = False) -> FamilyConfig:
     return FamilyConfig(hf.model_type, d, masks)
 
 
-class TransformersDetector(nn.Module):
+class TransformersDetector(DetectionNetwork):
     """transformers' `<Family>ForObjectDetection` (or `ForInstanceSegmentation`) as `model`;
     `config` the FamilyConfig; `contract` the input contract it runs with (set by the loader)."""
+
+    config: FamilyConfig
+    model: Any  # transformers' model class (typed loosely: its loss_function is replaced)
 
     def __init__(self, config: FamilyConfig, hf_model: nn.Module | None = None):
         super().__init__()
@@ -134,11 +138,11 @@ def counting_unions(family: Family, counts: list[int]) -> Iterator[None]:
         counts.append(sum(len(rows) for rows, _ in found))
         return found
 
-    Deimv2Loss._get_dense_o2o_indices = recording
+    setattr(Deimv2Loss, "_get_dense_o2o_indices", recording)  # noqa: B010 (a method replaced while the loss runs)
     try:
         yield
     finally:
-        Deimv2Loss._get_dense_o2o_indices = original
+        setattr(Deimv2Loss, "_get_dense_o2o_indices", original)  # noqa: B010
 
 
 def box_shares(local: list[int], device: torch.device) -> list[float]:

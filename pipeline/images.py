@@ -134,10 +134,10 @@ def decode_images(items: Sequence[tuple[bytes, Header]], device: torch.device) -
                 out[k] = _to_device(torch.from_numpy(decode_rgb(data)).permute(2, 0, 1), device)
             except ImageError as e:
                 out[k] = e
-    for k, image in enumerate(out):  # the header's size decides the canvas: it must be the truth
+    for k, decoded in enumerate(out):  # the header's size decides the canvas: it must be the truth
         header = items[k][1]
-        if isinstance(image, torch.Tensor) and (image.shape[2], image.shape[1]) != (header.width, header.height):
-            out[k] = ImageError("undecodable", f"decoded size {image.shape[2]}x{image.shape[1]} differs from the "
+        if isinstance(decoded, torch.Tensor) and (decoded.shape[2], decoded.shape[1]) != (header.width, header.height):
+            out[k] = ImageError("undecodable", f"decoded size {decoded.shape[2]}x{decoded.shape[1]} differs from the "
                                                f"header's {header.width}x{header.height}")
     return out  # type: ignore[return-value]
 

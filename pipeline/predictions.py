@@ -70,7 +70,7 @@ def detections_table(
     missing = pa.array([d is None for d in detections], pa.bool_())
 
     def ragged(key: str, dtype: type, width: int = 0) -> pa.Array:
-        parts = [np.asarray(d[key], dtype).reshape(-1) for d in detections if d is not None]
+        parts: list[np.ndarray] = [np.asarray(d[key], dtype).reshape(-1) for d in detections if d is not None]
         flat = pa.array(np.concatenate(parts) if parts else np.zeros(0, dtype))
         values = pa.FixedSizeListArray.from_arrays(flat, width) if width else flat
         return pa.ListArray.from_arrays(offsets, values, mask=missing)

@@ -20,6 +20,7 @@ import io
 import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -131,7 +132,10 @@ def make_image(seed: int, split: str, index: int, config: SyntheticConfig) -> tu
             angle = float(rng.uniform(0, 2 * math.pi))
             mask = Image.new("L", (width, height))
             _draw_shape(ImageDraw.Draw(mask), kind, cx, cy, size, angle, 255)
-            left, top, right, bottom = mask.getbbox()
+            box = mask.getbbox()
+            if box is None:  # drawn outside the image: draw another
+                continue
+            left, top, right, bottom = box
             bbox = [float(left), float(top), float(right - left), float(bottom - top)]
             if all(_iou(bbox, o["bbox"]) <= config.max_overlap_iou for o in objects):
                 break
@@ -183,7 +187,9 @@ def categories(stuff: bool) -> list[dict]:
 
 def write_split(out: str, split: str, count: int, seed: int, config: SyntheticConfig) -> str:
     """Write OUT/split/*.jpg and OUT/annotations/split.json; return the annotation URI."""
-    images, annotations, panoptic = [], [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    panoptic: list[dict[str, Any]] = []
     for index in range(count):
         data, width, height, objects = make_image(seed, split, index, config)
         file_name = f"{index:06d}.jpg"

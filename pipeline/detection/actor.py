@@ -27,6 +27,7 @@ import torch
 from model.contract import InputContract
 from model.interface import ModelConfig, build_model, config_from_dict, inference_copy, mask_rule_for, postprocess_for
 from model.mask_postprocess import PostProcessPanoptic
+from model.network import DetectionNetwork
 from model.onnx_model import OnnxDetr
 from model.segmentation import DETRsegm
 
@@ -74,7 +75,7 @@ class Detector:
         self.decoder = ThreadPoolExecutor(1)  # decodes batch k+1 while the model runs batch k
 
     @classmethod
-    def of_model(cls, model: torch.nn.Module, contract: InputContract, score_threshold: float, batch_size: int,
+    def of_model(cls, model: DetectionNetwork, contract: InputContract, score_threshold: float, batch_size: int,
                  model_id: str = "") -> Detector:
         """An in-process detector running an inference copy of `model` (model/interface.py), on its device."""
         device = next(model.parameters()).device
@@ -90,6 +91,7 @@ class Detector:
                                 self.batch_size)
         pending: Future | None = self.decoder.submit(self.decode, rows, batches[0]) if batches else None
         for k, (canvas, indices) in enumerate(batches):
+            assert pending is not None  # submitted for every batch
             images, failed = pending.result()
             pending = self.decoder.submit(self.decode, rows, batches[k + 1]) if k + 1 < len(batches) else None
             for i, error in failed.items():
@@ -188,6 +190,8 @@ class Detector:
                  size: tuple[int, int]) -> tuple[list[dict], bytes]:
         """The image's panoptic segments_info and PNG at its original size; segment ids from 1, so
         that 0 stays void as in COCO panoptic (the reference numbers them from 0)."""
+        if self.panoptic is None:
+            raise ValueError("panoptic segments of a model without stuff classes")
         found = self.panoptic.segment(logits, masks, logits.shape[-1] - 1, self.contract.resized_size(*size), size,
                                       padded=canvas)
         segments = [{**s, "id": s["id"] + 1} for s in found["segments_info"]]
@@ -250,11 +254,12 @@ class DetectorActor(Detector):
         device = torch.device("cuda" if on_gpu else "cpu")
         if device.type == "cpu":
             torch.set_num_threads(max(1, int(cpus)))
+        model: OnnxDetr | DetectionNetwork
         if isinstance(state, bytes):  # an exported graph: ONNX Runtime, CUDA provider on a GPU
             model = OnnxDetr(state, device.type, threads=max(1, int(cpus)))
         else:
-            model = build_model(config)  # with the mask head when the checkpoint has one
-            model.load_state_dict(state)
-            model = inference_copy(model.eval()).to(device)
+            network = build_model(config)  # with the mask head when the checkpoint has one
+            network.load_state_dict(state)
+            model = inference_copy(network.eval()).to(device)
         super().__init__(model, config, InputContract.from_dict(contract), score_threshold, batch_size, model_id,
                          device)

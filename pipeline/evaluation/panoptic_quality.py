@@ -51,8 +51,8 @@ class PanopticQuality:
         pred_segments is void; a ground-truth segment's area is its JSON's where it has one)."""
         pairs, overlap = np.unique(gt_ids.astype(np.int64) * OFFSET + pred_ids, return_counts=True)
         intersection = dict(zip(zip((pairs // OFFSET).tolist(), (pairs % OFFSET).tolist()), overlap.tolist()))
-        pred_area = defaultdict(int)
-        gt_area = defaultdict(int)
+        pred_area: defaultdict[int, int] = defaultdict(int)
+        gt_area: defaultdict[int, int] = defaultdict(int)
         for (g, p), n in intersection.items():
             pred_area[p] += n
             gt_area[g] += n

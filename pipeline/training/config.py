@@ -55,6 +55,7 @@ def recipe_help(text: str, name: str) -> str:
 
 
 def recipe_option(text: str, name: str, check: Check) -> Any:
+    """A recipe field: None when made, then the value TrainConfig's __post_init__ decides."""
     return option(None, help=recipe_help(text, name), check=check)
 
 
@@ -88,25 +89,25 @@ class TrainConfig:
     backbone_norm: str | None = option(None, choices=("frozen_bn", "batch_norm", "group_norm"),
                                        help="override the preset's backbone normalisation")
     epochs: int = option(10, help="total epochs", check=at_least(1))
-    batch_size: int | None = recipe_option("images per worker per step", "batch_size", at_least(1))
+    batch_size: int = recipe_option("images per worker per step", "batch_size", at_least(1))
     workers: int = option(1, help="Ray Train workers (data parallel)", check=at_least(1))
     use_gpu: bool = option(False, flag="--gpu", help="one GPU per worker, bf16 autocast")
     cpus_per_worker: float = option(1.0, help="logical CPUs per worker", check=above(0))
     placement: str = option("PACK", choices=("PACK", "SPREAD", "STRICT_SPREAD"),
                             help="workers over nodes: PACK fills nodes, STRICT_SPREAD puts each on its own node")
     data_cpus: float = option(0.5, help="logical CPUs per decode/augment task", check=above(0))
-    lr: float | None = recipe_option("learning rate of the transformer and heads", "lr", above(0))
-    lr_backbone: float | None = recipe_option("learning rate of the backbone (0: frozen)", "lr_backbone", at_least(0))
+    lr: float = recipe_option("learning rate of the transformer and heads", "lr", above(0))
+    lr_backbone: float = recipe_option("learning rate of the backbone (0: frozen)", "lr_backbone", at_least(0))
     weight_decay: float = option(1e-4, help="AdamW's weight decay", check=at_least(0))
     clip_max_norm: float = option(0.1, help="gradient clipping (0: off)", check=at_least(0))
     lr_drop: int = option(200, help="epochs between learning-rate drops (x lr_drop_gamma)", check=at_least(1))
     lr_drop_gamma: float = option(0.1, file_only=True, help="the learning rate's factor at each drop",
                                   check=above(0))
-    warmup_steps: int | None = recipe_option("optimizer steps of linear learning-rate warm-up", "warmup_steps",
+    warmup_steps: int = recipe_option("optimizer steps of linear learning-rate warm-up", "warmup_steps",
                                              at_least(0))
     eos_coef: float = option(0.1, file_only=True, help="the no-object class's weight in the classification loss",
                              check=above(0))
-    encoder_matches: int | None = recipe_option("two-stage presets: encoder proposals matched to each object",
+    encoder_matches: int = recipe_option("two-stage presets: encoder proposals matched to each object",
                                                 "encoder_matches", at_least(1))
     augment_scale: float = option(1.0, check=above(0), help="multiplies the paper's sizes (shorter side 480-800, max "
                                   "1333); e.g. 0.25 for ~200 px images")

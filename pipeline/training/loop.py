@@ -26,13 +26,15 @@ import torch
 
 import storage as uris
 from model.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from model.config import DetrConfig, get_config
 from model.contract import InputContract
 from model.criterion import SetCriterion, build_criterion
 from model.families import FamilyConfig
 from model.interface import build_model as build_network
 from model.interface import preset_config, preset_contract
+from model.network import DetectionNetwork
 from model.safe_load import safe_torch_load
-from model.segmentation import build_detr
+from model.segmentation import DETRsegm, build_detr
 
 from ..coco import load_coco
 from ..evaluation.scoring import CocoScorer
@@ -72,7 +74,7 @@ class Worker:
     rank: int
     world_size: int
     device: torch.device
-    model: torch.nn.Module  # DETR, DETRsegm or a family's TransformersDetector (model/interface.py)
+    model: DetectionNetwork  # DETR, DETRsegm or a family's TransformersDetector (model/interface.py)
     ddp_model: torch.nn.Module
     criterion: SetCriterion | None  # None: a family's model computes its own loss
     optimizer: torch.optim.Optimizer
@@ -88,8 +90,8 @@ def run_loop(inputs: LoopInputs) -> None:
     worker = start_worker(inputs)
     records = ray.get(inputs.train_records)
     val_records = ray.get(inputs.val_records) if inputs.val_records is not None else None
-    scorer = (CocoScorer(load_coco(cfg.val_annotations, cfg.val_images, check_files=False).raw, cfg.eval_backend)
-              if val_records is not None and worker.rank == 0 else None)
+    scorer = (CocoScorer(load_coco(cfg.val_annotations or "", cfg.val_images or "", check_files=False).raw,
+                         cfg.eval_backend) if val_records is not None and worker.rank == 0 else None)
     if worker.state.epoch >= cfg.epochs and worker.rank == 0:
         print(f"already at epoch {worker.state.epoch}/{cfg.epochs}: nothing to train (a larger --epochs trains on)",
               flush=True)
@@ -110,13 +112,15 @@ def start_worker(inputs: LoopInputs) -> Worker:
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, inputs.num_classes, inputs.stuff_classes)
-    model.contract = cfg.contract(model.contract)  # recorded by every checkpoint
+    contract = cfg.contract(model.contract)
+    model.contract = contract  # recorded by every checkpoint
     model.to(device)  # before the optimizer state is restored, so that state lands on the device too
     config = model.config
     family = isinstance(config, FamilyConfig)
-    criterion = None if family else build_criterion(
+    criterion = build_criterion(
         config.num_classes, config.dec_layers, eos_coef=cfg.eos_coef, aux_loss=config.aux_loss,
-        two_stage=config.two_stage, encoder_matches=cfg.encoder_matches, masks=config.masks).to(device)
+        two_stage=config.two_stage, encoder_matches=cfg.encoder_matches, masks=config.masks,
+    ).to(device) if isinstance(config, DetrConfig) else None
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_drop, cfg.lr_drop_gamma)
     state = restore(model, optimizer, scheduler)
@@ -132,11 +136,11 @@ def start_worker(inputs: LoopInputs) -> Worker:
     # heads on the last layer): DDP must look for them rather than wait for their gradients.
     ddp_model = ray.train.torch.prepare_model(
         model, parallel_strategy_kwargs={"find_unused_parameters": True} if family else None)
-    return Worker(cfg, rank, world_size, device, model, ddp_model, criterion, optimizer, scheduler, model.contract,
+    return Worker(cfg, rank, world_size, device, model, ddp_model, criterion, optimizer, scheduler, contract,
                   state, log)
 
 
-def build_model(cfg: TrainConfig, num_classes: int, stuff_classes: tuple[int, ...] = ()) -> torch.nn.Module:
+def build_model(cfg: TrainConfig, num_classes: int, stuff_classes: tuple[int, ...] = ()) -> DetectionNetwork:
     """The network in training mode: the checkpoint fine-tuned, or the preset (a DETR one, or a
     family's, with its own input contract); with masks, with the mask head (a new one on a box
     checkpoint), its DETR frozen with freeze_detr. It records the data's stuff classes (panoptic
@@ -151,8 +155,9 @@ def build_model(cfg: TrainConfig, num_classes: int, stuff_classes: tuple[int, ..
         model = build_network(preset_config(cfg.preset, num_classes, **cfg.model_overrides))
         model.contract = preset_contract(cfg.preset)
     else:
-        model = build_detr(preset_config(cfg.preset, num_classes, **overrides), backbone_weights=cfg.backbone_weights)
-    if cfg.freeze_detr:
+        model = build_detr(get_config(cfg.preset, num_classes=num_classes, **overrides),
+                           backbone_weights=cfg.backbone_weights)
+    if cfg.freeze_detr and isinstance(model, DETRsegm):  # (--freeze-detr needs --masks: run.check_initialisation)
         model.freeze_detr()
     return model.train()
 
@@ -208,13 +213,13 @@ def train_epoch(worker: Worker, batches: Iterable[dict[str, Any]], epoch: int,
         for name in ("loss", *LOGGED_LOSSES, *MASK_LOSSES):
             if name in scalars:
                 sums[name] += scalars[name]
-        line = progress and progress.line(count, sums["loss"] / count, images_seen * world_size)
+        line = progress.line(count, sums["loss"] / count, images_seen * world_size) if progress else None
         if line:
             print(line, flush=True)
         if log:
             groups = worker.optimizer.param_groups
             scalars.update(lr=groups[0]["lr"], lr_backbone=groups[1]["lr"])
-            if line:
+            if line and progress:
                 scalars["images_per_s"] = progress.records[-1]["images_per_s"]
             log.step(worker.state.steps, scalars)
             if line:
@@ -245,7 +250,7 @@ def report(worker: Worker, metrics: dict[str, Any], steps: list[dict[str, Any]],
     checkpoint and, when validation AP improved, also writes it to RUN/best (outside Ray's
     retention, which keeps the last --keep). The records come first: a worker lost before the
     checkpoint trains the epoch again and rewrites them."""
-    if worker.rank != 0:
+    if worker.log is None:  # not rank 0
         ray.train.report(metrics)
         return
     state = worker.state

@@ -61,7 +61,7 @@ def run_config(cfg: TrainConfig) -> ray.train.RunConfig:
     return ray.train.RunConfig(
         name=cfg.name,
         storage_path=cfg.storage,
-        worker_runtime_env=WORKER_RUNTIME_ENV,
+        worker_runtime_env=WORKER_RUNTIME_ENV,  # type: ignore[call-arg]  # Ray Train v2's (the static type is v1's)
         failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(
             num_to_keep=cfg.num_to_keep, checkpoint_score_attribute="epoch", checkpoint_score_order="max"
@@ -73,7 +73,7 @@ def loop_inputs(cfg: TrainConfig, train_set: CocoDataset, mlflow: tracking.Mlflo
     """What every worker gets: the config, and the annotation records in the object store (the
     training ones and the validation ones)."""
     val_records = (ray.put(records_of(load_coco(cfg.val_annotations, cfg.val_images)))
-                   if cfg.val_annotations else None)
+                   if cfg.val_annotations and cfg.val_images else None)  # (one without the other: refused)
     return LoopInputs(cfg, train_set.num_classes, len(train_set.images),
                       ray.put(records_of(train_set, cfg.masks)), val_records,
                       run_folder(cfg), best_uri(cfg), mlflow, train_set.stuff_classes)

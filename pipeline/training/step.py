@@ -14,7 +14,8 @@ from .config import TrainConfig
 def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     """Two learning rates, as the paper: the backbone's and the rest's (a model with the mask head
     holds its DETR under `detr.`)."""
-    backbone, rest = [], []
+    backbone: list[torch.nn.Parameter] = []
+    rest: list[torch.nn.Parameter] = []
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:  # DETR's backbone.*, detr.backbone.*; a family's model.model.backbone.*
             (backbone if "backbone" in name.split(".") else rest).append(parameter)

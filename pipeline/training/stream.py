@@ -107,7 +107,7 @@ def sample_stream(records: list[dict[str, Any]], augment: AugmentConfig, num_cpu
     consumer's DataContext preserves order (training sets it)."""
     ds = ray.data.from_items(records, override_num_blocks=max(1, math.ceil(len(records) / records_per_block)))
     return ds.map_batches(
-        load_and_augment,
+        load_and_augment,  # type: ignore[arg-type]  # Ray's type of fn leaves out its fn_kwargs
         fn_kwargs={"augment": augment},
         batch_size=None,  # a whole block per call
         num_cpus=num_cpus,
@@ -140,5 +140,5 @@ def collate(
             shape = (len(target["labels"]), *image.shape[-2:])
             bits = np.unpackbits(np.asarray(packed, np.uint8), count=int(np.prod(shape)))
             target["masks"] = torch.from_numpy(bits.reshape(shape)).to(device)
-    images, mask = pad_images(images)
-    return images, mask, targets
+    batch_images, mask = pad_images(images)
+    return batch_images, mask, targets

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import torch
 
 from model.contract import InputContract
-from model.detr import DETR
+from model.network import DetectionNetwork
 
 from .. import predictions
 from ..detection.actor import Detector
@@ -28,7 +28,7 @@ from ..images import MAX_PIXELS
 WINDOW_BATCHES = 32  # images read and grouped by canvas at once, in batches: as a detection actor's window
 
 
-def detect_images(model: DETR, records: list[dict[str, Any]], contract: InputContract, batch_size: int,
+def detect_images(model: DetectionNetwork, records: list[dict[str, Any]], contract: InputContract, batch_size: int,
                   score_threshold: float = predictions.SCORE_THRESHOLD) -> pa.Table:
     """Predictions rows of the images of `records` (path, image_id), made as bulk detection makes
     them, window by window. A row that is an error (an unreadable image) is a ValueError naming it."""
@@ -48,7 +48,7 @@ def detect_images(model: DETR, records: list[dict[str, Any]], contract: InputCon
     return pa.concat_tables(tables) if tables else predictions.SCHEMA.empty_table()
 
 
-def validate(model: DETR, records: list[dict[str, Any]], contract: InputContract, batch_size: int,
+def validate(model: DetectionNetwork, records: list[dict[str, Any]], contract: InputContract, batch_size: int,
              scorer: CocoScorer | None, rank: int, world_size: int) -> dict[str, float]:
     """The COCO stats of the validation images on rank 0 (the others get an empty dict): of the
     boxes and, for a model with the mask head whose ground truth has segmentations, of the masks
@@ -57,7 +57,7 @@ def validate(model: DETR, records: list[dict[str, Any]], contract: InputContract
     table = detect_images(model.eval(), records[rank::world_size], contract, batch_size)
     model.train(was_training)
     tables = gather(table, world_size)
-    if rank != 0:
+    if scorer is None:  # not rank 0
         return {}
     return flat_metrics(evaluate(tables, scorer))
 

@@ -70,14 +70,19 @@ class RunLog:
         self.events = EpochEvents(self.tensorboard, epoch)
         self.steps = []
 
+    def epoch_events(self) -> EpochEvents:
+        if self.events is None:
+            raise RuntimeError("RunLog: start_epoch comes first")
+        return self.events
+
     def step(self, step: int, scalars: dict[str, float]) -> None:
         entry = (step, time.time(), {f"train/{name}": value for name, value in scalars.items()})
         self.steps.append(entry)
-        self.events.add(*entry)
+        self.epoch_events().add(*entry)
 
     def flush(self) -> None:
         """At a progress line: the epoch so far to TensorBoard, at most once a minute."""
-        self.events.write(at_least_every=REWRITE_SECONDS)
+        self.epoch_events().write(at_least_every=REWRITE_SECONDS)
 
     def end_epoch(self, metrics: dict[str, Any], lines: list[dict[str, Any]]) -> None:
         """The epoch's progress file, its metrics to TensorBoard and MLflow, and the curves."""
@@ -85,8 +90,8 @@ class RunLog:
         text = "".join(json.dumps(r) + "\n" for r in [*lines, {"epoch_metrics": metrics}])
         uris.write_bytes(progress_file(self.run_folder, epoch), text.encode())
         entry = (step, time.time(), epoch_scalars(metrics))
-        self.events.add(*entry)
-        self.events.write()
+        self.epoch_events().add(*entry)
+        self.epoch_events().write()
         self.history = [*(m for m in self.history if m["epoch"] < epoch), metrics]
         uris.write_bytes(uris.join(self.run_folder, "curves.png"),
                          draw_curves(self.history, f"run {self.name}: epoch {epoch}"))
