@@ -254,7 +254,8 @@ def build_dataset(todo: list[int], config: DetectConfig, contract: InputContract
         return (
             input_plan.read_shards(config.output, todo, num_cpus=FETCH_CPUS)
             .repartition(target_num_rows_per_block=per_task)  # streamed: a read task's share of a shard
-            .map_batches(fetch, batch_size=per_task,  # type: ignore[arg-type]  # (fn's fn_kwargs: untyped by Ray) batch_format="pyarrow", num_cpus=FETCH_CPUS,
+            .map_batches(fetch,  # type: ignore[arg-type]  # Ray's type of fn leaves out its fn_kwargs
+                         batch_size=per_task, batch_format="pyarrow", num_cpus=FETCH_CPUS,
                          fn_kwargs={"contract": contract, "max_pixels": config.max_pixels,
                                     "attempts": config.read_attempts})
             .map_batches(DetectorActor, batch_size=config.images_per_window, batch_format="pyarrow",
