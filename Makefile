@@ -22,11 +22,11 @@ test: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup
 
-# The inner loop: every test that needs no Ray cluster (about two minutes on 2 cores).
+# The inner loop: every test that needs no Ray cluster and exports no graph (ONNX / torch.export).
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup -m "not ray"
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup -m "not ray and not export"
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench.forward_vs_huggingface

@@ -28,7 +28,6 @@ import ray  # noqa: E402
 from pipeline import options  # noqa: E402
 from pipeline.cluster.connect import RAY_HELP, use_ray  # noqa: E402
 from pipeline.detection.config import DetectConfig  # noqa: E402
-from pipeline.detection.render import class_names, render_predictions  # noqa: E402
 from pipeline.detection.run import run_detection  # noqa: E402
 from pipeline.options import absolute  # noqa: E402
 from pipeline.progress import detection_headline  # noqa: E402
@@ -52,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         ray.shutdown()
     if args.render:
+        from pipeline.detection.render import class_names, render_predictions  # torchvision's drawing: only here
+
         summary["rendered"] = render_predictions(summary["output"], int(args.render[0]),
                                                  absolute(args.render[1], "--render"),
                                                  names=class_names(summary["output"], config.images))

@@ -24,7 +24,6 @@ from .interface import ModelConfig, config_from_dict
 from .network import DetectionNetwork
 from .reference_files import read_huggingface, reference_config
 from .safe_load import HF_WEIGHT_FILES, CheckpointError, refuse_remote_code, safe_torch_load  # noqa: F401 (re-exported)
-from .segmentation import build_detr
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +111,8 @@ def load_checkpoint(
     heads = SEGM_CLASS_HEADS if config.masks else CLASS_HEADS
     if drop_head:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(heads)}
+    from .segmentation import build_detr  # the network's code (torchvision): not for reading a checkpoint
+
     model = build_detr(config)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict and not (drop_head and k.startswith(heads))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,7 +23,9 @@ from .contract import InputContract
 from .families import FAMILY_PRESETS, FamilyConfig, is_family_dict
 from .mask_postprocess import image_masks, resized_masks
 from .network import DetectionNetwork, ModelConfig
-from .postprocess import PostProcess, TopKPostProcess
+
+if TYPE_CHECKING:
+    from .postprocess import PostProcess
 
 # A query's mask logits [k,h,w] -> its masks [k,H,W] uint8 at the original size, given the canvas
 # the batch was fed on, the image's size on it and its original size
@@ -63,6 +65,8 @@ def preset_contract(preset: str) -> InputContract | None:
 def postprocess_for(config: ModelConfig, score_threshold: float) -> PostProcess:
     """DETR's softmax with "no object" (every query that passes), or the descendants' sigmoid
     top-k (their authors' k)."""
+    from .postprocess import PostProcess, TopKPostProcess  # torchvision's ops: not for reading a config
+
     if isinstance(config, FamilyConfig):
         return TopKPostProcess(score_threshold, top_k=config.top_k)
     return PostProcess(score_threshold, top_k=config.num_queries)

@@ -24,12 +24,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from model.config import DetrConfig
 from model.contract import InputContract
 from model.interface import ModelConfig, build_model, config_from_dict, inference_copy, mask_rule_for, postprocess_for
 from model.mask_postprocess import PostProcessPanoptic
 from model.network import DetectionNetwork
 from model.onnx_model import OnnxDetr
-from model.segmentation import DETRsegm
 
 from .. import predictions
 from ..images import Header, decode_images
@@ -66,6 +66,8 @@ class Detector:
     def __init__(self, model: Callable[..., dict], config: ModelConfig, contract: InputContract,
                  score_threshold: float, batch_size: int, model_id: str, device: torch.device):
         self.model, self.contract, self.device = model, contract, device
+        # DETR's mask head (DETRsegm) runs on the queries kept only; an ONNX graph's on every query
+        self.masks_kept_only = isinstance(config, DetrConfig) and config.masks and not isinstance(model, OnnxDetr)
         self.panoptic = panoptic_postprocess(config)
         self.mean = torch.tensor(contract.image_mean, device=device).view(3, 1, 1)
         self.std = torch.tensor(contract.image_std, device=device).view(3, 1, 1)
@@ -165,7 +167,7 @@ class Detector:
         pixels, mask = to_canvas(images, canvas, self.contract, self.mean, self.std)
         pixels = pixels.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            if isinstance(self.model, DETRsegm):  # the mask head on the queries kept, not all
+            if self.masks_kept_only:
                 outputs = self.model(pixels, mask, mask_queries=self.kept_queries)
             else:
                 outputs = self.model(pixels, mask)

@@ -24,7 +24,7 @@ from pipeline.masks import decode
 from tests import REPO
 
 # In one test process (tests/conftest.py): the export fixture is made once.
-pytestmark = pytest.mark.xdist_group("export")
+pytestmark = [pytest.mark.xdist_group("export"), pytest.mark.export]
 SHIPPED = str(tests.SHIPPED_MASKS)  # the mask head too: the graph has pred_masks
 
 

@@ -14,6 +14,7 @@ from model.onnx_model import OnnxDetr, read_onnx
 from tests.families import family_folder
 
 pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.export
 
 
 @pytest.mark.parametrize("model_type", ["rt_detr_v2", "d_fine"])
