@@ -37,8 +37,9 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_detr(args.preset, num_classes=91).to(device).train()
     criterion = build_criterion(91, model.config.dec_layers, two_stage=model.config.two_stage).to(device)
-    cfg = TrainConfig("", "", "", "")
+    cfg = TrainConfig("", "", "", "", preset=args.preset)  # the preset's recipe (its warm-up too)
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_drop, cfg.lr_drop_gamma)  # as a worker: the warm-up's base
     height, width = args.size
     images = torch.randn(args.batch, 3, height, width, device=device)
     mask = torch.zeros(args.batch, height, width, dtype=torch.bool, device=device)

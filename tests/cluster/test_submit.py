@@ -15,7 +15,6 @@ import pytest
 
 from model.checkpoint import load_checkpoint
 from tests import REPO
-from tests.corpus import write_pictures
 from tests.local_cluster import STATE_API, free_port
 from tests.readme import checkout_layout, readme_commands, shortened
 
@@ -192,32 +191,29 @@ def _job_running(address: str, token: Path) -> bool:
 
 
 def test_a_job_run_directly_beside_a_head_uses_a_ray_of_its_own_or_the_head(token_head, tmp_path):
-    """With a head up, the README's commands run directly (training, then detection) each start
-    a local Ray of their own (no token needed, and Ray Train is not confused by the other Ray on
-    the machine); detection with --ray head joins the head `make head` recorded, with the
-    token, or says in one line what it lacks."""
+    """With a head up, the README's training command run directly starts a local Ray of its own
+    (no token needed, and Ray Train is not confused by the other Ray on the machine); its
+    detection command with --ray head joins the head `make head` recorded, with the token, or
+    says in one line what it lacks."""
     _, token, _, records = token_head
     env = dict(_anonymous(), DETR_RAY_HEADS=str(records))
-    for command in _readme_folder(tmp_path):
-        alone = _run(shortened(command), env, cwd=tmp_path)
-        assert alone.returncode == 0, (command, alone.stderr[-3000:])
-        assert "ray: a local Ray of this job's own" in alone.stderr
-        assert "Found multiple active Ray instances" not in alone.stderr and "Traceback" not in alone.stderr
-    assert json.loads(alone.stdout.strip().splitlines()[-1])["rows"] == 8
-    write_pictures(tmp_path / "images", 4)
-    detect = [sys.executable, str(REPO / "jobs" / "detect.py"), "--images", "images", "--output", "joined",
-              "--checkpoint", str(REPO / "checkpoints" / "detr-tiny-shapes.pt"), "--batch-size", "4", "--ray", "head"]
-    joined = _run(detect, dict(env, RAY_AUTH_TOKEN_PATH=str(token)), cwd=tmp_path)
+    train, detect = _readme_folder(tmp_path)
+    alone = _run(shortened(train), env, cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert "ray: a local Ray of this job's own" in alone.stderr
+    assert "Found multiple active Ray instances" not in alone.stderr and "Traceback" not in alone.stderr
+    joined_detect = [*shortened(detect), "--ray", "head"]
+    joined = _run(joined_detect, dict(env, RAY_AUTH_TOKEN_PATH=str(token)), cwd=tmp_path)
     assert joined.returncode == 0, joined.stderr[-3000:]
     assert "ray: joined the head `make head` started at 127.0.0.1:" in joined.stderr
-    assert json.loads(joined.stdout.strip().splitlines()[-1])["rows"] == 4
-    untokened = _run(detect, env, cwd=tmp_path)
+    assert json.loads(joined.stdout.strip().splitlines()[-1])["rows"] == 8
+    untokened = _run(joined_detect, env, cwd=tmp_path)
     assert untokened.returncode == 1 and untokened.stderr.strip().splitlines()[-1] == (
         "detect: --ray: joining the head `make head` started needs the cluster's token and none was given: run "
         "`make token` where the head was started, or set RAY_AUTH_TOKEN_PATH to its file")
     # a token file that is not there: said as such, not as a refusal, and a local Ray runs anyway
     gone = dict(env, RAY_AUTH_TOKEN_PATH=str(tmp_path / "no-such-token"))
-    named = _run(detect, gone, cwd=tmp_path)
+    named = _run(joined_detect, gone, cwd=tmp_path)
     assert named.returncode == 1 and "RAY_AUTH_TOKEN_PATH names " in named.stderr.strip().splitlines()[-1]
 
 
