@@ -28,9 +28,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from bench.process import run_measured
-from pipeline.evaluation.backends import BACKENDS, DEFAULT_BACKEND
 from pipeline.evaluation.rows import detections_array
-from pipeline.evaluation.scoring import CocoScorer, by_image_and_score
+from pipeline.evaluation.scoring import BACKENDS, DEFAULT_BACKEND, CocoScorer, by_image_and_score
 from pipeline.predictions import detections_table
 
 

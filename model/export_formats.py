@@ -1,5 +1,6 @@
-"""What the exporter writes, without torch: its formats, its lowest ONNX opset and its error, so
-that the export job refuses a bad request before it loads the model (model/export.py)."""
+"""What both exporters share (export.py for DETR, family_export.py for transformers' families):
+the formats written, the tolerance of their verification, the lowest ONNX opset and their error.
+The export job checks a request against it before it loads a model."""
 from __future__ import annotations
 
 SUFFIXES = (".onnx", ".pt2")

@@ -1,6 +1,5 @@
 """Scoring predictions with COCO metrics, and re-scoring new checkpoints on a schedule.
 
-    backends.py      the COCO scorers' names
     config.py        the options of scoring and of the re-evaluation
     metrics.py       evaluation, once for every job: every metric a predictions table allows, in one pass
     rows.py          what is kept of its rows for scoring, and counted when left out

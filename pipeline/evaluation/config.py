@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 from ..detection.config import DetectConfig
 from ..options import at_least, check, option, shared, with_absolute_paths
-from .backends import BACKENDS, DEFAULT_BACKEND
-from .scoring import MAX_DETECTIONS, max_dets_problem
+from .scoring import BACKENDS, DEFAULT_BACKEND, MAX_DETECTIONS, max_dets_problem
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,11 @@ import pyarrow as pa
 
 from ..coco import load_coco
 from ..predictions import prediction_batches, run_metadata
-from .backends import DEFAULT_BACKEND
 from .labels import check_label_names
 from .panoptic_quality import PanopticScorer, png_root
 from .report import run_warnings
 from .rows import Rows
-from .scoring import MAX_DETECTIONS, CocoScorer
+from .scoring import DEFAULT_BACKEND, MAX_DETECTIONS, CocoScorer
 
 BATCH_ROWS = 256  # rows (images) read at a time: memory is one batch plus what is kept
 COLUMNS = ("path", "image_id", "boxes", "scores", "labels", "error")

@@ -10,7 +10,7 @@ from typing import Any
 
 from model.contract import InputContract
 
-from ..evaluation.backends import BACKENDS, DEFAULT_BACKEND
+from ..evaluation.scoring import BACKENDS, DEFAULT_BACKEND
 from ..options import Check, above, at_least, check, option, with_absolute_paths
 from .tracking import MlflowLog, tracking_uri
 

@@ -47,7 +47,7 @@ def runs(checkpoint, shapes32, s3_server, tmp_path_factory) -> dict:
     bucket = f"multinode-{uuid.uuid4().hex[:8]}"
     pafs.S3FileSystem(endpoint_override=s3_server, allow_bucket_creation=True, region="us-east-1").create_dir(bucket)
     folder = tmp_path_factory.mktemp("multinode-detect")
-    write_pictures(folder / "images", 40, seed=4)
+    write_pictures(folder / "images", 24, seed=4)
     # with the AWS_* variables of the S3 server
     proc = subprocess.run([sys.executable, "tests/cluster/multinode.py", shapes32["train_annotations"],
                            shapes32["train_images"], f"s3://{bucket}/runs", "2", str(folder / "images"),
@@ -62,7 +62,7 @@ def runs(checkpoint, shapes32, s3_server, tmp_path_factory) -> dict:
 @pytest.mark.parametrize("remove_node", [False, True], ids=["all-nodes", "node-removed-mid-run"])
 def test_detection_across_nodes(runs, remove_node):
     summary = runs["detection"]["node-removed" if remove_node else "all-nodes"]
-    assert summary["rows"] == summary["inputs"] == 40 and summary["duplicates"] == summary["missing_rows"] == 0
+    assert summary["rows"] == summary["inputs"] == 24 and summary["duplicates"] == summary["missing_rows"] == 0
     assert summary["errors"] == {}
     if remove_node:
         assert summary["removed"] == [summary["worker_nodes"][1]]

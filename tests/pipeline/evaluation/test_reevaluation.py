@@ -13,10 +13,9 @@ import torch
 
 from model.checkpoint import save_checkpoint
 from model.segmentation import build_detr
-from pipeline.evaluation.backends import DEFAULT_BACKEND
 from pipeline.evaluation.config import ReevaluateConfig
 from pipeline.evaluation.reevaluation import find_checkpoints, read_history, reevaluate, write_row
-from pipeline.evaluation.scoring import STAT_NAMES, stat_names
+from pipeline.evaluation.scoring import DEFAULT_BACKEND, STAT_NAMES, stat_names
 from pipeline.predictions import SCORE_THRESHOLD
 from tests import REPO
 

@@ -17,9 +17,8 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from pipeline.evaluation.backends import BACKENDS
 from pipeline.evaluation.metrics import evaluate
-from pipeline.evaluation.scoring import STAT_NAMES, CocoScorer
+from pipeline.evaluation.scoring import BACKENDS, STAT_NAMES, CocoScorer
 from pipeline.predictions import detections_table
 from tests import REPO
 
