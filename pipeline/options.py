@@ -210,9 +210,15 @@ def parse(p: Parser, config: type, argv: list[str] | None = None) -> tuple[Any, 
 
 
 def to_yaml(config: Any) -> str:
-    """Every option of the config, as a --config file."""
-    values = {f.name: getattr(config, f.name) for f in options(type(config))}
-    return yaml.safe_dump({k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}, sort_keys=False)
+    """Every option of the config, as a --config file (tuples as YAML lists, read back as tuples)."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return yaml.safe_dump({f.name: plain(getattr(config, f.name)) for f in options(type(config))}, sort_keys=False)
 
 
 # ---------------------------------------------------------------- paths

@@ -8,6 +8,7 @@ import sys
 from dataclasses import fields
 
 import pytest
+import yaml
 
 from pipeline import options
 from pipeline.detection.config import DetectConfig
@@ -44,16 +45,22 @@ def test_flags_file_and_defaults_in_that_order(tmp_path):
     (tmp_path / "all.yaml").write_text("annotations: a.json\nimages: img\nstorage: runs\nname: r\nkeep: 0\n")
     made, _ = parse(TrainConfig, ["--config", str(tmp_path / "all.yaml")])
     assert made.num_to_keep is None  # --keep 0: every checkpoint kept
+    # a library call's tuples written as YAML lists
+    text = options.to_yaml(TrainConfig("a.json", "img", "runs", "r", model_overrides={"stuff_classes": (91, 92)}))
+    assert yaml.safe_load(text)["model_overrides"] == {"stuff_classes": [91, 92]}
 
 
 @pytest.mark.parametrize("config, argv", [
     (TrainConfig, [*TRAIN, "--backbone-norm", "group_norm", "--keep", "2"]),
+    (TrainConfig, [*TRAIN, "--config", "overrides.yaml"]),  # model_overrides holding a tuple
     (DetectConfig, ["--images", "i", "--output", "o", "--checkpoint", "c.pt", "--actors", "1,3", "--no-retry-errors"]),
     (ReevaluateConfig, ["--checkpoints", "c", "--images", "i", "--annotations", "a", "--history", "h",
                         "--max-dets", "300"]),
     (EvaluateConfig, ["--predictions", "p", "--annotations", "a", "--backend", "pycocotools"]),
-], ids=["train", "detect", "reevaluate", "evaluate"])
-def test_print_config_replays_the_same_run(config, argv, tmp_path, capsys):
+], ids=["train", "train-overrides", "detect", "reevaluate", "evaluate"])
+def test_print_config_replays_the_same_run(config, argv, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "overrides.yaml").write_text("model_overrides: {num_queries: 10, stuff_classes: [91, 92]}\n")
     made, _ = parse(config, argv)
     with pytest.raises(SystemExit) as stop:
         parse(config, [*argv, "--print-config"])
