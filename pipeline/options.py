@@ -144,14 +144,15 @@ def parser(config: type, description: str | None, prog: str | None = None) -> Pa
     return p
 
 
-def from_file(path: str, config: type) -> dict[str, Any]:
+def from_file(path: str, config: type, command_line_only: dict[str, str] | None = None) -> dict[str, Any]:
     """The options a YAML file gives, by field name (a flag's spelling, --batch-size or
     batch-size, is accepted too); a ValueError naming a key that is no option, or a value of
-    the wrong type."""
+    the wrong type. command_line_only: the job's own flags (key -> flag: --ray, --dry-run), which
+    are not part of a run and so not of its file."""
     try:
         values = yaml.safe_load(uris.read_bytes(path)) or {}  # on the local disk or in object storage
     except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"--config {path}: {e}") from None
+        raise ValueError(f"--config {path}: {' '.join(str(e).split())}") from None  # YAML's message: one line
     if not isinstance(values, dict):
         raise ValueError(f"--config {path}: expected a mapping of options, found {type(values).__name__}")
     by_name = {f.name: f for f in options(config)}
@@ -159,6 +160,9 @@ def from_file(path: str, config: type) -> dict[str, Any]:
     read: dict[str, Any] = {}
     for key, value in values.items():
         f = by_name.get(str(key).lstrip("-").replace("-", "_"))
+        own = (command_line_only or {}).get(str(key).lstrip("-").replace("-", "_"))
+        if f is None and own:
+            raise ValueError(f"--config {path}: {key!r} is {own}, which the command line gives, not a --config file")
         if f is None:
             near = difflib.get_close_matches(str(key), [x.name for x in options(config)], n=1)
             raise ValueError(f"--config {path}: {key!r} is not an option of this job"
@@ -175,8 +179,10 @@ def typed(config: type, f: Field, value: Any, path: str) -> Any:
     if isinstance(value, str) and kind is not str and (f.metadata["parse"] or kind in (int, float)):
         try:
             return (f.metadata["parse"] or kind)(value)
-        except (ValueError, argparse.ArgumentTypeError) as e:
+        except argparse.ArgumentTypeError as e:
             raise ValueError(f"--config {path}: {f.name}: {e}") from None
+        except ValueError:
+            raise ValueError(f"--config {path}: {f.name} takes {kind.__name__}, not {value!r}") from None
     if isinstance(value, list):
         value = tuple(value)
     origin = typing.get_origin(kind) or kind
@@ -195,11 +201,15 @@ def parse(p: Parser, config: type, argv: list[str] | None = None) -> tuple[Any, 
     values = {}
     try:
         if args.config:
-            values.update(from_file(absolute(args.config, "--config") or args.config, config))
+            own = {a.dest: a.option_strings[0] for a in p._actions
+                   if a.option_strings and a.dest not in ("help", "config", "print_config")
+                   and a.dest not in {f.name for f in options(config)}}
+            values.update(from_file(absolute(args.config, "--config") or args.config, config, own))
         values.update({f.name: getattr(args, f.name) for f in options(config) if hasattr(args, f.name)})
         missing = [flag_of(f) for f in options(config) if required(f) and f.name not in values]
         if missing:
-            raise ValueError(f"missing {', '.join(missing)} (give them as flags or in --config)")
+            raise ValueError(f"missing {', '.join(missing)} (give {'it' if len(missing) == 1 else 'them'} as "
+                             f"{'a flag' if len(missing) == 1 else 'flags'} or in --config)")
         made = config(**values)
     except ValueError as e:
         p.exit(2, f"{p.job}: {e}\n")

@@ -27,7 +27,7 @@ def actors_arg(text: str) -> tuple[int, int]:
 def actor_range(actors: tuple[int, int]) -> str | None:
     if len(actors) == 2 and 1 <= actors[0] <= actors[1]:
         return None
-    return f"takes MIN,MAX with 1 <= MIN <= MAX, not {actors}"
+    return f"takes MIN,MAX with 1 <= MIN <= MAX, not {','.join(map(str, actors))}"
 
 
 @dataclass(frozen=True)

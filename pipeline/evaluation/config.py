@@ -3,11 +3,23 @@
 scoring options with evaluate and the detection options with detect."""
 from __future__ import annotations
 
+import argparse
+import re
 from dataclasses import dataclass
 
 from ..detection.config import DetectConfig
-from ..options import at_least, check, option, shared, with_absolute_paths
+from ..options import above, at_least, check, option, shared, with_absolute_paths
 from .scoring import BACKENDS, DEFAULT_BACKEND, MAX_DETECTIONS, max_dets_problem
+
+REGRESSION_EXIT = 3  # jobs/reevaluate.py's exit code when a new checkpoint regressed (--fail-on-regression)
+
+
+def duration_seconds(text: str) -> float:
+    """'90s', '30m', '6h', '1d' -> seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a duration like 30m, 6h or 1d, got {text!r}")
+    return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
 @dataclass(frozen=True)
@@ -43,7 +55,13 @@ class ReevaluateConfig:
     batch_size: int = shared(DetectConfig, "batch_size")
     actors: tuple[int, int] | None = shared(DetectConfig, "actors")
     regression_pct: float = option(1.0, check=at_least(0), help="an AP drop of more than this (relative %%) is "
-                                   "reported as a regression (and fails the job with --fail-on-regression)")
+                                   "reported as a regression")
+    fail_on_regression: float | None = option(None, metavar="PCT", check=at_least(0), help=f"exit {REGRESSION_EXIT} "
+                                              "when AP drops more than PCT %% (relative; it is then the "
+                                              "--regression-pct)")
+    every: float | None = option(None, metavar="DURATION", parse=duration_seconds, check=above(0),
+                                 help="keep running, once per DURATION (30m, 6h, 1d; in a --config file, seconds "
+                                 "or the same text)")
     backend: str = shared(EvaluateConfig, "backend")  # both give the same numbers, so not part of the key
     max_dets: int = shared(EvaluateConfig, "max_dets")  # part of the key, as it changes the numbers
     panoptic_annotations: str | None = shared(EvaluateConfig, "panoptic_annotations",
@@ -53,6 +71,8 @@ class ReevaluateConfig:
 
     def __post_init__(self) -> None:
         check(self)
+        if self.fail_on_regression is not None:  # the drop that fails the job is the one reported
+            object.__setattr__(self, "regression_pct", self.fail_on_regression)
 
     def resolved(self) -> ReevaluateConfig:
         """The config with its local paths absolute (pipeline/options.py)."""

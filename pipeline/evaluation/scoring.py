@@ -37,7 +37,7 @@ STAT_NAMES = stat_names()
 
 def max_dets_problem(max_dets: int) -> str | None:
     """What is wrong with a detection cap: it must be above 10 (COCO's caps are 1, 10 and it)."""
-    return None if max_dets > 10 else f"must be above 10 (COCO's caps are 1, 10 and it), not {max_dets}"
+    return None if max_dets > 10 else f"must be above 10 (COCO also scores the top 1 and 10 of each image), not {max_dets}"
 
 
 class CocoScorer:

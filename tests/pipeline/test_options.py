@@ -55,7 +55,7 @@ def test_flags_file_and_defaults_in_that_order(tmp_path):
     (TrainConfig, [*TRAIN, "--config", "overrides.yaml"]),  # model_overrides holding a tuple
     (DetectConfig, ["--images", "i", "--output", "o", "--checkpoint", "c.pt", "--actors", "1,3", "--no-retry-errors"]),
     (ReevaluateConfig, ["--checkpoints", "c", "--images", "i", "--annotations", "a", "--history", "h",
-                        "--max-dets", "300"]),
+                        "--max-dets", "300", "--every", "6h", "--fail-on-regression", "2"]),
     (EvaluateConfig, ["--predictions", "p", "--annotations", "a", "--backend", "pycocotools"]),
 ], ids=["train", "train-overrides", "detect", "reevaluate", "evaluate"])
 def test_print_config_replays_the_same_run(config, argv, tmp_path, capsys, monkeypatch):
@@ -74,6 +74,8 @@ def test_a_bad_option_is_one_line_naming_it(tmp_path, capsys):
     assert refusal(capsys, TrainConfig, [*TRAIN, "--batch-size", "0"]) == "job: --batch-size must be at least 1, not 0"
     assert refusal(capsys, TrainConfig, ["--images", "i"]) == (
         "job: missing --annotations, --storage, --name (give them as flags or in --config)")
+    assert refusal(capsys, EvaluateConfig, ["--annotations", "a"]) == (
+        "job: missing --predictions (give it as a flag or in --config)")
     assert "must be above 10" in refusal(capsys, EvaluateConfig, ["--predictions", "p", "--annotations", "a",
                                                                    "--max-dets", "5"])
     (tmp_path / "typo.yaml").write_text("bach_size: 3\n")
@@ -82,6 +84,19 @@ def test_a_bad_option_is_one_line_naming_it(tmp_path, capsys):
     (tmp_path / "type.yaml").write_text("epochs: 2.5\n")
     assert refusal(capsys, TrainConfig, [*TRAIN, "--config", str(tmp_path / "type.yaml")]).endswith(
         "epochs takes int, not 2.5")
+    (tmp_path / "text.yaml").write_text("epochs: one\n")
+    assert refusal(capsys, TrainConfig, [*TRAIN, "--config", str(tmp_path / "text.yaml")]).endswith(
+        "epochs takes int, not 'one'")
+    (tmp_path / "broken.yaml").write_text("epochs: [\n")
+    assert refusal(capsys, TrainConfig, [*TRAIN, "--config", str(tmp_path / "broken.yaml")]).startswith(
+        f"job: --config {tmp_path / 'broken.yaml'}: while parsing")  # YAML's own words, on one line
+    # a flag of the job's command line, not of the run: said as such
+    with_ray = options.parser(TrainConfig, None, prog="job")
+    with_ray.add_argument("--ray")
+    (tmp_path / "ray.yaml").write_text("ray: head\n")
+    with pytest.raises(SystemExit):
+        options.parse(with_ray, TrainConfig, [*TRAIN, "--config", str(tmp_path / "ray.yaml")])
+    assert capsys.readouterr().err.strip().endswith("'ray' is --ray, which the command line gives, not a --config file")
     assert refusal(capsys, TrainConfig, [*TRAIN, "--config", str(tmp_path / "none.yaml")]).startswith(
         f"job: --config {tmp_path / 'none.yaml'}: no such file")
     assert refusal(capsys, DetectConfig, ["--actors", "1,x"]) == (
@@ -106,6 +121,14 @@ def test_options_out_of_range_are_refused_by_the_config_itself():
             config(**{**required, **values})
 
 
+def test_a_scheduled_reevaluation_is_a_file_too(tmp_path):
+    """--every and --fail-on-regression are options of the run: cron can replay a file."""
+    (tmp_path / "nightly.yaml").write_text("checkpoints: c\nimages: i\nannotations: a\nhistory: h\nevery: 6h\n"
+                                           "fail_on_regression: 2\n")
+    made, _ = parse(ReevaluateConfig, ["--config", str(tmp_path / "nightly.yaml")])
+    assert (made.every, made.fail_on_regression, made.regression_pct) == (6 * 3600, 2.0, 2.0)
+
+
 def test_options_shared_by_jobs_are_one_definition():
     """Re-evaluation's detection and scoring options are detect's and evaluate's own."""
     def field(config: type, name: str):
@@ -128,5 +151,5 @@ def test_the_jobs_refuse_before_ray_starts(job, argv, tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
         {"train": "train: --batch-size must be at least 1, not 0",
-         "detect": "detect: --actors takes MIN,MAX with 1 <= MIN <= MAX, not (4, 2)"}[job]]
+         "detect": "detect: --actors takes MIN,MAX with 1 <= MIN <= MAX, not 4,2"}[job]]
     assert list(tmp_path.iterdir()) == []  # nothing written

@@ -329,7 +329,7 @@ def test_the_job_says_what_is_wrong_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "jobs/evaluate.py", "--predictions", str(other), "--annotations",
                            str(tmp_path / "gt.json"), "--max-dets", "5"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        "evaluate: --max-dets must be above 10 (COCO's caps are 1, 10 and it), not 5"]
+        "evaluate: --max-dets must be above 10 (COCO also scores the top 1 and 10 of each image), not 5"]
 
     proc = job(tmp_path / "mixed.parquet")  # scored, and what was left out is said
     assert proc.returncode == 0, proc.stderr
