@@ -70,7 +70,7 @@ class DetectConfig:
                                 help="rows a write task gathers before writing (a file holds one shard's rows)")
     retry_errors: bool = option(True, flag="--no-retry-errors", help="on a re-run, keep rows whose error is "
                                 "transient (unreadable, inference) instead of running their shard again")
-    resource_wait_s: float | None = option(None, flag="--resource-wait", metavar="SECONDS", check=at_least(0),
+    resource_wait: float | None = option(None, metavar="SECONDS", check=at_least(0),
                                            help="how long to wait for the autoscaler to add what the run needs "
                                            "(default: 600 with GPU actors, else 0: stop at once with what is short)")
     overwrite: bool = option(False, help="delete the output's part files and start fresh")

@@ -226,7 +226,7 @@ def resources(config: DetectConfig) -> tuple[float, tuple[int, int]]:
     need = {"CPU": low * config.cpus_per_actor + FETCH_CPUS + WRITE_CPUS}
     if gpus:
         need["GPU"] = low * gpus
-    wait_s = config.resource_wait_s if config.resource_wait_s is not None else (600.0 if gpus else 0.0)
+    wait_s = config.resource_wait if config.resource_wait is not None else (600.0 if gpus else 0.0)
     have = wait_for(need, wait_s, "the model actors plus one read and one write task",
                     "Use fewer --actors or a smaller --cpus-per-actor, --device cpu without GPUs, a larger cluster, "
                     "or --resource-wait SECONDS for an autoscaler to add nodes", log)

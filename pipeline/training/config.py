@@ -91,7 +91,7 @@ class TrainConfig:
     epochs: int = option(10, help="total epochs", check=at_least(1))
     batch_size: int = recipe_option("images per worker per step", "batch_size", at_least(1))
     workers: int = option(1, help="Ray Train workers (data parallel)", check=at_least(1))
-    use_gpu: bool = option(False, flag="--gpu", help="one GPU per worker, bf16 autocast")
+    gpu: bool = option(False, help="one GPU per worker, bf16 autocast")
     cpus_per_worker: float = option(1.0, help="logical CPUs per worker", check=above(0))
     placement: str = option("PACK", choices=("PACK", "SPREAD", "STRICT_SPREAD"),
                             help="workers over nodes: PACK fills nodes, STRICT_SPREAD puts each on its own node")
@@ -116,11 +116,11 @@ class TrainConfig:
                                help="COCO scorer of the validation passes (the same numbers)")
     log_every: int = option(100, check=at_least(1),
                             help="steps between progress lines (there is one at least every minute)")
-    resource_wait_s: float | None = option(None, flag="--resource-wait", metavar="SECONDS", check=at_least(0),
+    resource_wait: float | None = option(None, metavar="SECONDS", check=at_least(0),
                                            help="wait this long for an autoscaler to add what the run needs (default "
                                            "600 with --gpu, else 0)")
     max_failures: int = option(0, help="worker-group restarts allowed (-1: no limit)", check=at_least(-1))
-    num_to_keep: int | None = option(3, flag="--keep", check=at_least(0),
+    keep: int | None = option(3, check=at_least(0),
                                      help="the last checkpoints to keep (0 or none: all); the best by validation AP "
                                      "is kept besides, in RUN/best/")
     mlflow: str | None = option(None, metavar="URI", help="also log to MLflow: a tracking server's URI or a local "
@@ -133,8 +133,8 @@ class TrainConfig:
         for name, paper in PAPER_RECIPE.items():
             if getattr(self, name) is None:
                 setattr(self, name, recipe.get(name, paper))
-        if self.num_to_keep == 0:
-            self.num_to_keep = None
+        if self.keep == 0:
+            self.keep = None
         if self.backbone_norm:
             self.model_overrides = {**self.model_overrides, "backbone_norm": self.backbone_norm}
         check(self)

@@ -133,12 +133,12 @@ def describe_storage(cfg: TrainConfig) -> dict[str, Any]:
     except OSError as e:
         return {"run": run, "error": str(e)}
     checkpoints = [i.base_name for i in infos if i.base_name.startswith("checkpoint_")]
-    return {"run": run, "resumes": bool(checkpoints), "checkpoints": len(checkpoints), "keep": cfg.num_to_keep,
+    return {"run": run, "resumes": bool(checkpoints), "checkpoints": len(checkpoints), "keep": cfg.keep,
             "tensorboard": uris.join(run, FOLDER), "curves": uris.join(run, "curves.png"), "mlflow": cfg.mlflow}
 
 
 def describe_resources(cfg: TrainConfig) -> dict[str, Any]:
-    per_worker = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
-    total = {"CPU": cfg.workers * cfg.cpus_per_worker + cfg.data_cpus, **({"GPU": cfg.workers} if cfg.use_gpu else {})}
+    per_worker = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.gpu else {})}
+    total = {"CPU": cfg.workers * cfg.cpus_per_worker + cfg.data_cpus, **({"GPU": cfg.workers} if cfg.gpu else {})}
     return {"workers": cfg.workers, "per_worker": per_worker, "data_task_cpus": cfg.data_cpus,
             "at_least": total, "placement": cfg.placement, "total_batch": cfg.workers * cfg.batch_size}

@@ -57,14 +57,14 @@ def checkpoint_uri(checkpoint: ray.train.Checkpoint) -> str:
 
 def run_config(cfg: TrainConfig) -> ray.train.RunConfig:
     """Where the run lives, how often it may restart, which checkpoints it keeps: the last
-    num_to_keep (ranked by epoch; Ray also never deletes the latest), all when None."""
+    `keep` (ranked by epoch; Ray also never deletes the latest), all when None."""
     return ray.train.RunConfig(
         name=cfg.name,
         storage_path=cfg.storage,
         worker_runtime_env=WORKER_RUNTIME_ENV,  # type: ignore[call-arg]  # Ray Train v2's (the static type is v1's)
         failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(
-            num_to_keep=cfg.num_to_keep, checkpoint_score_attribute="epoch", checkpoint_score_order="max"
+            num_to_keep=cfg.keep, checkpoint_score_attribute="epoch", checkpoint_score_order="max"
         ),
     )
 
@@ -128,11 +128,11 @@ def check_fit(cfg: TrainConfig) -> None:
     """Stop at once, saying what is short, when the workers plus one decode/augment task cannot
     all run on the cluster: Ray would start the workers and wait for the data tasks forever."""
     need = {"CPU": cfg.workers * cfg.cpus_per_worker + cfg.data_cpus}
-    if cfg.use_gpu:
+    if cfg.gpu:
         need["GPU"] = float(cfg.workers)
-    wait_s = cfg.resource_wait_s if cfg.resource_wait_s is not None else (600.0 if cfg.use_gpu else 0.0)
+    wait_s = cfg.resource_wait if cfg.resource_wait is not None else (600.0 if cfg.gpu else 0.0)
     wait_for(need, wait_s, f"{cfg.workers} training workers of {cfg.cpus_per_worker:g} CPU"
-             + (" and 1 GPU" if cfg.use_gpu else "") + f" plus one decode/augment task of {cfg.data_cpus:g} CPU",
+             + (" and 1 GPU" if cfg.gpu else "") + f" plus one decode/augment task of {cfg.data_cpus:g} CPU",
              "Use fewer --workers, a smaller --cpus-per-worker or --data-cpus, a larger cluster, or "
              "--resource-wait SECONDS for an autoscaler to add nodes")
 
@@ -162,7 +162,7 @@ def fit(cfg: TrainConfig) -> tuple[ray.train.Result, CocoDataset]:
         train_loop,
         train_loop_config={"inputs": loop_inputs(cfg, train_set, mlflow)},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker},
+            num_workers=cfg.workers, use_gpu=cfg.gpu, resources_per_worker={"CPU": cfg.cpus_per_worker},
             placement_strategy=cfg.placement,
         ),
         run_config=run_config(cfg),

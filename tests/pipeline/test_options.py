@@ -36,15 +36,15 @@ def refusal(capsys, config: type, argv: list[str]) -> str:
 def test_flags_file_and_defaults_in_that_order(tmp_path):
     made, _ = parse(TrainConfig, TRAIN)
     assert made == TrainConfig("a.json", "img", "runs", "r")
-    (tmp_path / "run.yaml").write_text("epochs: 3\nbatch-size: 2\nuse_gpu: true\nmodel_overrides: {num_queries: 10}\n"
+    (tmp_path / "run.yaml").write_text("epochs: 3\nbatch-size: 2\ngpu: true\nmodel_overrides: {num_queries: 10}\n"
                                        "lr: '1e-3'\n")
     made, _ = parse(TrainConfig, [*TRAIN, "--config", str(tmp_path / "run.yaml"), "--epochs", "5"])
-    assert (made.epochs, made.batch_size, made.use_gpu, made.lr) == (5, 2, True, 1e-3)  # the flag wins
+    assert (made.epochs, made.batch_size, made.gpu, made.lr) == (5, 2, True, 1e-3)  # the flag wins
     assert made.model_overrides == {"num_queries": 10}  # an option only a file gives
     # the required options may come from the file alone
     (tmp_path / "all.yaml").write_text("annotations: a.json\nimages: img\nstorage: runs\nname: r\nkeep: 0\n")
     made, _ = parse(TrainConfig, ["--config", str(tmp_path / "all.yaml")])
-    assert made.num_to_keep is None  # --keep 0: every checkpoint kept
+    assert made.keep is None  # --keep 0: every checkpoint kept
     # a library call's tuples written as YAML lists
     text = options.to_yaml(TrainConfig("a.json", "img", "runs", "r", model_overrides={"stuff_classes": (91, 92)}))
     assert yaml.safe_load(text)["model_overrides"] == {"stuff_classes": [91, 92]}

@@ -242,7 +242,7 @@ def test_a_run_that_cannot_fit_stops_with_a_message(ray_cluster, checkpoint, tmp
     with pytest.raises(RuntimeError, match=rf"needs {cpus + 0.75:g} CPU .* has {cpus:g} CPU.*fewer --actors"):
         detect(str(tmp_path / "images"), str(tmp_path / "out"), checkpoint, actors=(int(cpus), int(cpus)))
     with pytest.raises(RuntimeError, match="needs .*1 GPU .* has .*0 GPU"):
-        detect(str(tmp_path / "images"), str(tmp_path / "out"), checkpoint, device="cuda", resource_wait_s=1)
+        detect(str(tmp_path / "images"), str(tmp_path / "out"), checkpoint, device="cuda", resource_wait=1)
     assert not predictions.part_files(str(tmp_path / "out"))
 
 

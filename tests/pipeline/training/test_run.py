@@ -59,7 +59,7 @@ def _loadable_epochs(run: str) -> list[int]:
 def test_two_workers_step_count_validation_retention_and_what_a_watcher_sees(ray_cluster, tiny_shapes, tmp_path):
     batch = 3
     config = small_run(
-        tiny_shapes, tmp_path, "two", workers=2, batch_size=batch, epochs=2, num_to_keep=1, log_every=1,
+        tiny_shapes, tmp_path, "two", workers=2, batch_size=batch, epochs=2, keep=1, log_every=1,
         val_annotations=tiny_shapes["val_annotations"], val_images=tiny_shapes["val_images"],
         mlflow=str(tmp_path / "mlflow"),
     )
