@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import os
 import sys
 import types
@@ -91,9 +92,15 @@ def check(config: Any) -> None:
             raise ValueError(f"{flag_of(f)} {problem}")
 
 
+@functools.cache
+def type_hints(config: type) -> dict[str, Any]:
+    """The config's field types, resolved once (its annotations are strings)."""
+    return typing.get_type_hints(config)
+
+
 def value_type(config: type, f: Field) -> Any:
     """The field's type without None: int for `int | None`."""
-    hint = typing.get_type_hints(config)[f.name]
+    hint = type_hints(config)[f.name]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     return hint
@@ -159,8 +166,8 @@ def from_file(path: str, config: type, command_line_only: dict[str, str] | None 
     by_name.update({flag_of(f).lstrip("-").replace("-", "_"): f for f in options(config)})
     read: dict[str, Any] = {}
     for key, value in values.items():
-        f = by_name.get(str(key).lstrip("-").replace("-", "_"))
-        own = (command_line_only or {}).get(str(key).lstrip("-").replace("-", "_"))
+        name = str(key).lstrip("-").replace("-", "_")
+        f, own = by_name.get(name), (command_line_only or {}).get(name)
         if f is None and own:
             raise ValueError(f"--config {path}: {key!r} is {own}, which the command line gives, not a --config file")
         if f is None:
@@ -201,9 +208,8 @@ def parse(p: Parser, config: type, argv: list[str] | None = None) -> tuple[Any, 
     values = {}
     try:
         if args.config:
-            own = {a.dest: a.option_strings[0] for a in p._actions
-                   if a.option_strings and a.dest not in ("help", "config", "print_config")
-                   and a.dest not in {f.name for f in options(config)}}
+            run_options = {f.name for f in options(config)} | {"help", "config", "print_config"}
+            own = {a.dest: a.option_strings[0] for a in p._actions if a.option_strings and a.dest not in run_options}
             values.update(from_file(absolute(args.config, "--config") or args.config, config, own))
         values.update({f.name: getattr(args, f.name) for f in options(config) if hasattr(args, f.name)})
         missing = [flag_of(f) for f in options(config) if required(f) and f.name not in values]
