@@ -45,12 +45,14 @@ def runs(checkpoint, shapes32, s3_server, tmp_path_factory) -> dict:
     import pyarrow.fs as pafs
 
     bucket = f"multinode-{uuid.uuid4().hex[:8]}"
-    pafs.S3FileSystem(endpoint_override=s3_server, allow_bucket_creation=True, region="us-east-1").create_dir(bucket)
+    s3 = pafs.S3FileSystem(endpoint_override=s3_server, allow_bucket_creation=True, region="us-east-1")
+    s3.create_dir(bucket)
     folder = tmp_path_factory.mktemp("multinode-detect")
     write_pictures(folder / "images", 24, seed=4)
+    pafs.copy_files(str(folder / "images"), f"{bucket}/images", destination_filesystem=s3)
     # with the AWS_* variables of the S3 server
     proc = subprocess.run([sys.executable, "tests/cluster/multinode.py", shapes32["train_annotations"],
-                           shapes32["train_images"], f"s3://{bucket}/runs", "2", str(folder / "images"),
+                           shapes32["train_images"], f"s3://{bucket}/runs", "2", f"s3://{bucket}/images",
                            str(folder / "out"), checkpoint], cwd=REPO, env=job_env(), capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -66,6 +68,7 @@ def test_detection_across_nodes(runs, remove_node):
     assert summary["errors"] == {}
     if remove_node:
         assert summary["removed"] == [summary["worker_nodes"][1]]
+        assert summary["held_reads"] > 0  # the last image waited for the removal
     else:
         assert set(summary["worker_nodes"]) <= set(summary["actor_nodes"])  # an actor on each worker node
 
