@@ -26,7 +26,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup -m "not ray and not export"
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup -m "not ray and not export and not bench"
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench.forward_vs_huggingface

@@ -102,6 +102,12 @@ def bare_images_per_s(table: pa.Table, detector: DetectorActor, batch_size: int,
     return table.num_rows / (time.perf_counter() - started)
 
 
+def steady_rate(n: int, seconds_n: float, seconds_3n: float) -> float | None:
+    """Images/s between a run of N and one of 3N: 2N / (t(3N) - t(N)), so that start-up and the
+    last partial batches cancel out; None where N is too small for the difference to show."""
+    return round(2 * n / (seconds_3n - seconds_n), 2) if seconds_3n > seconds_n else None
+
+
 def job(images: str, output: str, checkpoint: str, sizes: dict, batch_size: int, threads: int, device: str) -> dict:
     summary = run_detection(DetectConfig(images=images, output=output, checkpoint=checkpoint, **sizes,
                                          batch_size=batch_size, actors=(1, 1), cpus_per_actor=threads,
@@ -111,9 +117,10 @@ def job(images: str, output: str, checkpoint: str, sizes: dict, batch_size: int,
 
 
 def driver_peak_rss(manifest: str, output: str, checkpoint: str) -> tuple[float, dict]:
-    """Peak RSS (MiB) of the job's driver process alone (its Ray runs in other processes)."""
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    env.pop("RAY_ADDRESS", None)
+    """Peak RSS (MiB) of the job's driver process alone: it joins this benchmark's Ray, whose
+    processes are not the driver's."""
+    env = dict(os.environ, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"),  # this Ray's mode
+               RAY_ADDRESS=ray.get_runtime_context().gcs_address)
     proc = psutil.Popen([sys.executable, "jobs/detect.py", "--images", manifest, "--output", output,
                          "--checkpoint", checkpoint, "--min-size", "96", "--max-size", "160"],
                         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -159,7 +166,7 @@ def main() -> None:
     results.update(bytes_per_image(table, sizes))
     torch.set_num_threads(args.threads)
     saved = torch.load(checkpoint, weights_only=True)
-    ray.init(num_cpus=2 + args.threads, num_gpus=1 if args.device == "cuda" else 0)  # 1 actor + read/write tasks
+    ray.init(address="local", num_cpus=2 + args.threads, num_gpus=1 if args.device == "cuda" else 0)  # 1 actor + read/write tasks
     detector = DetectorActor((saved["config"], saved["model"]), "bench", 0.5, 8, contract.to_dict(), cpus=args.threads)
     results["bare_images_per_s"] = round(bare_images_per_s(table, detector, 8, 256), 2)
     started = time.perf_counter()  # the actor's own work on the same rows: decode thread + model
@@ -175,12 +182,10 @@ def main() -> None:
         summary = job(f"{work}/photos{count}", f"{work}/out{count}", checkpoint, sizes, 8, args.threads, args.device)
         times.append(summary["seconds"])
         results[f"batch_fill_8_{count}"] = summary["batch_fill"]
-    steady = 2 * n / (times[1] - times[0])
-    results["pipeline_images_per_s"] = round(steady, 2)
-    results["pipeline_over_bare"] = round(steady / results["bare_images_per_s"], 3)
+    steady = results["pipeline_images_per_s"] = steady_rate(n, *times)
+    results["pipeline_over_bare"] = steady and round(steady / results["bare_images_per_s"], 3)
     summary = job(f"{work}/photos{3 * n}", f"{work}/out32", checkpoint, sizes, 32, args.threads, args.device)
     results[f"batch_fill_32_{3 * n}"] = summary["batch_fill"]
-    ray.shutdown()
 
     for count in (args.memory_paths, 10 * args.memory_paths) if args.memory_paths else ():
         manifest = f"{work}/missing{count}.parquet"
@@ -189,6 +194,7 @@ def main() -> None:
         assert summary["rows"] == summary["inputs"] == count and summary["errors"] == {"missing": count}, summary
         results[f"driver_peak_rss_mib_{count}"] = round(peak)
         results[f"seconds_{count}_missing"] = summary["seconds"]
+    ray.shutdown()
     m = args.memory_paths
     if m:
         results["driver_rss_ratio_10x"] = round(results[f"driver_peak_rss_mib_{10 * m}"]

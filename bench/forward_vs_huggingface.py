@@ -5,7 +5,7 @@ so weights and inputs are identical; the outputs are compared before timing. Our
 the detection pipeline runs it: optimize_for_inference (frozen BN folded into the
 convolutions, channels-last), inference mode, scaled_dot_product_attention.
 
-    python -m bench.forward_vs_huggingface [--threads 2] [--repeats 5] [--device cpu]
+    python -m bench.forward_vs_huggingface [--threads 2] [--repeats 5] [--device cpu] [--small]
 """
 from __future__ import annotations
 
@@ -61,12 +61,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
     parser.add_argument("--repeats", type=int, default=5, help="timed forward passes per case")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--small", action="store_true", help="the first case alone (seconds on a CPU)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     results = []
     pair = None
-    for name, hf_kwargs, batch, height, width in CASES:
+    for name, hf_kwargs, batch, height, width in CASES[:1] if args.small else CASES:
         if hf_kwargs is not None:
             pair = build_pair(hf_kwargs, args.device)
         ours, theirs = pair

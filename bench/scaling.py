@@ -22,7 +22,7 @@ from model.segmentation import build_detr
 from pipeline.detection.config import DetectConfig
 from pipeline.detection.run import run_detection
 
-from .detection import write_photos
+from .detection import steady_rate, write_photos
 
 
 def seconds(images: str, output: str, checkpoint: str, actors: int, batch_size: int) -> float:
@@ -44,14 +44,15 @@ def main() -> None:
     n = args.images
     for count in (n, 3 * n):
         write_photos(f"{work}/photos{count}", count, [(240, 320)], seed=count)
-    ray.init(num_cpus=3)
+    ray.init(address="local", num_cpus=3)  # its own, even beside a running Ray
     results: dict = {"images": [n, 3 * n], "batch_size": args.batch_size, "threads_per_actor": 1}
     for actors in (1, 2):
         times = [seconds(f"{work}/photos{count}", f"{work}/out{actors}-{count}", checkpoint, actors, args.batch_size)
                  for count in (n, 3 * n)]
-        results[f"actors_{actors}_images_per_s"] = round(2 * n / (times[1] - times[0]), 2)
+        results[f"actors_{actors}_images_per_s"] = steady_rate(n, *times)
     ray.shutdown()
-    results["scaling_2_vs_1"] = round(results["actors_2_images_per_s"] / results["actors_1_images_per_s"], 3)
+    one, two = results["actors_1_images_per_s"], results["actors_2_images_per_s"]
+    results["scaling_2_vs_1"] = one and two and round(two / one, 3)
     print(json.dumps(results))
 
 

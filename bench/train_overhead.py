@@ -129,7 +129,7 @@ def main() -> None:
 
         run_plain()
         for round_ in range(args.rounds):
-            ray.init(num_cpus=args.threads + 1, include_dashboard=False)
+            ray.init(address="local", num_cpus=args.threads + 1, include_dashboard=False)
             speed, cpu = ray_worker(dataclasses.replace(cfg, name=f"overhead{round_}"))
             ray.shutdown()
             workers.append(speed)

@@ -22,36 +22,44 @@ that transformers and these jobs load as it is:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a working dir
 
-from model.export_formats import DEFAULT_OPSET, ExportError, output_format  # noqa: E402
+from model.export_formats import DEFAULT_OPSET, output_format  # noqa: E402
+from pipeline import options  # noqa: E402
 from pipeline.coco import load_coco  # noqa: E402
-from pipeline.options import absolute, model_source  # noqa: E402
+from pipeline.detection.config import DetectConfig  # noqa: E402
+from pipeline.options import at_least, option, shared  # noqa: E402
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """The options of this job (pipeline/options.py); --min-size and --max-size are detection's."""
+    checkpoint: str = option(path=True, help="our checkpoint, a reference .pth or a Hugging Face folder")
+    output: str = option(path=True, help="a .onnx or .pt2 file, or a folder for a transformers family's model "
+                         "(config.json, model.safetensors, preprocessor_config.json); a path or s3://")
+    opset: int = option(DEFAULT_OPSET, check=at_least(DEFAULT_OPSET), help="ONNX opset")
+    annotations: str | None = option(None, path=True,
+                                     help="COCO annotation JSON whose category names go into the metadata")
+    min_size: int | None = shared(DetectConfig, "min_size", help="shorter side recorded in the metadata (default: "
+                                  "the checkpoint's input contract; the paper's 800 where it records none)")
+    max_size: int | None = shared(DetectConfig, "max_size", help="longer side cap recorded in the metadata "
+                                  "(default: the checkpoint's)")
+
+    def __post_init__(self) -> None:
+        options.check(self)
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="our checkpoint, a reference .pth or a Hugging Face folder")
-    p.add_argument("--output", required=True, help="a .onnx or .pt2 file, or a folder for a transformers family's "
-                   "model (config.json, model.safetensors, preprocessor_config.json); a path or s3://")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET}, >= 18)")
-    p.add_argument("--annotations", help="COCO annotation JSON whose category names go into the metadata")
-    p.add_argument("--min-size", type=int, help="shorter side recorded in the metadata (default: the checkpoint's "
-                   "input contract; the paper's 800 where it records none)")
-    p.add_argument("--max-size", type=int, help="longer side cap recorded in the metadata (default: the checkpoint's)")
-    args = p.parse_args(argv)
+    args, _ = options.parse(options.parser(ExportConfig, __doc__), ExportConfig, argv)
     try:
-        args.checkpoint = model_source(args.checkpoint, "--checkpoint")
-        args.output, args.annotations = (absolute(getattr(args, name), f"--{name}") for name in ("output", "annotations"))
+        args = options.with_absolute_paths(args)
         output_format(args.output)
-        if args.opset < DEFAULT_OPSET:
-            raise ExportError(f"--opset {args.opset}: the exporter writes opset {DEFAULT_OPSET} or newer")
         _check_writable(args.output)
         names = None
         if args.annotations:

@@ -8,31 +8,23 @@ truth: DIR/annotations/panoptic_{train,val}.json and a PNG per image in panoptic
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.synthetic import SyntheticConfig, make_synthetic  # noqa: E402
+from pipeline import options  # noqa: E402
+from pipeline.synthetic import MakeSyntheticConfig, make_synthetic  # noqa: E402
 
 
-def main() -> None:
-    d = SyntheticConfig()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="output folder or s3:// prefix")
-    p.add_argument("--train", type=int, default=200, help="training images")
-    p.add_argument("--val", type=int, default=50, help="validation images")
-    p.add_argument("--seed", type=int, default=0, help="same seed, same dataset")
-    p.add_argument("--min-side", type=int, default=d.min_side, help="smallest image side (px)")
-    p.add_argument("--max-side", type=int, default=d.max_side, help="largest image side (px)")
-    p.add_argument("--max-objects", type=int, default=d.max_objects, help="shapes per image: 0..this")
-    p.add_argument("--stuff", action="store_true",
-                   help="a background of stuff regions (sky, ground), also annotated, and panoptic ground truth")
-    a = p.parse_args()
-    config = SyntheticConfig(min_side=a.min_side, max_side=a.max_side, max_objects=a.max_objects, stuff=a.stuff)
-    print(json.dumps(make_synthetic(a.out, a.train, a.val, a.seed, config)))
+def main(argv: list[str] | None = None) -> None:
+    config, _ = options.parse(options.parser(MakeSyntheticConfig, __doc__), MakeSyntheticConfig, argv)
+    try:
+        config = options.with_absolute_paths(config)
+    except options.PathError as e:
+        sys.exit(f"make_synthetic: {e}")
+    print(json.dumps(make_synthetic(config.out, config.train, config.val, config.seed, config.images())))
 
 
 if __name__ == "__main__":

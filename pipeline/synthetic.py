@@ -28,24 +28,54 @@ from PIL import Image, ImageDraw
 import storage as uris
 
 from .masks import decode, encode
+from .options import at_least, check, option, shared
 from .panoptic import png_bytes
 
 # name -> category id (non-contiguous on purpose)
 CATEGORIES = {"circle": 2, "square": 5, "triangle": 9, "cross": 11}
+MIN_SIDE = 16  # px: room for a shape
 STUFF = {"sky": 20, "ground": 21}  # with SyntheticConfig.stuff: the background's regions
 SPLIT_SALT = {"train": 0, "val": 1}
 
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    min_side: int = 96  # image sides drawn uniformly in [min_side, max_side]
-    max_side: int = 320
-    max_objects: int = 6  # 0..max_objects shapes per image
+    min_side: int = option(96, check=at_least(MIN_SIDE), help="smallest image side (px); sides are drawn "
+                           "uniformly between it and --max-side")
+    max_side: int = option(320, check=at_least(MIN_SIDE), help="largest image side (px)")
+    max_objects: int = option(6, check=at_least(0), help="shapes per image: 0..this")
     min_object: int = 14  # shape size in px
     max_object: int = 72
     max_overlap_iou: float = 0.35  # placements overlapping more are re-drawn
     jpeg_quality: int = 90
-    stuff: bool = False  # a background of stuff regions (sky, ground) and panoptic ground truth
+    stuff: bool = option(False, help="a background of stuff regions (sky, ground), also annotated, and panoptic "
+                         "ground truth")
+
+    def __post_init__(self) -> None:
+        check(self)
+        if self.max_side < self.min_side:
+            raise ValueError(f"--max-side {self.max_side} is below --min-side {self.min_side}")
+
+
+@dataclass(frozen=True)
+class MakeSyntheticConfig:
+    """The options of jobs/make_synthetic.py: where, how many, and the images' SyntheticConfig."""
+    out: str = option(path=True, help="output folder or s3:// prefix")
+    train: int = option(200, check=at_least(0), help="training images")
+    val: int = option(50, check=at_least(0), help="validation images")
+    seed: int = option(0, help="same seed, same dataset")
+    min_side: int = shared(SyntheticConfig, "min_side")
+    max_side: int = shared(SyntheticConfig, "max_side")
+    max_objects: int = shared(SyntheticConfig, "max_objects")
+    stuff: bool = shared(SyntheticConfig, "stuff")
+
+    def __post_init__(self) -> None:
+        check(self)
+        self.images()  # the images' own checks
+
+    def images(self) -> SyntheticConfig:
+        return SyntheticConfig(min_side=self.min_side, max_side=self.max_side, max_objects=self.max_objects,
+                               stuff=self.stuff)
 
 
 def _shape_points(kind: str, cx: float, cy: float, size: float, angle: float) -> list[tuple[float, float]]:

@@ -1,6 +1,7 @@
-"""The benchmarks in their small modes: each runs as `make bench` or a user would run it and
+"""Every benchmark in its small mode: each runs as `make bench` or a user would run it and
 prints the figures it promises, so that none rots unseen (the GPU benchmark: test_gpu.py).
-Their figures are not asserted on: tests never assert on time."""
+Their speeds are not asserted on (tests never assert on time); what each checks as it runs
+(rows, equal outputs) and what it reports are."""
 from __future__ import annotations
 
 import json
@@ -9,31 +10,95 @@ import sys
 
 import pytest
 
-from tests import REPO
+from tests import REPO, SHIPPED
+from tests.local_cluster import job_env
 
-SMALL = {
-    "s3_reads": ["--small"],
-    "evaluation": ["--images", "20", "--per-image", "10", "--mask-per-image", "5", "--scale", "2"],
-    "masks": ["--images", "4"],
-    "dry_run": ["--images", "300", "--boxes", "2000"],
-    "train_throughput": ["--preset", "detr-tiny", "--size", "96", "128", "--steps", "1", "--warmup", "1"],
-}
+pytestmark = pytest.mark.bench
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
-def test_a_benchmark_runs_in_its_small_mode(name):
-    proc = subprocess.run([sys.executable, "-m", f"bench.{name}", *SMALL[name]], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+def s3_reads(figures: list[dict]) -> None:  # one GET for a whole object, whatever its size
+    assert figures[-1]["image 200 KB"]["read_bytes"]["gets"] == 1
+
+
+def evaluation(figures: list[dict]) -> None:  # the fast scorers' stats are pycocotools' (the tests prove 1e-9)
+    assert max(figures[-1]["stats_max_abs_difference"].values()) <= 1e-9
+    assert max(figures[-1]["segm_stats_max_abs_difference"].values()) <= 1e-9
+
+
+def masks(figures: list[dict]) -> None:
+    assert figures[-1]["images"] == 4
+
+
+def dry_run(figures: list[dict]) -> None:
+    assert (figures[-1]["images"], figures[-1]["boxes"]) == (300, 2000)
+
+
+def train_throughput(figures: list[dict]) -> None:
+    assert figures[-1]["preset"] == "detr-tiny" and figures[-1]["batch"] == 2
+
+
+def forward_vs_huggingface(figures: list[dict]) -> None:  # the same weights give the same outputs
+    (case,) = figures[-1]["results"]
+    assert case["case"] == "r18-small batch 1 256x256" and case["max_abs_output_diff"] < 1e-4
+
+
+def learning(figures: list[dict]) -> None:
+    final = figures[-1]
+    assert final["curve"] and final["curve"][-1]["steps"] >= 1 and 0 <= final["curve"][-1]["AP"] <= 1
+
+
+def canvas_ap(figures: list[dict]) -> None:
+    (row,) = figures
+    assert row["images"] == 4 and row["contract_recorded"]
+    assert all(0 <= row[way]["AP"] <= 1 for way in ("batch", "alone", "detection"))
+
+
+def export(figures: list[dict]) -> None:  # a row per size, each after the export verified itself
+    assert [row["size"] for row in figures] == ["128x160", "256x320"] and figures[0]["onnx_mb"] > 1
+
+
+def detection(figures: list[dict]) -> None:  # the benchmark checks each run's rows itself
+    final = figures[-1]
+    assert final["images"] == [4, 12] and 0 < final["batch_fill_8_4"] <= 1
+    assert {"driver_peak_rss_mib_10", "driver_peak_rss_mib_100"} <= set(final)
+
+
+def scaling(figures: list[dict]) -> None:
+    assert figures[-1]["images"] == [4, 12] and "scaling_2_vs_1" in figures[-1]
+
+
+def train_overhead(figures: list[dict]) -> None:
+    assert len(figures[-1]["ratios"]) == 1 and figures[-1]["images"] == 8
+
+
+def small(name: str, args: list[str], check, mark=None, id: str | None = None):
+    return pytest.param(name, args, check, marks=[mark] if mark else [], id=id or name)
+
+
+SMALL = [
+    small("s3_reads", ["--small"], s3_reads),
+    small("evaluation", ["--images", "20", "--per-image", "10", "--mask-per-image", "5", "--scale", "2"], evaluation),
+    small("masks", ["--images", "4"], masks),
+    small("dry_run", ["--images", "300", "--boxes", "2000"], dry_run),
+    small("train_throughput", ["--preset", "detr-tiny", "--size", "96", "128", "--steps", "1", "--warmup", "1"],
+          train_throughput),
+    small("forward_vs_huggingface", ["--small", "--repeats", "1"], forward_vs_huggingface),
+    small("learning", ["--minutes", "0.05", "--eval-every", "0.05", "--train", "8", "--val", "4"], learning),
+    small("learning", ["--preset", "dfine-tiny", "--minutes", "0.05", "--eval-every", "0.05", "--train", "8",
+                       "--val", "4"], learning, id="learning-dfine-tiny"),
+    small("canvas_ap", ["--checkpoints", str(SHIPPED), "--images", "4", "--batch-size", "2"], canvas_ap),
+    small("export", ["--presets", "detr-tiny", "--repeats", "1"], export, pytest.mark.export),
+    # those that start a Ray of their own
+    small("detection", ["--images", "4", "--scale", "0.15", "--memory-paths", "10"], detection, pytest.mark.own_ray),
+    small("scaling", ["--images", "4", "--batch-size", "2"], scaling, pytest.mark.own_ray),
+    small("train_overhead", ["--images", "8", "--epochs", "2", "--rounds", "1", "--batch-size", "2"], train_overhead,
+          pytest.mark.own_ray),
+]
+
+
+@pytest.mark.parametrize("name, args, check", SMALL)
+def test_a_benchmark_runs_in_its_small_mode(name, args, check):
+    proc = subprocess.run([sys.executable, "-m", f"bench.{name}", *args], cwd=REPO, env=job_env(),
+                          capture_output=True, text=True, timeout=300)  # a Ray of its own, if any
     assert proc.returncode == 0, proc.stderr[-3000:]
-    figures = json.loads(proc.stdout.strip().splitlines()[-1])
-    if name == "s3_reads":  # one GET for a whole object, whatever its size
-        assert figures["image 200 KB"]["read_bytes"]["gets"] == 1
-    elif name == "evaluation":  # the fast scorers' stats are pycocotools' (1e-9, as the tests prove)
-        assert max(figures["stats_max_abs_difference"].values()) <= 1e-9
-        assert max(figures["segm_stats_max_abs_difference"].values()) <= 1e-9
-    elif name == "dry_run":
-        assert (figures["images"], figures["boxes"]) == (300, 2000)
-    elif name == "masks":
-        assert figures["images"] == 4
-    else:
-        assert figures["preset"] == "detr-tiny" and figures["batch"] == 2
+    check([json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")])

@@ -11,6 +11,8 @@ import pytest
 
 from tests import REPO
 
+pytestmark = pytest.mark.bench
+
 
 def test_the_gpu_benchmark_runs_every_part_on_a_cpu():
     proc = subprocess.run([sys.executable, "-m", "bench.gpu", "--small"], cwd=REPO, capture_output=True, text=True,

@@ -144,6 +144,8 @@ def test_options_shared_by_jobs_are_one_definition():
 @pytest.mark.parametrize("job, argv", [
     ("train", [*TRAIN, "--batch-size", "0"]),
     ("detect", ["--images", "i", "--output", "o", "--checkpoint", "c.pt", "--actors", "4,2"]),
+    ("export", ["--checkpoint", "c.pt", "--output", "m.onnx", "--opset", "17"]),
+    ("make_synthetic", ["--out", "o", "--min-side", "200", "--max-side", "100"]),
 ])
 def test_the_jobs_refuse_before_ray_starts(job, argv, tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "jobs" / f"{job}.py"), *argv], cwd=tmp_path,
@@ -151,5 +153,7 @@ def test_the_jobs_refuse_before_ray_starts(job, argv, tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
         {"train": "train: --batch-size must be at least 1, not 0",
-         "detect": "detect: --actors takes MIN,MAX with 1 <= MIN <= MAX, not 4,2"}[job]]
+         "detect": "detect: --actors takes MIN,MAX with 1 <= MIN <= MAX, not 4,2",
+         "export": "export: --opset must be at least 18, not 17",
+         "make_synthetic": "make_synthetic: --max-side 100 is below --min-side 200"}[job]]
     assert list(tmp_path.iterdir()) == []  # nothing written
