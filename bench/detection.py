@@ -137,7 +137,7 @@ def driver_peak_rss(manifest: str, output: str, checkpoint: str) -> tuple[float,
     return peak, json.loads(out.strip().splitlines()[-1])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=512, help="N of the N vs 3N runs")
     parser.add_argument("--scale", type=float, default=0.25, help="of the COCO photo sizes and of 800/1333")
@@ -146,7 +146,7 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--memory-paths", type=int, default=20_000,
                         help="N of the N vs 10N driver-memory runs (0: skip them)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     work = tempfile.mkdtemp(prefix="bench-detect-")
     torch.manual_seed(0)
     classes = 12 if args.preset == "detr-tiny" else 91  # random weights: speed, not accuracy
@@ -166,7 +166,9 @@ def main() -> None:
     results.update(bytes_per_image(table, sizes))
     torch.set_num_threads(args.threads)
     saved = torch.load(checkpoint, weights_only=True)
-    ray.init(address="local", num_cpus=2 + args.threads, num_gpus=1 if args.device == "cuda" else 0)  # 1 actor + read/write tasks
+    own = not ray.is_initialized()  # a caller's connected Ray is used as it is (the tests')
+    if own:  # 1 actor + read/write tasks
+        ray.init(address="local", num_cpus=2 + args.threads, num_gpus=1 if args.device == "cuda" else 0)
     detector = DetectorActor((saved["config"], saved["model"]), "bench", 0.5, 8, contract.to_dict(), cpus=args.threads)
     results["bare_images_per_s"] = round(bare_images_per_s(table, detector, 8, 256), 2)
     started = time.perf_counter()  # the actor's own work on the same rows: decode thread + model
@@ -194,7 +196,8 @@ def main() -> None:
         assert summary["rows"] == summary["inputs"] == count and summary["errors"] == {"missing": count}, summary
         results[f"driver_peak_rss_mib_{count}"] = round(peak)
         results[f"seconds_{count}_missing"] = summary["seconds"]
-    ray.shutdown()
+    if own:
+        ray.shutdown()
     m = args.memory_paths
     if m:
         results["driver_rss_ratio_10x"] = round(results[f"driver_peak_rss_mib_{10 * m}"]

@@ -33,24 +33,27 @@ def seconds(images: str, output: str, checkpoint: str, actors: int, batch_size: 
     return summary["seconds"]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=480, help="N of the N vs 3N runs")
     parser.add_argument("--batch-size", type=int, default=8)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     work = tempfile.mkdtemp(prefix="bench-scaling-")
     torch.manual_seed(0)
     checkpoint = save_checkpoint(f"{work}/tiny.pt", build_detr("detr-tiny", num_classes=12))
     n = args.images
     for count in (n, 3 * n):
         write_photos(f"{work}/photos{count}", count, [(240, 320)], seed=count)
-    ray.init(address="local", num_cpus=3)  # its own, even beside a running Ray
+    own = not ray.is_initialized()  # a caller's connected Ray is used as it is (the tests')
+    if own:
+        ray.init(address="local", num_cpus=3)  # its own, even beside a running Ray
     results: dict = {"images": [n, 3 * n], "batch_size": args.batch_size, "threads_per_actor": 1}
     for actors in (1, 2):
         times = [seconds(f"{work}/photos{count}", f"{work}/out{actors}-{count}", checkpoint, actors, args.batch_size)
                  for count in (n, 3 * n)]
         results[f"actors_{actors}_images_per_s"] = steady_rate(n, *times)
-    ray.shutdown()
+    if own:
+        ray.shutdown()
     one, two = results["actors_1_images_per_s"], results["actors_2_images_per_s"]
     results["scaling_2_vs_1"] = one and two and round(two / one, 3)
     print(json.dumps(results))

@@ -95,7 +95,7 @@ def ray_worker(cfg: TrainConfig) -> tuple[float, float]:
     return images / epochs["epoch_seconds"].sum(), 1000 * epochs["cpu_seconds"].sum() / images
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=480)
     parser.add_argument("--epochs", type=int, default=3, help="the first is warm-up, not timed")
@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="Ray runs, each between two plain runs")
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                         help="torch threads in both loops (default: cores - 1)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (the first is not timed)")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -128,10 +128,13 @@ def main() -> None:
             print(f"plain PyTorch loop (pre-decoded): {speed:.2f} images/s, {cpu:.1f} CPU ms/image", flush=True)
 
         run_plain()
+        own = not ray.is_initialized()  # a caller's connected Ray is used as it is (the tests')
         for round_ in range(args.rounds):
-            ray.init(address="local", num_cpus=args.threads + 1, include_dashboard=False)
+            if own:  # down while the plain loop runs
+                ray.init(address="local", num_cpus=args.threads + 1, include_dashboard=False)
             speed, cpu = ray_worker(dataclasses.replace(cfg, name=f"overhead{round_}"))
-            ray.shutdown()
+            if own:
+                ray.shutdown()
             workers.append(speed)
             workers_cpu.append(cpu)
             print(f"Ray Train worker (streamed ingest): {speed:.2f} images/s, {cpu:.1f} CPU ms/image",

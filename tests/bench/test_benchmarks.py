@@ -4,6 +4,7 @@ Their speeds are not asserted on (tests never assert on time); what each checks 
 (rows, equal outputs) and what it reports are."""
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -11,7 +12,6 @@ import sys
 import pytest
 
 from tests import REPO, SHIPPED
-from tests.local_cluster import job_env
 
 pytestmark = pytest.mark.bench
 
@@ -71,8 +71,8 @@ def train_overhead(figures: list[dict]) -> None:
     assert len(figures[-1]["ratios"]) == 1 and figures[-1]["images"] == 8
 
 
-def small(name: str, args: list[str], check, mark=None, id: str | None = None):
-    return pytest.param(name, args, check, marks=[mark] if mark else [], id=id or name)
+def small(name: str, args: list[str], check, mark=None):
+    return pytest.param(name, args, check, marks=[mark] if mark else [], id=name)
 
 
 SMALL = [
@@ -84,21 +84,31 @@ SMALL = [
           train_throughput),
     small("forward_vs_huggingface", ["--small", "--repeats", "1"], forward_vs_huggingface),
     small("learning", ["--minutes", "0.05", "--eval-every", "0.05", "--train", "8", "--val", "4"], learning),
-    small("learning", ["--preset", "dfine-tiny", "--minutes", "0.05", "--eval-every", "0.05", "--train", "8",
-                       "--val", "4"], learning, id="learning-dfine-tiny"),
     small("canvas_ap", ["--checkpoints", str(SHIPPED), "--images", "4", "--batch-size", "2"], canvas_ap),
     small("export", ["--presets", "detr-tiny", "--repeats", "1"], export, pytest.mark.export),
-    # those that start a Ray of their own
-    small("detection", ["--images", "4", "--scale", "0.15", "--memory-paths", "10"], detection, pytest.mark.own_ray),
-    small("scaling", ["--images", "4", "--batch-size", "2"], scaling, pytest.mark.own_ray),
-    small("train_overhead", ["--images", "8", "--epochs", "2", "--rounds", "1", "--batch-size", "2"], train_overhead,
-          pytest.mark.own_ray),
 ]
+# Those that run on Ray: each starts a Ray of its own, unless one is connected (the suite's, here)
+ON_RAY = [
+    small("detection", ["--images", "4", "--scale", "0.15", "--memory-paths", "10"], detection),
+    small("scaling", ["--images", "4", "--batch-size", "2"], scaling),
+    small("train_overhead", ["--images", "8", "--epochs", "2", "--rounds", "1", "--batch-size", "2"], train_overhead),
+]
+
+
+def figures(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
 @pytest.mark.parametrize("name, args, check", SMALL)
 def test_a_benchmark_runs_in_its_small_mode(name, args, check):
-    proc = subprocess.run([sys.executable, "-m", f"bench.{name}", *args], cwd=REPO, env=job_env(),
-                          capture_output=True, text=True, timeout=300)  # a Ray of its own, if any
+    proc = subprocess.run([sys.executable, "-m", f"bench.{name}", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    check([json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")])
+    check(figures(proc.stdout))
+
+
+@pytest.mark.parametrize("name, args, check", ON_RAY)
+def test_a_ray_benchmark_runs_in_its_small_mode_on_the_suites_ray(ray_cluster, name, args, check, capsys):
+    """In this process, on its Ray: no Ray of its own to start (their command line is the same)."""
+    importlib.import_module(f"bench.{name}").main(args)
+    check(figures(capsys.readouterr().out))
