@@ -75,6 +75,7 @@ def small(name: str, args: list[str], check, mark=None):
     return pytest.param(name, args, check, marks=[mark] if mark else [], id=name)
 
 
+# One torch thread where a benchmark takes --threads, as every process of the suite has (conftest.py)
 SMALL = [
     small("s3_reads", ["--small"], s3_reads),
     small("evaluation", ["--images", "20", "--per-image", "10", "--mask-per-image", "5", "--scale", "2"], evaluation),
@@ -82,10 +83,10 @@ SMALL = [
     small("dry_run", ["--images", "300", "--boxes", "2000"], dry_run),
     small("train_throughput", ["--preset", "detr-tiny", "--size", "96", "128", "--steps", "1", "--warmup", "1"],
           train_throughput),
-    small("forward_vs_huggingface", ["--small", "--repeats", "1"], forward_vs_huggingface),
+    small("forward_vs_huggingface", ["--small", "--repeats", "1", "--threads", "1"], forward_vs_huggingface),
     small("learning", ["--minutes", "0.05", "--eval-every", "0.05", "--train", "8", "--val", "4"], learning),
-    small("canvas_ap", ["--checkpoints", str(SHIPPED), "--images", "4", "--batch-size", "2"], canvas_ap),
-    small("export", ["--presets", "detr-tiny", "--repeats", "1"], export, pytest.mark.export),
+    small("canvas_ap", ["--checkpoints", str(SHIPPED), "--images", "4", "--batch-size", "2", "--threads", "1"], canvas_ap),
+    small("export", ["--presets", "detr-tiny", "--repeats", "1", "--threads", "1"], export, pytest.mark.export),
 ]
 # Those that run on Ray: each starts a Ray of its own, unless one is connected (the suite's, here)
 ON_RAY = [
