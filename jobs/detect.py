@@ -1,7 +1,7 @@
 """Bulk detection to Parquet with Ray Data; ends with one JSON summary line.
 
     python jobs/detect.py --images URI --output URI --checkpoint PATH_OR_URI [...]
-    ray job submit --working-dir . -- python jobs/detect.py ...
+    python jobs/submit.py -- python jobs/detect.py ...   (to a Ray head: docs/cluster.md)
 
 --images is a folder or s3:// prefix (searched recursively for image files), a COCO
 annotation .json (its images, with their ids), or a manifest (.txt of URIs, or .parquet /

@@ -1,6 +1,6 @@
 """Scheduled re-evaluation: detect + score every new checkpoint on a fixed evaluation set.
 
-    python jobs/reevaluate.py --checkpoints URI --images ROOT --annotations ANN --history URI \
+    python jobs/reevaluate.py --checkpoints URI --images ROOT --annotations ANN --history URI \\
         [--fail-on-regression PCT] [--every 6h]
 
 Checkpoints already in the history for this evaluation set (same weights, annotation file

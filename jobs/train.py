@@ -1,7 +1,7 @@
 """Train DETR on a COCO-format dataset with Ray Train; ends with one JSON summary line.
 
     python jobs/train.py --annotations ANN --images ROOT --storage URI --name RUN [...]
-    ray job submit --working-dir . -- python jobs/train.py ...
+    python jobs/submit.py -- python jobs/train.py ...   (to a Ray head: docs/cluster.md)
 
 Re-running the same command (same --storage and --name) resumes from the latest checkpoint.
 Every option can also come from a YAML file (--config run.yaml; --print-config writes one), and

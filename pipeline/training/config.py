@@ -8,7 +8,9 @@ import dataclasses
 from dataclasses import dataclass, replace
 from typing import Any
 
+from model.config import PRESETS
 from model.contract import InputContract
+from model.families import FAMILY_PRESETS
 
 from ..evaluation.scoring import BACKENDS, DEFAULT_BACKEND
 from ..options import Check, above, at_least, check, option, with_absolute_paths
@@ -74,7 +76,7 @@ class TrainConfig:
     val_annotations: str | None = option(None, help="COCO JSON of a validation split: enables COCO AP reporting",
                                          path=True)
     val_images: str | None = option(None, help="image folder of the validation split", path=True)
-    preset: str = option("detr-tiny", help="model preset")
+    preset: str = option("detr-tiny", help=f"model preset: {', '.join(sorted(PRESETS) + sorted(FAMILY_PRESETS))}")
     model_overrides: dict[str, Any] = option(factory=dict, file_only=True,
                                              help="DetrConfig fields over the preset's (num_queries: 10, ...)")
     init: str | None = option(None, help="checkpoint to fine-tune from: ours, a reference .pth, or a Hugging Face "
@@ -100,7 +102,7 @@ class TrainConfig:
     lr_backbone: float = recipe_option("learning rate of the backbone (0: frozen)", "lr_backbone", at_least(0))
     weight_decay: float = option(1e-4, help="AdamW's weight decay", check=at_least(0))
     clip_max_norm: float = option(0.1, help="gradient clipping (0: off)", check=at_least(0))
-    lr_drop: int = option(200, help="epochs between learning-rate drops (x lr_drop_gamma)", check=at_least(1))
+    lr_drop: int = option(200, help="epochs between learning-rate drops (x0.1 each; lr_drop_gamma in a --config file)", check=at_least(1))
     lr_drop_gamma: float = option(0.1, file_only=True, help="the learning rate's factor at each drop",
                                   check=above(0))
     warmup_steps: int = recipe_option("optimizer steps of linear learning-rate warm-up", "warmup_steps",

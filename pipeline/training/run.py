@@ -147,6 +147,7 @@ def fit(cfg: TrainConfig) -> tuple[ray.train.Result, CocoDataset]:
         raise ValueError("--val-annotations needs --val-images")
     check_initialisation(cfg)
     train_set = load_coco(cfg.annotations, cfg.images)
+    print(learning_rate_line(cfg), flush=True)  # once the inputs are known to be there
     if train_set.dropped_boxes:  # said here as --dry-run says it, not only counted in the summary
         print(f"{train_set.dropped_boxes} box(es) of {cfg.annotations} have no area inside their image and are left "
               "out of training (as the reference does)", flush=True)
@@ -190,7 +191,6 @@ def learning_rate_line(cfg: TrainConfig) -> str:
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
     """Train (see fit) and summarise the run: path, last and best checkpoint, final metrics."""
     cfg = cfg.resolved()
-    print(learning_rate_line(cfg), flush=True)
     result, train_set = fit(cfg)
     summary: dict[str, Any] = {
         "run": result.path,
