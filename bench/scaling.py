@@ -14,9 +14,9 @@ import argparse
 import json
 import tempfile
 
-import ray
 import torch
 
+from bench.local_ray import ray_unless_connected
 from model.checkpoint import save_checkpoint
 from model.segmentation import build_detr
 from pipeline.detection.config import DetectConfig
@@ -44,16 +44,12 @@ def main(argv: list[str] | None = None) -> None:
     n = args.images
     for count in (n, 3 * n):
         write_photos(f"{work}/photos{count}", count, [(240, 320)], seed=count)
-    own = not ray.is_initialized()  # a caller's connected Ray is used as it is (the tests')
-    if own:
-        ray.init(address="local", num_cpus=3)  # its own, even beside a running Ray
     results: dict = {"images": [n, 3 * n], "batch_size": args.batch_size, "threads_per_actor": 1}
-    for actors in (1, 2):
-        times = [seconds(f"{work}/photos{count}", f"{work}/out{actors}-{count}", checkpoint, actors, args.batch_size)
-                 for count in (n, 3 * n)]
-        results[f"actors_{actors}_images_per_s"] = steady_rate(n, *times)
-    if own:
-        ray.shutdown()
+    with ray_unless_connected(num_cpus=3):
+        for actors in (1, 2):
+            times = [seconds(f"{work}/photos{count}", f"{work}/out{actors}-{count}", checkpoint, actors,
+                             args.batch_size) for count in (n, 3 * n)]
+            results[f"actors_{actors}_images_per_s"] = steady_rate(n, *times)
     one, two = results["actors_1_images_per_s"], results["actors_2_images_per_s"]
     results["scaling_2_vs_1"] = one and two and round(two / one, 3)
     print(json.dumps(results))

@@ -33,9 +33,9 @@ import statistics
 import tempfile
 import time
 
-import ray
 import torch
 
+from bench.local_ray import ray_unless_connected
 from model.config import get_config
 from model.criterion import build_criterion
 from model.segmentation import build_detr
@@ -128,13 +128,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"plain PyTorch loop (pre-decoded): {speed:.2f} images/s, {cpu:.1f} CPU ms/image", flush=True)
 
         run_plain()
-        own = not ray.is_initialized()  # a caller's connected Ray is used as it is (the tests')
         for round_ in range(args.rounds):
-            if own:  # down while the plain loop runs
-                ray.init(address="local", num_cpus=args.threads + 1, include_dashboard=False)
-            speed, cpu = ray_worker(dataclasses.replace(cfg, name=f"overhead{round_}"))
-            if own:
-                ray.shutdown()
+            with ray_unless_connected(num_cpus=args.threads + 1, include_dashboard=False):  # down during plain loops
+                speed, cpu = ray_worker(dataclasses.replace(cfg, name=f"overhead{round_}"))
             workers.append(speed)
             workers_cpu.append(cpu)
             print(f"Ray Train worker (streamed ingest): {speed:.2f} images/s, {cpu:.1f} CPU ms/image",

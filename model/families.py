@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .config import PRESETS
 from .contract import IMAGENET_MEAN, IMAGENET_STD, InputContract
 
 NO_NORMALISATION: dict[str, Any] = {"image_mean": (0.0, 0.0, 0.0), "image_std": (1.0, 1.0, 1.0)}
@@ -213,3 +214,5 @@ FAMILY_PRESETS: dict[str, tuple[FamilyConfig, InputContract]] = {
                             "out_features": ["stage2", "stage3", "stage4"], "out_indices": [2, 3, 4]},
         "freeze_backbone_batch_norms": False}), _TINY_CONTRACT),
 }
+# Every preset a run may name: the DETR ones, then the families' small ones
+PRESET_NAMES = sorted(PRESETS) + sorted(FAMILY_PRESETS)

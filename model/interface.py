@@ -20,7 +20,7 @@ import torch
 
 from .config import PRESETS, DetrConfig, get_config
 from .contract import InputContract
-from .families import FAMILY_PRESETS, FamilyConfig, is_family_dict
+from .families import FAMILY_PRESETS, PRESET_NAMES, FamilyConfig, is_family_dict
 from .mask_postprocess import image_masks, resized_masks
 from .network import DetectionNetwork, ModelConfig
 
@@ -53,7 +53,7 @@ def preset_config(preset: str, num_classes: int | None = None, **overrides: Any)
         changes = {**overrides, **({"num_labels": num_classes} if num_classes is not None else {})}
         return config.replace(**changes) if changes else config
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS) + sorted(FAMILY_PRESETS)}")
+        raise ValueError(f"unknown preset {preset!r}; choose one of {PRESET_NAMES}")
     return get_config(preset, **overrides, **({"num_classes": num_classes} if num_classes is not None else {}))
 
 

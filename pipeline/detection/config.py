@@ -71,8 +71,8 @@ class DetectConfig:
     retry_errors: bool = option(True, flag="--no-retry-errors", help="on a re-run, keep rows whose error is "
                                 "transient (unreadable, inference) instead of running their shard again")
     resource_wait: float | None = option(None, metavar="SECONDS", check=at_least(0),
-                                           help="how long to wait for the autoscaler to add what the run needs "
-                                           "(default: 600 with GPU actors, else 0: stop at once with what is short)")
+                                         help="how long to wait for the autoscaler to add what the run needs "
+                                         "(default: 600 with GPU actors, else 0: stop at once with what is short)")
     overwrite: bool = option(False, help="delete the output's part files and start fresh")
 
     def __post_init__(self) -> None:

@@ -8,9 +8,8 @@ import dataclasses
 from dataclasses import dataclass, replace
 from typing import Any
 
-from model.config import PRESETS
 from model.contract import InputContract
-from model.families import FAMILY_PRESETS
+from model.families import PRESET_NAMES
 
 from ..evaluation.scoring import BACKENDS, DEFAULT_BACKEND
 from ..options import Check, above, at_least, check, option, with_absolute_paths
@@ -76,7 +75,7 @@ class TrainConfig:
     val_annotations: str | None = option(None, help="COCO JSON of a validation split: enables COCO AP reporting",
                                          path=True)
     val_images: str | None = option(None, help="image folder of the validation split", path=True)
-    preset: str = option("detr-tiny", help=f"model preset: {', '.join(sorted(PRESETS) + sorted(FAMILY_PRESETS))}")
+    preset: str = option("detr-tiny", help=f"model preset: {', '.join(PRESET_NAMES)}")
     model_overrides: dict[str, Any] = option(factory=dict, file_only=True,
                                              help="DetrConfig fields over the preset's (num_queries: 10, ...)")
     init: str | None = option(None, help="checkpoint to fine-tune from: ours, a reference .pth, or a Hugging Face "
@@ -102,7 +101,8 @@ class TrainConfig:
     lr_backbone: float = recipe_option("learning rate of the backbone (0: frozen)", "lr_backbone", at_least(0))
     weight_decay: float = option(1e-4, help="AdamW's weight decay", check=at_least(0))
     clip_max_norm: float = option(0.1, help="gradient clipping (0: off)", check=at_least(0))
-    lr_drop: int = option(200, help="epochs between learning-rate drops (x0.1 each; lr_drop_gamma in a --config file)", check=at_least(1))
+    lr_drop: int = option(200, check=at_least(1),
+                          help="epochs between learning-rate drops (x0.1 each; lr_drop_gamma in a --config file)")
     lr_drop_gamma: float = option(0.1, file_only=True, help="the learning rate's factor at each drop",
                                   check=above(0))
     warmup_steps: int = recipe_option("optimizer steps of linear learning-rate warm-up", "warmup_steps",
@@ -119,12 +119,12 @@ class TrainConfig:
     log_every: int = option(100, check=at_least(1),
                             help="steps between progress lines (there is one at least every minute)")
     resource_wait: float | None = option(None, metavar="SECONDS", check=at_least(0),
-                                           help="wait this long for an autoscaler to add what the run needs (default "
-                                           "600 with --gpu, else 0)")
+                                         help="wait this long for an autoscaler to add what the run needs (default "
+                                         "600 with --gpu, else 0)")
     max_failures: int = option(0, help="worker-group restarts allowed (-1: no limit)", check=at_least(-1))
     keep: int | None = option(3, check=at_least(0),
-                                     help="the last checkpoints to keep (0 or none: all); the best by validation AP "
-                                     "is kept besides, in RUN/best/")
+                              help="the last checkpoints to keep (0 or none: all); the best by validation AP "
+                              "is kept besides, in RUN/best/")
     mlflow: str | None = option(None, metavar="URI", help="also log to MLflow: a tracking server's URI or a local "
                                 "folder (needs the mlflow extra); TensorBoard's files and curves.png are written "
                                 "under the run folder either way")
