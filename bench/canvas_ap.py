@@ -74,7 +74,7 @@ def measure(checkpoint: str, records: list[dict], gt: CocoScorer, batch_size: in
             "detection": score(detect_images(model, records, contract, batch_size, score_threshold=0.0), gt)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoints", nargs="+", required=True)
     parser.add_argument("--data", help="a make_synthetic folder (default: the demo's validation images, made here)")
@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--max-size", type=int)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
         data = args.data or make_synthetic(os.path.join(folder, "shapes"), 0, args.images, seed=0,

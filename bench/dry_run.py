@@ -42,11 +42,11 @@ def write_annotations(path: Path, images: int, boxes: int, seed: int = 0) -> Non
         f.write("]}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=118_287)
     parser.add_argument("--boxes", type=int, default=860_001)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         annotations = Path(folder) / "instances_train.json"
         write_annotations(annotations, args.images, args.boxes)

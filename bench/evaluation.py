@@ -120,13 +120,13 @@ def max_difference(metrics: dict, reference: dict) -> float:
     return max(abs(metrics[n] - v) for n, v in reference.items())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--per-image", type=int, default=100)
     parser.add_argument("--mask-per-image", type=int, default=100, help="mask detections scored per image")
     parser.add_argument("--scale", type=int, default=10, help="times the detections per image for the memory run")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     gt, table = build(args.images, args.per_image)
     detections, _ = detections_array([table], CocoScorer(gt, "pycocotools"))
     scorer = {backend: scorer_seconds(gt, detections, backend) for backend in BACKENDS}

@@ -56,13 +56,13 @@ def images_per_second(fn, batch: int, repeats: int, device: str) -> float:
     return batch / sorted(times)[len(times) // 2]  # median
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
     parser.add_argument("--repeats", type=int, default=5, help="timed forward passes per case")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--small", action="store_true", help="the first case alone (seconds on a CPU)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     results = []

@@ -57,7 +57,7 @@ def parse_override(item: str) -> tuple[str, object]:
         return key, value
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=15.0, help="training time budget")
     p.add_argument("--eval-every", type=float, default=3.0, help="minutes between validation passes")
@@ -76,7 +76,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", help="write the trained model here (a checkpoint the detection job reads)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     recipe = TrainConfig("", "", "", "", preset=args.preset)  # the recipe the training job uses
     for name, field in (("lr", "lr"), ("lr_backbone", "lr_backbone"), ("warmup", "warmup_steps"),
                         ("encoder_matches", "encoder_matches"), ("batch_size", "batch_size")):

@@ -48,11 +48,11 @@ def measure(rows: pa.Table, checkpoint: Path, threads: int) -> dict:
             "detections_per_image": round(sum(len(s) for s in table["scores"].to_pylist()) / rows.num_rows, 1)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=64, help="images of each set")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     _, _, contract = read_checkpoint(str(CHECKPOINTS["boxes"]))
     sizes = {"min_size": contract.min_size, "max_size": contract.max_size}
