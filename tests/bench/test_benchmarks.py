@@ -86,11 +86,11 @@ SMALL = [
     small("forward_vs_huggingface", ["--small", "--repeats", "1", "--threads", "1"], forward_vs_huggingface),
     small("learning", ["--minutes", "0.05", "--eval-every", "0.05", "--train", "8", "--val", "4", "--threads", "1"],
           learning),
+    small("canvas_ap", ["--checkpoints", str(SHIPPED), "--images", "4", "--batch-size", "2", "--threads", "1"], canvas_ap),
     small("export", ["--presets", "detr-tiny", "--repeats", "1", "--threads", "1"], export, pytest.mark.export),
 ]
 # Those that run on Ray: each starts a Ray of its own, unless one is connected (the suite's, here)
 ON_RAY = [
-    small("canvas_ap", ["--checkpoints", str(SHIPPED), "--images", "4", "--batch-size", "2", "--threads", "1"], canvas_ap),
     small("detection", ["--images", "4", "--scale", "0.15", "--memory-paths", "10"], detection),
     small("scaling", ["--images", "4", "--batch-size", "2"], scaling),
     small("train_overhead", ["--images", "8", "--epochs", "2", "--rounds", "1", "--batch-size", "2"], train_overhead),
