@@ -138,6 +138,63 @@ def driver_peak_rss(manifest: str, output: str, checkpoint: str) -> tuple[float,
     return peak, json.loads(out.strip().splitlines()[-1])
 
 
+def measure(args: argparse.Namespace, work: str) -> dict:
+    """Every figure of the benchmark, its photos, model and outputs written under `work`."""
+    torch.manual_seed(0)
+    classes = 12 if args.preset == "detr-tiny" else 91  # random weights: speed, not accuracy
+    checkpoint = save_checkpoint(f"{work}/model.pt", build_detr(args.preset, num_classes=classes))
+    sizes = {"min_size": round(800 * args.scale), "max_size": round(1333 * args.scale)}
+    photo_sizes = coco_sizes(args.scale)
+    n = args.images
+    for count in (n, 3 * n):
+        write_photos(f"{work}/photos{count}", count, photo_sizes, seed=count)
+    results: dict = {"images": [n, 3 * n], **sizes, "threads": args.threads, "preset": args.preset,
+                     "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"}
+    contract = InputContract(**sizes)
+    resized = {contract.resized_size(h, w) for h, w in photo_sizes}
+    results["shapes"], results["canvases"] = len(resized), len({contract.canvas_size(h, w) for h, w in resized})
+
+    table = fetched(f"{work}/photos{n}", sizes)
+    results.update(bytes_per_image(table, sizes))
+    torch.set_num_threads(args.threads)
+    saved = torch.load(checkpoint, weights_only=True)
+    with ray_unless_connected(num_cpus=2 + args.threads,  # 1 actor + read/write tasks
+                              num_gpus=1 if args.device == "cuda" else 0):
+        detector = DetectorActor((saved["config"], saved["model"]), "bench", 0.5, 8, contract.to_dict(),
+                                 cpus=args.threads)
+        results["bare_images_per_s"] = round(bare_images_per_s(table, detector, 8, 256), 2)
+        started = time.perf_counter()  # the actor's own work on the same rows: decode thread + model
+        for start in range(0, table.num_rows, 256):
+            detector(table.slice(start, 256))
+        results["actor_images_per_s"] = round(table.num_rows / (time.perf_counter() - started), 2)
+        results["actor_over_bare"] = round(results["actor_images_per_s"] / results["bare_images_per_s"], 3)
+        del detector
+
+        job(f"{work}/photos{n}", f"{work}/warm-up", checkpoint, sizes, 8, args.threads, args.device)
+        times = []
+        for count in (n, 3 * n):
+            summary = job(f"{work}/photos{count}", f"{work}/out{count}", checkpoint, sizes, 8, args.threads, args.device)
+            times.append(summary["seconds"])
+            results[f"batch_fill_8_{count}"] = summary["batch_fill"]
+        steady = results["pipeline_images_per_s"] = steady_rate(n, *times)
+        results["pipeline_over_bare"] = steady and round(steady / results["bare_images_per_s"], 3)
+        summary = job(f"{work}/photos{3 * n}", f"{work}/out32", checkpoint, sizes, 32, args.threads, args.device)
+        results[f"batch_fill_32_{3 * n}"] = summary["batch_fill"]
+
+        for count in (args.memory_paths, 10 * args.memory_paths) if args.memory_paths else ():
+            manifest = f"{work}/missing{count}.parquet"
+            pq.write_table(pa.table({"path": [f"{work}/nowhere/{i:09d}.jpg" for i in range(count)]}), manifest)
+            peak, summary = driver_peak_rss(manifest, f"{work}/missing-out{count}", checkpoint)
+            assert summary["rows"] == summary["inputs"] == count and summary["errors"] == {"missing": count}, summary
+            results[f"driver_peak_rss_mib_{count}"] = round(peak)
+            results[f"seconds_{count}_missing"] = summary["seconds"]
+    m = args.memory_paths
+    if m:
+        results["driver_rss_ratio_10x"] = round(results[f"driver_peak_rss_mib_{10 * m}"]
+                                                / results[f"driver_peak_rss_mib_{m}"], 3)
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=512, help="N of the N vs 3N runs")
@@ -149,59 +206,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="N of the N vs 10N driver-memory runs (0: skip them)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-detect-") as work:  # the photos, outputs and model: not kept
-        torch.manual_seed(0)
-        classes = 12 if args.preset == "detr-tiny" else 91  # random weights: speed, not accuracy
-        checkpoint = save_checkpoint(f"{work}/model.pt", build_detr(args.preset, num_classes=classes))
-        sizes = {"min_size": round(800 * args.scale), "max_size": round(1333 * args.scale)}
-        photo_sizes = coco_sizes(args.scale)
-        n = args.images
-        for count in (n, 3 * n):
-            write_photos(f"{work}/photos{count}", count, photo_sizes, seed=count)
-        results: dict = {"images": [n, 3 * n], **sizes, "threads": args.threads, "preset": args.preset,
-                         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"}
-        contract = InputContract(**sizes)
-        resized = {contract.resized_size(h, w) for h, w in photo_sizes}
-        results["shapes"], results["canvases"] = len(resized), len({contract.canvas_size(h, w) for h, w in resized})
-
-        table = fetched(f"{work}/photos{n}", sizes)
-        results.update(bytes_per_image(table, sizes))
-        torch.set_num_threads(args.threads)
-        saved = torch.load(checkpoint, weights_only=True)
-        with ray_unless_connected(num_cpus=2 + args.threads,  # 1 actor + read/write tasks
-                                  num_gpus=1 if args.device == "cuda" else 0):
-            detector = DetectorActor((saved["config"], saved["model"]), "bench", 0.5, 8, contract.to_dict(),
-                                     cpus=args.threads)
-            results["bare_images_per_s"] = round(bare_images_per_s(table, detector, 8, 256), 2)
-            started = time.perf_counter()  # the actor's own work on the same rows: decode thread + model
-            for start in range(0, table.num_rows, 256):
-                detector(table.slice(start, 256))
-            results["actor_images_per_s"] = round(table.num_rows / (time.perf_counter() - started), 2)
-            results["actor_over_bare"] = round(results["actor_images_per_s"] / results["bare_images_per_s"], 3)
-            del detector
-
-            job(f"{work}/photos{n}", f"{work}/warm-up", checkpoint, sizes, 8, args.threads, args.device)
-            times = []
-            for count in (n, 3 * n):
-                summary = job(f"{work}/photos{count}", f"{work}/out{count}", checkpoint, sizes, 8, args.threads, args.device)
-                times.append(summary["seconds"])
-                results[f"batch_fill_8_{count}"] = summary["batch_fill"]
-            steady = results["pipeline_images_per_s"] = steady_rate(n, *times)
-            results["pipeline_over_bare"] = steady and round(steady / results["bare_images_per_s"], 3)
-            summary = job(f"{work}/photos{3 * n}", f"{work}/out32", checkpoint, sizes, 32, args.threads, args.device)
-            results[f"batch_fill_32_{3 * n}"] = summary["batch_fill"]
-
-            for count in (args.memory_paths, 10 * args.memory_paths) if args.memory_paths else ():
-                manifest = f"{work}/missing{count}.parquet"
-                pq.write_table(pa.table({"path": [f"{work}/nowhere/{i:09d}.jpg" for i in range(count)]}), manifest)
-                peak, summary = driver_peak_rss(manifest, f"{work}/missing-out{count}", checkpoint)
-                assert summary["rows"] == summary["inputs"] == count and summary["errors"] == {"missing": count}, summary
-                results[f"driver_peak_rss_mib_{count}"] = round(peak)
-                results[f"seconds_{count}_missing"] = summary["seconds"]
-        m = args.memory_paths
-        if m:
-            results["driver_rss_ratio_10x"] = round(results[f"driver_peak_rss_mib_{10 * m}"]
-                                                    / results[f"driver_peak_rss_mib_{m}"], 3)
-        print(json.dumps(results))
+        print(json.dumps(measure(args, work)))
 
 
 if __name__ == "__main__":
