@@ -33,26 +33,31 @@ def seconds(images: str, output: str, checkpoint: str, actors: int, batch_size: 
     return summary["seconds"]
 
 
+def measure(args: argparse.Namespace, work: str) -> dict:
+    """Every figure of the benchmark, its photos, model and outputs written under `work`."""
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(f"{work}/tiny.pt", build_detr("detr-tiny", num_classes=12))
+    n = args.images
+    for count in (n, 3 * n):
+        write_photos(f"{work}/photos{count}", count, [(240, 320)], seed=count)
+    results: dict = {"images": [n, 3 * n], "batch_size": args.batch_size, "threads_per_actor": 1}
+    with ray_unless_connected(num_cpus=3):
+        for actors in (1, 2):
+            times = [seconds(f"{work}/photos{count}", f"{work}/out{actors}-{count}", checkpoint, actors,
+                             args.batch_size) for count in (n, 3 * n)]
+            results[f"actors_{actors}_images_per_s"] = steady_rate(n, *times)
+    one, two = results["actors_1_images_per_s"], results["actors_2_images_per_s"]
+    results["scaling_2_vs_1"] = one and two and round(two / one, 3)
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=480, help="N of the N vs 3N runs")
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-scaling-") as work:  # the photos, outputs and model: not kept
-        torch.manual_seed(0)
-        checkpoint = save_checkpoint(f"{work}/tiny.pt", build_detr("detr-tiny", num_classes=12))
-        n = args.images
-        for count in (n, 3 * n):
-            write_photos(f"{work}/photos{count}", count, [(240, 320)], seed=count)
-        results: dict = {"images": [n, 3 * n], "batch_size": args.batch_size, "threads_per_actor": 1}
-        with ray_unless_connected(num_cpus=3):
-            for actors in (1, 2):
-                times = [seconds(f"{work}/photos{count}", f"{work}/out{actors}-{count}", checkpoint, actors,
-                                 args.batch_size) for count in (n, 3 * n)]
-                results[f"actors_{actors}_images_per_s"] = steady_rate(n, *times)
-        one, two = results["actors_1_images_per_s"], results["actors_2_images_per_s"]
-        results["scaling_2_vs_1"] = one and two and round(two / one, 3)
-        print(json.dumps(results))
+        print(json.dumps(measure(args, work)))
 
 
 if __name__ == "__main__":
